@@ -14,3 +14,11 @@ def unknown_choice(kind: str, value, choices) -> UserError:
   """The standard message for a value that is not among `choices`."""
   listed = ', '.join(sorted(str(c) for c in choices))
   return UserError(f'unknown {kind} {value!r}; valid choices: {listed}')
+
+
+class TrainingDiverged(UserError):
+  """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class Preempted(Exception):
+  """SIGTERM arrived; a checkpoint was written and the run can be resumed."""

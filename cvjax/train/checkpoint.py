@@ -1,0 +1,99 @@
+"""Orbax checkpoints: async saves, last-K plus best, resume that skips bad ones.
+
+Layout: `<workdir>/checkpoints/<step>/{state,meta}`. `state` is the TrainState
+as a plain state dict (params, batch_stats, opt_state, step, rng); `meta` is
+JSON: the config, eval metrics and the early-stopping bookkeeping.
+Orbax writes each step to a temporary folder and renames it when complete, so
+a run killed mid-save never leaves a half-written step that looks finished.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from flax import serialization
+from orbax.checkpoint import checkpoint_managers as policies
+
+from cvjax.errors import UserError
+
+BEST_METRIC = 'eval_accuracy'
+
+
+class Checkpoints:
+  """A CheckpointManager that keeps the newest `keep` steps and the best one.
+
+  "Best" is the highest `eval_accuracy` passed to `save(metrics=...)`.
+  """
+
+  def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
+    if keep < 1:
+      raise UserError(f'keep_checkpoints must be at least 1, got {keep}')
+    preservation = policies.AnyPreservationPolicy([
+        policies.LatestN(keep),
+        policies.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=False, n=1,
+                       keep_checkpoints_without_metrics=False),
+    ])
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=preservation, enable_async_checkpointing=async_save,
+        create=True, cleanup_tmp_directories=True)
+    self.directory = os.path.abspath(directory)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=('state', 'meta'))
+
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def save(self, step: int, state, meta: dict[str, Any], metrics: dict | None = None,
+           force: bool = True) -> None:
+    """Starts an async save of `state` (a TrainState) and `meta` at `step`."""
+    self.manager.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(serialization.to_state_dict(state)),
+            meta=ocp.args.JsonSave(meta)),
+        metrics=metrics, force=force)
+
+  def restore(self, step: int, template):
+    """Restores step `step` into the structure and shardings of `template`."""
+    return self._restore(step, template, _abstract(template))
+
+  def _restore(self, step: int, template, target):
+    restored = self.manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                      meta=ocp.args.JsonRestore()))
+    return serialization.from_state_dict(template, restored['state']), restored['meta']
+
+  def restore_latest(self, template):
+    """(state, meta) of the newest step that restores cleanly, or None.
+
+    A newest checkpoint that is corrupt is skipped with a warning and the one
+    before it is used; nothing is deleted.
+    """
+    target = _abstract(template)
+    for step in reversed(self.all_steps()):
+      try:
+        return self._restore(step, template, target)
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning('checkpoint at step %d in %s cannot be restored (%s: %s); '
+                        'trying the previous one', step, self.directory,
+                        type(e).__name__, str(e).splitlines()[0] if str(e) else '')
+    return None
+
+  def wait(self) -> None:
+    """Blocks until pending async saves are on disk."""
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+def _abstract(template) -> dict:
+  """ShapeDtypeStructs (with shardings) for every array of a TrainState."""
+  def leaf(x):
+    x = x if hasattr(x, 'shape') else np.asarray(x)
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, 'sharding', None))
+  return jax.tree.map(leaf, serialization.to_state_dict(template))

@@ -1,0 +1,98 @@
+"""The one configuration object every experiment fills in.
+
+`TrainConfig` is plain data: experiments build it from flags, `fit` reads it,
+and it is written to `<workdir>/config.json` so a run documents itself and
+`cvjax.restore(workdir)` can rebuild the model without flags.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from cvjax.errors import UserError, unknown_choice
+
+OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'adam', 'adamw')
+SCHEDULES = ('constant', 'step', 'cosine')
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Everything that determines a training run.
+
+  Sizes are global (summed over all devices and processes). Step counts are
+  optimizer steps. `None` means "derive a default", as documented per field.
+  """
+  # What to train on what.
+  model: str = 'lenet5'
+  model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+  dataset: str = 'fashion_mnist'
+  image_size: int | None = None      # None: the model's natural input size.
+  augment: str | None = None         # None: the dataset's default; '': none.
+  eval_split: str = 'test'
+  data_dir: str | None = None
+  raw_data_dir: str | None = None
+
+  # How long.
+  batch_size: int = 128               # global, over all devices
+  eval_batch_size: int | None = None  # None: same as batch_size
+  num_epochs: float | None = 10.0
+  num_train_steps: int | None = None  # overrides num_epochs when set
+
+  # Optimisation.
+  optimizer: str = 'momentum'
+  learning_rate: float = 0.1
+  momentum: float = 0.9
+  schedule: str = 'cosine'
+  warmup_epochs: float = 0.0
+  decay_epochs: tuple[float, ...] = ()  # 'step' schedule: epochs where lr *= decay_factor
+  decay_factor: float = 0.1
+  weight_decay: float = 0.0           # L2 on kernels (coupled for sgd/adam, decoupled for adamw)
+  label_smoothing: float = 0.0
+  grad_clip_norm: float | None = None
+
+  # Bookkeeping.
+  seed: int = 0
+  log_every_steps: int = 100
+  eval_every_steps: int | None = None        # None: once per epoch
+  checkpoint_every_steps: int | None = None  # None: once per epoch
+  keep_checkpoints: int = 3
+  early_stopping_patience: int | None = None  # evaluations without improvement
+  early_stopping_metric: str = 'accuracy'     # higher is better
+  num_devices: int | None = None              # None: all devices
+
+  def validate(self) -> None:
+    """Raises `UserError` for settings that cannot work."""
+    if self.optimizer not in OPTIMIZERS:
+      raise unknown_choice('optimizer', self.optimizer, OPTIMIZERS)
+    if self.schedule not in SCHEDULES:
+      raise unknown_choice('schedule', self.schedule, SCHEDULES)
+    if self.batch_size <= 0:
+      raise UserError(f'batch_size must be positive, got {self.batch_size}')
+    if self.num_train_steps is None and not self.num_epochs:
+      raise UserError('set num_train_steps or a positive num_epochs')
+    if self.num_train_steps is not None and self.num_train_steps <= 0:
+      raise UserError(f'num_train_steps must be positive, got {self.num_train_steps}')
+    if self.learning_rate <= 0:
+      raise UserError(f'learning_rate must be positive, got {self.learning_rate}')
+    if not 0 <= self.label_smoothing < 1:
+      raise UserError(f'label_smoothing must be in [0, 1), got {self.label_smoothing}')
+    if self.early_stopping_metric not in ('accuracy', 'loss'):
+      raise unknown_choice('early_stopping_metric', self.early_stopping_metric, ('accuracy', 'loss'))
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_json(cls, text: str) -> 'TrainConfig':
+    raw = json.loads(text)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(raw) - known
+    if unknown:
+      raise UserError(f'config has unknown fields {sorted(unknown)}; was it written by a newer cvjax?')
+    if 'decay_epochs' in raw:
+      raw['decay_epochs'] = tuple(raw['decay_epochs'])
+    return cls(**raw)
+
+  def replace(self, **changes) -> 'TrainConfig':
+    return dataclasses.replace(self, **changes)

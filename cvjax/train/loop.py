@@ -1,0 +1,303 @@
+"""The training loop every experiment uses: `fit(config, workdir)`.
+
+One loop for the whole codebase. It builds the mesh, model, optimizer and data
+from a `TrainConfig`, resumes from the newest good checkpoint in `workdir`, and
+then alternates compiled train steps with logging, evaluation, checkpoints and
+early stopping. Everything it needs to continue exactly — the TrainState (whose
+step fixes the data position and the random keys) and the early-stopping
+bookkeeping — is in the checkpoint, so `kill -9` and a re-run of the same
+command end with the same numbers as a run never interrupted.
+
+Files written to `workdir` (process 0 only): `config.json`, `metrics.jsonl`,
+`tensorboard/`, `checkpoints/<step>/`, and at the end `results.json`.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import math
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from cvjax import data, models
+from cvjax.errors import Preempted, TrainingDiverged, UserError
+from cvjax.train import optim, steps
+from cvjax.train.checkpoint import BEST_METRIC, Checkpoints
+from cvjax.train.config import TrainConfig
+from cvjax.train.state import TrainState, create_train_state
+from cvjax.train.writers import MetricWriter, Progress
+
+
+@dataclasses.dataclass
+class Run:
+  """What `build_run` derives from a config: enough to train or to restore."""
+  config: TrainConfig
+  mesh: Any
+  model: Any
+  dataset: Any               # data.DatasetMeta
+  input_shape: tuple[int, int, int, int]  # (1, S, S, C) used for init
+  steps_per_epoch: int
+  total_steps: int
+  schedule: Any
+  tx: Any
+
+  @property
+  def image_size(self) -> int:
+    return self.input_shape[1]
+
+  @property
+  def channels(self) -> int:
+    return self.input_shape[3]
+
+  def init_state(self) -> TrainState:
+    """A fresh state, replicated over the mesh."""
+    create = functools.partial(create_train_state, self.model, self.tx,
+                               input_shape=self.input_shape)
+    return jax.jit(create, out_shardings=steps.replicated(self.mesh))(
+        jax.random.PRNGKey(self.config.seed))
+
+
+def _check_divisible(name: str, size: int, devices: int) -> None:
+  if size % devices:
+    fix = (size // devices + 1) * devices
+    raise UserError(f'{name}={size} cannot be split over {devices} devices; '
+                    f'use a multiple of {devices} (e.g. {fix}) or --num_devices')
+
+
+def build_run(config: TrainConfig) -> Run:
+  """Validates `config` and builds mesh, model, optimizer and schedule."""
+  config.validate()
+  mesh = steps.make_mesh(config.num_devices)
+  if config.num_devices is not None and not 1 <= config.num_devices <= jax.device_count():
+    raise UserError(f'num_devices={config.num_devices} but this run has '
+                    f'{jax.device_count()} devices')
+  _check_divisible('batch_size', config.batch_size, mesh.size)
+  _check_divisible('eval_batch_size', config.eval_batch_size or config.batch_size, mesh.size)
+  meta = data.dataset_meta(config.dataset, data_dir=config.data_dir,
+                           raw_data_dir=config.raw_data_dir)
+  height, _, channels = models.model_input_shape(config.model)
+  image_size = config.image_size or height
+  model = models.get_model(config.model, num_classes=meta.num_classes,
+                           bn_axis_name=steps.AXIS, **config.model_kwargs)
+  steps_per_epoch = data.steps_per_epoch(meta, config.batch_size)
+  if steps_per_epoch < 1:
+    raise UserError(f'batch_size={config.batch_size} is larger than the '
+                    f'{meta.split_sizes["train"]} training examples of {config.dataset}')
+  total = config.num_train_steps or math.ceil(config.num_epochs * steps_per_epoch)
+  schedule = optim.learning_rate_schedule(config, total, steps_per_epoch)
+  return Run(config=config, mesh=mesh, model=model, dataset=meta,
+             input_shape=(1, image_size, image_size, channels),
+             steps_per_epoch=steps_per_epoch, total_steps=total, schedule=schedule,
+             tx=optim.make_optimizer(config, schedule))
+
+
+def evaluate(run: Run, state: TrainState, eval_step, split: str) -> dict[str, float]:
+  """Loss and accuracy over every example of `split` (exactly once each)."""
+  totals = {'loss_sum': 0.0, 'correct': 0.0, 'count': 0.0}
+  batches = data.eval_batches(
+      run.config.dataset, split=split,
+      global_batch_size=run.config.eval_batch_size or run.config.batch_size,
+      image_size=run.image_size, channels=run.channels,
+      sharding=steps.batch_sharded(run.mesh),
+      data_dir=run.config.data_dir, raw_data_dir=run.config.raw_data_dir)
+  for batch in batches:
+    sums = jax.device_get(eval_step(state, batch))
+    for k in totals:
+      totals[k] += float(sums[k])
+  count = max(totals['count'], 1.0)
+  return {'loss': totals['loss_sum'] / count, 'accuracy': totals['correct'] / count,
+          'count': int(totals['count'])}
+
+
+@contextlib.contextmanager
+def _sigterm_flag():
+  """Yields an Event set when SIGTERM arrives (preemption)."""
+  flag = threading.Event()
+  if threading.current_thread() is not threading.main_thread():
+    yield flag
+    return
+  previous = signal.signal(signal.SIGTERM, lambda *_: flag.set())
+  try:
+    yield flag
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+class _Bookkeeping:
+  """Host-side state that must survive a resume (saved in checkpoint meta)."""
+
+  def __init__(self, meta: dict | None):
+    meta = meta or {}
+    self.best = meta.get('best_metric')
+    self.evals_since_best = meta.get('evals_since_best', 0)
+    self.train_seconds = meta.get('train_seconds', 0.0)
+    self.last_eval = meta.get('last_eval')
+
+  def update(self, value: float, higher_is_better: bool) -> None:
+    better = (self.best is None or
+              (value > self.best if higher_is_better else value < self.best))
+    if better:
+      self.best, self.evals_since_best = value, 0
+    else:
+      self.evals_since_best += 1
+
+  def as_meta(self) -> dict:
+    return {'best_metric': self.best, 'evals_since_best': self.evals_since_best,
+            'train_seconds': self.train_seconds, 'last_eval': self.last_eval}
+
+
+def fit(config: TrainConfig, workdir: str) -> dict[str, Any]:
+  """Trains (or resumes training) in `workdir`; returns the results dict.
+
+  Raises UserError for bad settings, TrainingDiverged for a non-finite loss
+  (after making sure the last good checkpoint is on disk) and Preempted after
+  SIGTERM (after writing a checkpoint of the current step).
+  """
+  run = build_run(config)
+  chief = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  _write_config(config, workdir, chief)
+
+  ckpts = Checkpoints(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints)
+  state = run.init_state()
+  restored = ckpts.restore_latest(state)
+  book = _Bookkeeping(restored[1] if restored else None)
+  if restored:
+    state = restored[0]
+    logging.info('resumed from step %d in %s', int(state.step), ckpts.directory)
+  start_step = int(state.step)
+
+  writer = MetricWriter(workdir, enabled=chief)
+  writer.truncate_after(start_step)
+  train_step = steps.parallel_train_step(run.mesh, config.label_smoothing)
+  eval_step = steps.parallel_eval_step(run.mesh)
+  eval_every = config.eval_every_steps or run.steps_per_epoch
+  ckpt_every = config.checkpoint_every_steps or run.steps_per_epoch
+  higher_is_better = config.early_stopping_metric == 'accuracy'
+
+  def save(step: int, metrics: dict | None = None) -> None:
+    meta = {'step': step, 'config': dataclasses.asdict(config), **book.as_meta()}
+    ckpts.save(step, state, meta, metrics=metrics)
+
+  batches = data.train_batches(
+      config.dataset, global_batch_size=config.batch_size, image_size=run.image_size,
+      channels=run.channels, sharding=steps.batch_sharded(run.mesh), seed=config.seed,
+      start_step=start_step, augment=config.augment, data_dir=config.data_dir,
+      raw_data_dir=config.raw_data_dir)
+  progress = Progress(run.total_steps, start_step, config.log_every_steps, enabled=chief)
+  sums, count = {'loss': 0.0, 'accuracy': 0.0}, 0
+  step, stopped_early = start_step, False
+  timed_from, timed_steps = None, 0
+  loop_start = time.time()
+  last_saved = max(ckpts.all_steps(), default=None)
+  try:
+    with _sigterm_flag() as preempt:
+      while step < run.total_steps and not stopped_early:
+        batch = next(batches)
+        state, metrics = train_step(state, batch)
+        step += 1
+        host = jax.device_get(metrics)  # also the per-step NaN check
+        if not np.isfinite(host['loss']):
+          raise TrainingDiverged(
+              f'loss is {host["loss"]} at step {step}; stopped. The last good checkpoint '
+              f'(step {last_saved}) is kept in {ckpts.directory}; try a lower '
+              f'--learning_rate or --grad_clip_norm')
+        for k in sums:
+          sums[k] += float(host[k])
+        count += 1
+        if timed_from is None:  # exclude compilation from the throughput
+          timed_from = time.time()
+        else:
+          timed_steps += 1
+
+        if step % config.log_every_steps == 0 or step == run.total_steps:
+          scalars = {f'train_{k}': v / count for k, v in sums.items()}
+          scalars['learning_rate'] = float(run.schedule(step - 1))
+          writer.write(step, scalars)
+          progress.update(step, scalars)
+          sums, count = {k: 0.0 for k in sums}, 0
+        else:
+          progress.update(step)
+
+        ckpt_metrics = None
+        if step % eval_every == 0 or step == run.total_steps:
+          result = evaluate(run, state, eval_step, config.eval_split)
+          book.last_eval = {**result, 'step': step, 'split': config.eval_split}
+          book.update(result[config.early_stopping_metric], higher_is_better)
+          writer.write(step, {'eval_loss': result['loss'], 'eval_accuracy': result['accuracy']})
+          logging.info('step %d: eval %s loss %.4f accuracy %.4f', step, config.eval_split,
+                       result['loss'], result['accuracy'])
+          ckpt_metrics = {BEST_METRIC: result['accuracy']}
+          patience = config.early_stopping_patience
+          if patience and book.evals_since_best >= patience:
+            logging.info('early stopping at step %d: no better %s in %d evaluations',
+                         step, config.early_stopping_metric, patience)
+            stopped_early = True
+
+        if (step % ckpt_every == 0 or step == run.total_steps or stopped_early
+            or preempt.is_set()):
+          book.train_seconds += time.time() - loop_start
+          loop_start = time.time()
+          save(step, ckpt_metrics)
+          last_saved = step
+        if preempt.is_set():
+          ckpts.wait()
+          raise Preempted(f'SIGTERM at step {step}: checkpoint written to {ckpts.directory}; '
+                          're-run the same command to resume')
+  finally:
+    ckpts.wait()
+    progress.close()
+    writer.flush()
+
+  book.train_seconds += time.time() - loop_start
+  final = book.last_eval
+  if not final or final.get('step') != step or final.get('split') != 'test':
+    final = evaluate(run, state, eval_step, 'test')
+  elapsed = time.time() - timed_from if timed_from else 0.0
+  results = {
+      'step': step,
+      'test_accuracy': final['accuracy'],
+      'test_loss': final['loss'],
+      'test_examples': final['count'],
+      'train_seconds': book.train_seconds,
+      'images_per_second': timed_steps * config.batch_size / elapsed if timed_steps else None,
+      'early_stopped': stopped_early,
+      'best_eval_metric': book.best,
+      'num_devices': run.mesh.size,
+      'num_params': int(sum(x.size for x in jax.tree.leaves(state.params))),
+  }
+  if chief:
+    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+      json.dump(results, f, indent=2)
+  writer.close()
+  ckpts.close()
+  logging.info('done: %s', json.dumps(results))
+  return results
+
+
+def _write_config(config: TrainConfig, workdir: str, chief: bool) -> None:
+  """Writes config.json; warns when resuming a workdir under a different config."""
+  path = os.path.join(workdir, 'config.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      try:
+        old = TrainConfig.from_json(f.read())
+      except (UserError, json.JSONDecodeError, TypeError):
+        old = None
+    if old is not None and old != config:
+      changed = sorted(k for k, v in dataclasses.asdict(config).items()
+                       if dataclasses.asdict(old).get(k) != v)
+      logging.warning('workdir %s was started with a different config (changed: %s); '
+                      'resuming with the new one', workdir, ', '.join(changed))
+  if chief:
+    with open(path, 'w') as f:
+      f.write(config.to_json())

@@ -1,0 +1,56 @@
+"""Optimizers and learning-rate schedules, all from optax."""
+from __future__ import annotations
+
+import jax
+import optax
+
+from cvjax.train.config import TrainConfig
+
+
+def learning_rate_schedule(config: TrainConfig, total_steps: int,
+                           steps_per_epoch: int) -> optax.Schedule:
+  """lr(step) for the configured schedule, with optional linear warmup.
+
+  'constant', 'cosine' (to 0 at `total_steps`) or 'step' (multiply by
+  `decay_factor` at each of `decay_epochs`).
+  """
+  base = config.learning_rate
+  warmup = int(round(config.warmup_epochs * steps_per_epoch))
+  warmup = min(warmup, max(total_steps - 1, 0))
+  if config.schedule == 'constant':
+    main = optax.constant_schedule(base)
+  elif config.schedule == 'cosine':
+    main = optax.cosine_decay_schedule(base, decay_steps=max(total_steps - warmup, 1))
+  else:  # 'step'
+    boundaries = {int(round(e * steps_per_epoch)) - warmup: config.decay_factor
+                  for e in config.decay_epochs}
+    main = optax.piecewise_constant_schedule(base, boundaries)
+  if not warmup:
+    return main
+  ramp = optax.linear_schedule(0.0, base, transition_steps=warmup)
+  return optax.join_schedules([ramp, main], boundaries=[warmup])
+
+
+def _is_kernel(params):
+  """Weight decay mask: conv and dense kernels only, not biases or BN scales."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(config: TrainConfig, schedule: optax.Schedule) -> optax.GradientTransformation:
+  """The configured optimizer with weight decay and gradient clipping."""
+  parts = []
+  if config.grad_clip_norm:
+    parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
+  if config.weight_decay and config.optimizer != 'adamw':
+    # Coupled L2: adding wd * w to the gradient is the gradient of wd/2 * |w|².
+    parts.append(optax.add_decayed_weights(config.weight_decay, mask=_is_kernel))
+  if config.optimizer == 'sgd':
+    parts.append(optax.sgd(schedule))
+  elif config.optimizer in ('momentum', 'nesterov'):
+    parts.append(optax.sgd(schedule, momentum=config.momentum,
+                           nesterov=config.optimizer == 'nesterov'))
+  elif config.optimizer == 'adam':
+    parts.append(optax.adam(schedule))
+  else:  # 'adamw'
+    parts.append(optax.adamw(schedule, weight_decay=config.weight_decay, mask=_is_kernel))
+  return optax.chain(*parts)

@@ -1,0 +1,143 @@
+"""Train/eval step semantics: data parallelism, BatchNorm sync, schedules."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cvjax import models
+from cvjax.errors import UserError
+from cvjax.train import optim, steps
+from cvjax.train.config import TrainConfig
+from cvjax.train.state import create_train_state
+
+
+def _batch(n=16, size=32, classes=10, seed=0, dtype=np.float32):
+  rng = np.random.default_rng(seed)
+  return {'image': rng.normal(size=(n, size, size, 3)).astype(dtype),
+          'label': rng.integers(0, classes, n).astype(np.int32)}
+
+
+def _train(num_devices, model_name='resnet20', steps_to_run=2, tx=None, dtype=jnp.float32,
+           size=16):
+  mesh = steps.make_mesh(num_devices)
+  model = models.get_model(model_name, num_classes=10, bn_axis_name=steps.AXIS,
+                           dtype=dtype, param_dtype=dtype)
+  tx = tx or optax.sgd(0.1, momentum=0.9)
+  state = create_train_state(model, tx, jax.random.PRNGKey(0), (1, size, size, 3))
+  state = jax.device_put(state, steps.replicated(mesh))
+  step = steps.parallel_train_step(mesh)
+  history = []
+  for i in range(steps_to_run):
+    batch = jax.device_put(_batch(seed=i, size=size, dtype=dtype), steps.batch_sharded(mesh))
+    state, metrics = step(state, batch)
+    history.append(jax.device_get(metrics))
+  return jax.device_get(state), history
+
+
+def _max_diff(a, b):
+  return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(x - y))), a, b)))
+
+
+def test_one_and_eight_devices_give_the_same_params_and_batch_stats():
+  """Same global batch on 1 and 8 devices → same training, BN included.
+
+  Run in float64: in float32 three momentum steps of a BN ResNet on 2-example
+  shards amplify summation-order noise to ~5e-3, which would hide a real bug;
+  in float64 the two agree to ~1e-15, and a wrong reduction is off by O(1).
+  """
+  assert jax.device_count() == 8, 'conftest should simulate 8 CPU devices'
+  with jax.enable_x64(True):
+    one, hist1 = _train(1, dtype=jnp.float64)
+    eight, hist8 = _train(8, dtype=jnp.float64)
+  assert _max_diff(one.params, eight.params) < 1e-10
+  # BatchNorm statistics are synchronised over the 'data' axis: global-batch means.
+  assert _max_diff(one.batch_stats, eight.batch_stats) < 1e-10
+  np.testing.assert_allclose([h['loss'] for h in hist1], [h['loss'] for h in hist8], rtol=1e-10)
+
+
+def test_eight_device_step_equals_plain_single_device_step_not_eight_times_it():
+  """Guards the shard_map trap: an extra reduction would scale the step by 8."""
+  mesh_state, _ = _train(8, 'lenet5', steps_to_run=1, tx=optax.sgd(0.1), size=32)
+  model = models.get_model('lenet5', num_classes=10)
+  state = create_train_state(model, optax.sgd(0.1), jax.random.PRNGKey(0), (1, 32, 32, 3))
+  initial = jax.device_get(state.params)
+  plain, _ = jax.jit(lambda s, b: steps.train_step(s, b, axis_name=None))(state, _batch(seed=0))
+  assert _max_diff(mesh_state.params, jax.device_get(plain.params)) < 2e-5
+  # And the step actually moved the parameters.
+  assert _max_diff(initial, jax.device_get(plain.params)) > 1e-3
+
+
+class _DropoutNet(nn.Module):
+  @nn.compact
+  def __call__(self, x, train):
+    x = nn.Dropout(0.5, deterministic=not train)(x.reshape(x.shape[0], -1))
+    return nn.Dense(10)(x)
+
+
+def test_dropout_masks_differ_between_steps_but_repeat_for_the_same_step():
+  model = _DropoutNet()
+  state = create_train_state(model, optax.sgd(0.0), jax.random.PRNGKey(0), (1, 32, 32, 3))
+  step = jax.jit(lambda s, b: steps.train_step(s, b, axis_name=None))
+  batch = _batch(n=4)
+  _, m1 = step(state, batch)
+  _, m1_again = step(state, batch)
+  _, m2 = step(state.replace(step=state.step + 1), batch)
+  assert float(m1['loss']) == float(m1_again['loss'])
+  assert float(m1['loss']) != float(m2['loss'])
+
+
+def test_eval_step_counts_only_masked_in_examples():
+  mesh = steps.make_mesh(8)
+  model = models.get_model('lenet5', num_classes=10)
+  state = create_train_state(model, optax.sgd(0.1), jax.random.PRNGKey(0), (1, 32, 32, 1))
+  state = jax.device_put(state, steps.replicated(mesh))
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.normal(size=(16, 32, 32, 1)).astype(np.float32),
+           'label': rng.integers(0, 10, 16).astype(np.int32),
+           'mask': np.arange(16) < 11}
+  sums = jax.device_get(steps.parallel_eval_step(mesh)(state, jax.device_put(batch, steps.batch_sharded(mesh))))
+  assert sums['count'] == 11
+  logits = model.apply({'params': state.params}, batch['image'][:11], train=False)
+  expected = float(jnp.sum(steps.cross_entropy(logits, batch['label'][:11])))
+  assert sums['loss_sum'] == pytest.approx(expected, rel=1e-5)
+
+
+def test_label_smoothing_raises_the_loss_of_a_confident_correct_prediction():
+  logits = jnp.array([[10.0, 0.0, 0.0]])
+  labels = jnp.array([0])
+  assert float(steps.cross_entropy(logits, labels, 0.1)[0]) > float(steps.cross_entropy(logits, labels)[0]) + 0.1
+
+
+def test_warmup_then_cosine_schedule_values():
+  config = TrainConfig(learning_rate=0.4, schedule='cosine', warmup_epochs=1)
+  schedule = optim.learning_rate_schedule(config, total_steps=110, steps_per_epoch=10)
+  assert float(schedule(0)) == 0.0
+  assert float(schedule(5)) == pytest.approx(0.2)
+  assert float(schedule(10)) == pytest.approx(0.4)
+  assert float(schedule(60)) == pytest.approx(0.2, rel=1e-5)   # half-way through the cosine
+  assert float(schedule(110)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_step_schedule_decays_at_the_given_epochs():
+  config = TrainConfig(learning_rate=0.1, schedule='step', decay_epochs=(2, 3), decay_factor=0.1)
+  schedule = optim.learning_rate_schedule(config, total_steps=40, steps_per_epoch=10)
+  assert [float(schedule(s)) for s in (19, 20, 29, 30)] == pytest.approx([0.1, 0.01, 0.01, 0.001])
+
+
+def test_weight_decay_touches_kernels_not_biases():
+  config = TrainConfig(optimizer='sgd', learning_rate=1.0, weight_decay=0.5)
+  tx = optim.make_optimizer(config, optax.constant_schedule(1.0))
+  params = {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones((2,))}
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  np.testing.assert_allclose(updates['kernel'], -0.5)
+  np.testing.assert_allclose(updates['bias'], 0.0)
+
+
+def test_bad_config_values_name_the_value_and_the_choices():
+  with pytest.raises(UserError, match=r"unknown optimizer 'rmsprop'; valid choices: adam, adamw"):
+    TrainConfig(optimizer='rmsprop').validate()
+  with pytest.raises(UserError, match='batch_size must be positive, got 0'):
+    TrainConfig(batch_size=0).validate()
