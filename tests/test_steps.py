@@ -97,7 +97,7 @@ def test_eval_step_counts_only_masked_in_examples():
   batch = {'image': rng.normal(size=(16, 32, 32, 1)).astype(np.float32),
            'label': rng.integers(0, 10, 16).astype(np.int32),
            'mask': np.arange(16) < 11}
-  sums = jax.device_get(steps.parallel_eval_step(mesh)(state, jax.device_put(batch, steps.batch_sharded(mesh))))
+  sums, _ = jax.device_get(steps.parallel_eval_step(mesh)(state, jax.device_put(batch, steps.batch_sharded(mesh))))
   assert sums['count'] == 11
   logits = model.apply({'params': state.params}, batch['image'][:11], train=False)
   expected = float(jnp.sum(steps.cross_entropy(logits, batch['label'][:11])))

@@ -20,21 +20,19 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from cvjax.errors import UserError
 
-BEST_METRIC = 'eval_accuracy'
-
-
 class Checkpoints:
   """A CheckpointManager that keeps the newest `keep` steps and the best one.
 
-  "Best" is the highest `eval_accuracy` passed to `save(metrics=...)`.
+  "Best" is the highest `best_metric` passed to `save(metrics=...)`.
   """
 
-  def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
+  def __init__(self, directory: str, keep: int = 3, async_save: bool = True,
+               best_metric: str = 'eval_accuracy'):
     if keep < 1:
       raise UserError(f'keep_checkpoints must be at least 1, got {keep}')
     preservation = policies.AnyPreservationPolicy([
         policies.LatestN(keep),
-        policies.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=False, n=1,
+        policies.BestN(get_metric_fn=lambda m: m[best_metric], reverse=False, n=1,
                        keep_checkpoints_without_metrics=False),
     ])
     options = ocp.CheckpointManagerOptions(

@@ -7,6 +7,7 @@ and it is written to `<workdir>/config.json` so a run documents itself and
 from __future__ import annotations
 
 import dataclasses
+import ast
 import json
 from typing import Any
 
@@ -24,6 +25,7 @@ class TrainConfig:
   optimizer steps. `None` means "derive a default", as documented per field.
   """
   # What to train on what.
+  task: str = 'classification'       # see cvjax.train.tasks
   model: str = 'lenet5'
   model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
   dataset: str = 'fashion_mnist'
@@ -58,7 +60,7 @@ class TrainConfig:
   checkpoint_every_steps: int | None = None  # None: once per epoch
   keep_checkpoints: int = 3
   early_stopping_patience: int | None = None  # evaluations without improvement
-  early_stopping_metric: str = 'accuracy'     # higher is better
+  early_stopping_metric: str | None = None    # None: the task's main metric
   num_devices: int | None = None              # None: all devices
 
   def validate(self) -> None:
@@ -77,8 +79,6 @@ class TrainConfig:
       raise UserError(f'learning_rate must be positive, got {self.learning_rate}')
     if not 0 <= self.label_smoothing < 1:
       raise UserError(f'label_smoothing must be in [0, 1), got {self.label_smoothing}')
-    if self.early_stopping_metric not in ('accuracy', 'loss'):
-      raise unknown_choice('early_stopping_metric', self.early_stopping_metric, ('accuracy', 'loss'))
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -96,3 +96,23 @@ class TrainConfig:
 
   def replace(self, **changes) -> 'TrainConfig':
     return dataclasses.replace(self, **changes)
+
+
+def parse_kwargs(text: str) -> dict:
+  """"a=1,b=relu,c=true" → {'a': 1, 'b': 'relu', 'c': True}."""
+  out = {}
+  for item in filter(None, (s.strip() for s in text.split(','))):
+    key, sep, value = item.partition('=')
+    if not sep or not key:
+      raise UserError(f'model_kwargs item {item!r} is not key=value')
+    lowered = value.lower()
+    if lowered in ('true', 'false'):
+      out[key] = lowered == 'true'
+    elif lowered == 'none':
+      out[key] = None
+    else:
+      try:
+        out[key] = ast.literal_eval(value)
+      except (ValueError, SyntaxError):
+        out[key] = value
+  return out

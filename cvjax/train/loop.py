@@ -31,9 +31,10 @@ from absl import logging
 from cvjax import data, models
 from cvjax.errors import Preempted, TrainingDiverged, UserError
 from cvjax.train import optim, steps
-from cvjax.train.checkpoint import BEST_METRIC, Checkpoints
+from cvjax.train.checkpoint import Checkpoints
 from cvjax.train.config import TrainConfig
 from cvjax.train.state import TrainState, create_train_state
+from cvjax.train.tasks import Task, get_task
 from cvjax.train.writers import MetricWriter, Progress
 
 
@@ -41,6 +42,7 @@ from cvjax.train.writers import MetricWriter, Progress
 class Run:
   """What `build_run` derives from a config: enough to train or to restore."""
   config: TrainConfig
+  task: Task
   mesh: Any
   model: Any
   dataset: Any               # data.DatasetMeta
@@ -82,8 +84,8 @@ def build_run(config: TrainConfig) -> Run:
                     f'{jax.device_count()} devices')
   _check_divisible('batch_size', config.batch_size, mesh.size)
   _check_divisible('eval_batch_size', config.eval_batch_size or config.batch_size, mesh.size)
-  meta = data.dataset_meta(config.dataset, data_dir=config.data_dir,
-                           raw_data_dir=config.raw_data_dir)
+  task = get_task(config.task)
+  meta = task.dataset_meta(config)
   height, _, channels = models.model_input_shape(config.model)
   image_size = config.image_size or height
   model = models.get_model(config.model, num_classes=meta.num_classes,
@@ -94,28 +96,19 @@ def build_run(config: TrainConfig) -> Run:
                     f'{meta.split_sizes["train"]} training examples of {config.dataset}')
   total = config.num_train_steps or math.ceil(config.num_epochs * steps_per_epoch)
   schedule = optim.learning_rate_schedule(config, total, steps_per_epoch)
-  return Run(config=config, mesh=mesh, model=model, dataset=meta,
+  return Run(config=config, task=task, mesh=mesh, model=model, dataset=meta,
              input_shape=(1, image_size, image_size, channels),
              steps_per_epoch=steps_per_epoch, total_steps=total, schedule=schedule,
              tx=optim.make_optimizer(config, schedule))
 
 
 def evaluate(run: Run, state: TrainState, eval_step, split: str) -> dict[str, float]:
-  """Loss and accuracy over every example of `split` (exactly once each)."""
-  totals = {'loss_sum': 0.0, 'correct': 0.0, 'count': 0.0}
-  batches = data.eval_batches(
-      run.config.dataset, split=split,
-      global_batch_size=run.config.eval_batch_size or run.config.batch_size,
-      image_size=run.image_size, channels=run.channels,
-      sharding=steps.batch_sharded(run.mesh),
-      data_dir=run.config.data_dir, raw_data_dir=run.config.raw_data_dir)
-  for batch in batches:
-    sums = jax.device_get(eval_step(state, batch))
-    for k in totals:
-      totals[k] += float(sums[k])
-  count = max(totals['count'], 1.0)
-  return {'loss': totals['loss_sum'] / count, 'accuracy': totals['correct'] / count,
-          'count': int(totals['count'])}
+  """The task's metrics over every example of `split` (exactly once each)."""
+  evaluator = run.task.evaluator()
+  for batch in run.task.eval_batches(run, split):
+    sums, per_example = jax.device_get(eval_step(state, batch))
+    evaluator.update(sums, per_example)
+  return evaluator.result()
 
 
 @contextlib.contextmanager
@@ -167,7 +160,9 @@ def fit(config: TrainConfig, workdir: str) -> dict[str, Any]:
   os.makedirs(workdir, exist_ok=True)
   _write_config(config, workdir, chief)
 
-  ckpts = Checkpoints(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints)
+  task = run.task
+  ckpts = Checkpoints(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints,
+                      best_metric=f'eval_{task.main_metric}')
   state = run.init_state()
   restored = ckpts.restore_latest(state)
   book = _Bookkeeping(restored[1] if restored else None)
@@ -178,23 +173,21 @@ def fit(config: TrainConfig, workdir: str) -> dict[str, Any]:
 
   writer = MetricWriter(workdir, enabled=chief)
   writer.truncate_after(start_step)
-  train_step = steps.parallel_train_step(run.mesh, config.label_smoothing)
-  eval_step = steps.parallel_eval_step(run.mesh)
+  train_step = steps.parallel_train_step(run.mesh, config.label_smoothing, task)
+  eval_step = steps.parallel_eval_step(run.mesh, task)
   eval_every = config.eval_every_steps or run.steps_per_epoch
   ckpt_every = config.checkpoint_every_steps or run.steps_per_epoch
-  higher_is_better = config.early_stopping_metric == 'accuracy'
+  watched = config.early_stopping_metric or task.main_metric
+  higher_is_better = (task.main_metric_higher_is_better if watched == task.main_metric
+                      else watched != 'loss')
 
   def save(step: int, metrics: dict | None = None) -> None:
     meta = {'step': step, 'config': dataclasses.asdict(config), **book.as_meta()}
     ckpts.save(step, state, meta, metrics=metrics)
 
-  batches = data.train_batches(
-      config.dataset, global_batch_size=config.batch_size, image_size=run.image_size,
-      channels=run.channels, sharding=steps.batch_sharded(run.mesh), seed=config.seed,
-      start_step=start_step, augment=config.augment, data_dir=config.data_dir,
-      raw_data_dir=config.raw_data_dir)
+  batches = task.train_batches(run, start_step)
   progress = Progress(run.total_steps, start_step, config.log_every_steps, enabled=chief)
-  sums, count = {'loss': 0.0, 'accuracy': 0.0}, 0
+  sums, count = {}, 0
   step, stopped_early = start_step, False
   timed_from, timed_steps = None, 0
   loop_start = time.time()
@@ -211,8 +204,8 @@ def fit(config: TrainConfig, workdir: str) -> dict[str, Any]:
               f'loss is {host["loss"]} at step {step}; stopped. The last good checkpoint '
               f'(step {last_saved}) is kept in {ckpts.directory}; try a lower '
               f'--learning_rate or --grad_clip_norm')
-        for k in sums:
-          sums[k] += float(host[k])
+        for k, v in host.items():
+          sums[k] = sums.get(k, 0.0) + float(v)
         count += 1
         if timed_from is None:  # exclude compilation from the throughput
           timed_from = time.time()
@@ -232,15 +225,19 @@ def fit(config: TrainConfig, workdir: str) -> dict[str, Any]:
         if step % eval_every == 0 or step == run.total_steps:
           result = evaluate(run, state, eval_step, config.eval_split)
           book.last_eval = {**result, 'step': step, 'split': config.eval_split}
-          book.update(result[config.early_stopping_metric], higher_is_better)
-          writer.write(step, {'eval_loss': result['loss'], 'eval_accuracy': result['accuracy']})
-          logging.info('step %d: eval %s loss %.4f accuracy %.4f', step, config.eval_split,
-                       result['loss'], result['accuracy'])
-          ckpt_metrics = {BEST_METRIC: result['accuracy']}
+          if watched not in result:
+            raise UserError(f'early_stopping_metric {watched!r} is not measured by the '
+                            f'{task.name} task; it measures {sorted(result)}')
+          book.update(result[watched], higher_is_better)
+          shown = {f'eval_{k}': v for k, v in result.items() if k != 'count'}
+          writer.write(step, shown)
+          logging.info('step %d: eval on %s %s', step, config.eval_split,
+                       ' '.join(f'{k}={v:.4f}' for k, v in shown.items()))
+          ckpt_metrics = {f'eval_{task.main_metric}': result[task.main_metric]}
           patience = config.early_stopping_patience
           if patience and book.evals_since_best >= patience:
             logging.info('early stopping at step %d: no better %s in %d evaluations',
-                         step, config.early_stopping_metric, patience)
+                         step, watched, patience)
             stopped_early = True
 
         if (step % ckpt_every == 0 or step == run.total_steps or stopped_early
@@ -265,8 +262,7 @@ def fit(config: TrainConfig, workdir: str) -> dict[str, Any]:
   elapsed = time.time() - timed_from if timed_from else 0.0
   results = {
       'step': step,
-      'test_accuracy': final['accuracy'],
-      'test_loss': final['loss'],
+      **{f'test_{k}': v for k, v in final.items() if k not in ('count', 'step', 'split')},
       'test_examples': final['count'],
       'train_seconds': book.train_seconds,
       'images_per_second': timed_steps * config.batch_size / elapsed if timed_steps else None,

@@ -17,33 +17,26 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
-import optax
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from cvjax.train.state import TrainState, model_variables
+from cvjax.train.tasks import ClassificationTask, Task, cross_entropy  # noqa: F401
 
 AXIS = 'data'
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
-  """Per-example softmax cross-entropy. logits f32[B, K], labels int[B] → f32[B]."""
-  num_classes = logits.shape[-1]
-  targets = jax.nn.one_hot(labels, num_classes)
-  if label_smoothing:
-    targets = optax.smooth_labels(targets, label_smoothing)
-  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
-
-
-def train_step(state: TrainState, batch: dict, *, label_smoothing: float = 0.0,
+def train_step(state: TrainState, batch: dict, *, task: Task | None = None,
+               label_smoothing: float = 0.0,
                axis_name: str | None = AXIS) -> tuple[TrainState, dict]:
-  """One SGD step on this device's shard of the batch.
+  """One optimizer step on this device's shard of the batch.
 
-  batch: {'image': f32[b, H, W, C], 'label': int32[b]}, b = global batch / devices.
-  Returns the new state and {'loss', 'accuracy'} averaged over the global batch.
-  With `axis_name=None` it is a plain single-device step.
+  batch: the task's batch dict, e.g. {'image': f32[b, H, W, C], 'label': int32[b]},
+  b = global batch / devices. Returns the new state and {'loss', ...task
+  metrics} averaged over the global batch. With `axis_name=None` it is a plain
+  single-device step. `task` defaults to classification.
   """
+  task = task or ClassificationTask()
   step_rng = jax.random.fold_in(state.rng, state.step)
   if axis_name is not None:  # a different dropout mask on every device
     step_rng = jax.random.fold_in(step_rng, lax.axis_index(axis_name))
@@ -54,37 +47,34 @@ def train_step(state: TrainState, batch: dict, *, label_smoothing: float = 0.0,
     out = state.apply_fn(variables, batch['image'], train=True,
                          rngs={'dropout': step_rng},
                          mutable=['batch_stats'] if has_bn else False)
-    logits, updates = out if has_bn else (out, {})
-    loss = cross_entropy(logits, batch['label'], label_smoothing).mean()
-    return loss, (logits, updates)
+    outputs, updates = out if has_bn else (out, {})
+    loss, metrics = task.loss(outputs, batch, label_smoothing)
+    return loss, (metrics, updates)
 
-  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
+  (loss, (metrics, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  metrics = {'loss': loss, **metrics}
   if axis_name is not None:
     grads = lax.pmean(grads, axis_name)
-    loss, accuracy = lax.pmean((loss, accuracy), axis_name)
+    metrics = lax.pmean(metrics, axis_name)
   new_state = state.apply_gradients(grads=grads)
   if has_bn:
     new_state = new_state.replace(batch_stats=updates['batch_stats'])
-  return new_state, {'loss': loss, 'accuracy': accuracy}
+  return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: dict, *, axis_name: str | None = AXIS) -> dict:
-  """Sums of loss and correct predictions over the real (mask=True) examples.
+def eval_step(state: TrainState, batch: dict, *, task: Task | None = None,
+              axis_name: str | None = AXIS) -> tuple[dict, dict]:
+  """The task's eval measurements on one batch (model in inference mode).
 
-  batch: {'image': f32[b, H, W, C], 'label': int32[b], 'mask': bool[b]}.
-  Returns {'loss_sum', 'correct', 'count'} summed over the global batch.
+  Returns (sums, per_example): `sums` summed over the global batch,
+  `per_example` with a leading batch axis (see cvjax.train.tasks).
   """
-  logits = state.apply_fn(model_variables(state), batch['image'], train=False)
-  mask = batch['mask'].astype(jnp.float32)
-  sums = {
-      'loss_sum': jnp.sum(cross_entropy(logits, batch['label']) * mask),
-      'correct': jnp.sum((jnp.argmax(logits, -1) == batch['label']) * mask),
-      'count': jnp.sum(mask),
-  }
+  task = task or ClassificationTask()
+  outputs = state.apply_fn(model_variables(state), batch['image'], train=False)
+  sums, per_example = task.eval_outputs(outputs, batch)
   if axis_name is not None:
     sums = lax.psum(sums, axis_name)
-  return sums
+  return sums, per_example
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
@@ -103,20 +93,21 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(AXIS))
 
 
-def parallel_train_step(mesh: Mesh, label_smoothing: float = 0.0):
+def parallel_train_step(mesh: Mesh, label_smoothing: float = 0.0, task: Task | None = None):
   """jit(shard_map(train_step)): (state, global batch) → (state, metrics).
 
   The incoming state buffer is donated, so keep only the returned state.
   """
-  step = functools.partial(train_step, label_smoothing=label_smoothing, axis_name=AXIS)
+  step = functools.partial(train_step, task=task, label_smoothing=label_smoothing,
+                           axis_name=AXIS)
   sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(AXIS)),
                           out_specs=(P(), P()), check_vma=False)
   return jax.jit(sharded, donate_argnums=0)
 
 
-def parallel_eval_step(mesh: Mesh):
-  """jit(shard_map(eval_step)): (state, global batch) → summed metrics."""
-  step = functools.partial(eval_step, axis_name=AXIS)
+def parallel_eval_step(mesh: Mesh, task: Task | None = None):
+  """jit(shard_map(eval_step)): (state, global batch) → (sums, per_example)."""
+  step = functools.partial(eval_step, task=task, axis_name=AXIS)
   sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(AXIS)),
-                          out_specs=P(), check_vma=False)
+                          out_specs=(P(), P(AXIS)), check_vma=False)
   return jax.jit(sharded)
