@@ -1,0 +1,154 @@
+"""ResNet (He et al. 2016) for ImageNet: v1.5 as torchvision, v1 as Keras.
+
+Names mirror torchvision: `conv1`, `bn1`, `maxpool`, `layer{1-4}_{j}` (blocks
+with `conv1..3`, `bn1..3`, `downsample_conv`, `downsample_bn`), `fc`.
+"""
+from functools import partial
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from cvjax.models.layers import GlobalAvgPool, MaxPool, choose, conv
+
+ModuleDef = Any
+
+
+def _shortcut(block, x, y, kind: str):
+  """The identity, or what makes x the shape of y when they differ.
+
+  kind 'B': 1×1 conv with the block's stride, then BN (torchvision, Keras).
+  kind 'A': subsample by the stride and zero-pad the new channels, no
+    parameters (He et al. §4.2, the CIFAR nets).
+  """
+  if x.shape == y.shape:
+    return x
+  choose('shortcut', kind, {'A': 0, 'B': 0})
+  s = block.strides
+  if kind == 'B':
+    x = block.conv(y.shape[-1], 1, s, name='downsample_conv')(x)
+    return block.norm(name='downsample_bn')(x)
+  x = x[:, ::s, ::s, :]
+  extra = y.shape[-1] - x.shape[-1]
+  return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+
+
+def _last_scale_init(block):
+  """Zero γ for the block's last BN, if asked: each block starts as the identity
+  (Goyal et al. 2017), which helps large-batch training."""
+  return nn.initializers.zeros if block.zero_init_last_bn else nn.initializers.ones
+
+
+class BasicBlock(nn.Module):
+  """3×3 → 3×3 (ResNet-18/34, CIFAR): [B, H, W, C] → [B, H/s, W/s, features]."""
+  features: int
+  conv: ModuleDef
+  norm: ModuleDef
+  act: Callable = nn.relu
+  strides: int = 1
+  zero_init_last_bn: bool = False
+  stride_on_1x1: bool = False  # no 1×1 here: v1 and v1.5 are the same block
+  shortcut: str = 'B'
+
+  @nn.compact
+  def __call__(self, x):
+    y = self.conv(self.features, 3, self.strides, name='conv1')(x)
+    y = self.act(self.norm(name='bn1')(y))
+    y = self.conv(self.features, 3, name='conv2')(y)
+    y = self.norm(name='bn2', scale_init=_last_scale_init(self))(y)
+    return self.act(y + _shortcut(self, x, y, self.shortcut))
+
+
+class Bottleneck(nn.Module):
+  """1×1 → 3×3 → 1×1 (ResNet-50/101/152): [B, H, W, C] → [B, H/s, W/s, 4·features].
+
+  The stride sits on the 3×3 (v1.5, torchvision) or on the first 1×1
+  (`stride_on_1x1`, the paper's v1 and Keras).
+  """
+  features: int
+  conv: ModuleDef
+  norm: ModuleDef
+  act: Callable = nn.relu
+  strides: int = 1
+  zero_init_last_bn: bool = False
+  stride_on_1x1: bool = False
+  shortcut: str = 'B'
+
+  @nn.compact
+  def __call__(self, x):
+    s1, s3 = (self.strides, 1) if self.stride_on_1x1 else (1, self.strides)
+    y = self.conv(self.features, 1, s1, name='conv1')(x)
+    y = self.act(self.norm(name='bn1')(y))
+    y = self.conv(self.features, 3, s3, name='conv2')(y)
+    y = self.act(self.norm(name='bn2')(y))
+    y = self.conv(4 * self.features, 1, name='conv3')(y)
+    y = self.norm(name='bn3', scale_init=_last_scale_init(self))(y)
+    return self.act(y + _shortcut(self, x, y, self.shortcut))
+
+
+class ResNet(nn.Module):
+  """ImageNet ResNet: x float32[B, H, W, 3] → logits float32[B, num_classes].
+
+      layer                  output at 224²   filters
+      conv1 7×7, s2, p3      112×112          64
+      maxpool 3×3, s2, p1     56×56
+      layer1                  56×56            64   (×4 out in bottlenecks)
+      layer2                  28×28           128   (first block: stride 2)
+      layer3                  14×14           256
+      layer4                   7×7            512
+      avgpool, fc N            1×1            N
+
+  Blocks per stage: ResNet-18 2-2-2-2, 34 3-4-6-3 (basic); 50 3-4-6-3,
+  101 3-4-23-3, 152 3-8-36-3 (bottleneck).
+  """
+  stage_sizes: Sequence[int]
+  block_cls: ModuleDef
+  num_classes: int = 1000
+  num_filters: int = 64
+  zero_init_last_bn: bool = False
+  stride_on_1x1: bool = False  # True: v1 (Keras); False: v1.5 (torchvision)
+  conv_bias: bool = False  # Keras' convs have biases
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  bn_axis_name: str | None = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    conv_ = partial(conv, use_bias=self.conv_bias, dtype=self.dtype,
+                    param_dtype=self.param_dtype)
+    norm = partial(nn.BatchNorm, use_running_average=not train,
+                   momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                   axis_name=self.bn_axis_name, dtype=self.dtype,
+                   param_dtype=self.param_dtype)
+
+    x = nn.relu(norm(name='bn1')(conv_(self.num_filters, 7, 2, name='conv1')(x)))
+    x = MaxPool(3, 2, padding=1, name='maxpool')(x)
+    for i, blocks in enumerate(self.stage_sizes):
+      for j in range(blocks):
+        x = self.block_cls(
+            self.num_filters * 2**i, conv=conv_, norm=norm, act=nn.relu,
+            strides=2 if i > 0 and j == 0 else 1,
+            zero_init_last_bn=self.zero_init_last_bn,
+            stride_on_1x1=self.stride_on_1x1, name=f'layer{i + 1}_{j}')(x)
+    x = GlobalAvgPool(name='avgpool')(x)
+    x = nn.Dense(self.num_classes, dtype=self.dtype,
+                 param_dtype=self.param_dtype, name='fc')(x)
+    return jnp.asarray(x, jnp.float32)
+
+
+ResNet18 = partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)
+ResNet34 = partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BasicBlock)
+ResNet50 = partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck)
+ResNet101 = partial(ResNet, stage_sizes=(3, 4, 23, 3), block_cls=Bottleneck)
+ResNet152 = partial(ResNet, stage_sizes=(3, 8, 36, 3), block_cls=Bottleneck)
+
+# Keras' `keras.applications.ResNet50` & co.: v1 blocks, conv biases, BN eps
+# 1.001e-5 and momentum 0.99. Keras pads with ZeroPadding2D before the 7×7
+# conv (3) and the max-pool (1): equal to ours, since the pool follows a ReLU.
+_keras = dict(stride_on_1x1=True, conv_bias=True, bn_epsilon=1.001e-5,
+              bn_momentum=0.99)
+ResNet50Keras = partial(ResNet50, **_keras)
+ResNet101Keras = partial(ResNet101, **_keras)
+ResNet152Keras = partial(ResNet152, **_keras)
