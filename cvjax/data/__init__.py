@@ -1,0 +1,43 @@
+"""cvjax input data: TFDS datasets, augmentation ops, tf.data -> global jax.Array batches.
+
+  meta = cvjax.data.dataset_meta('fashion_mnist')          # prepares it if needed
+  it = cvjax.data.train_batches('fashion_mnist', global_batch_size=256, image_size=32,
+                                sharding=sharding, seed=0, start_step=step)
+  batch = next(it)   # {'image': float32[256, 32, 32, 1], 'label': int32[256]}
+
+Modules: `datasets` (names, splits, statistics, preparing offline), `local_files`
+(building a stock TFDS dataset from raw files on disk), `preprocess` (the op
+registry), `pipeline` (train/eval iterators).
+
+Importing this package does no I/O and loads neither TensorFlow nor TFDS: the names
+below are resolved from their modules on first use.
+"""
+import importlib
+
+_EXPORTS = {
+    'DATASETS': 'datasets',
+    'DatasetMeta': 'datasets',
+    'dataset_meta': 'datasets',
+    'steps_per_epoch': 'datasets',
+    'train_batches': 'pipeline',
+    'eval_batches': 'pipeline',
+    'preprocess_for_eval': 'pipeline',
+}
+
+_SUBMODULES = ('datasets', 'local_files', 'pipeline', 'preprocess')
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+  if name in _EXPORTS:
+    value = getattr(importlib.import_module(f'{__name__}.{_EXPORTS[name]}'), name)
+    globals()[name] = value
+    return value
+  if name in _SUBMODULES:
+    return importlib.import_module(f'{__name__}.{name}')
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_EXPORTS))
