@@ -85,8 +85,8 @@ def build_run(config: TrainConfig) -> Run:
   _check_divisible('batch_size', config.batch_size, mesh.size)
   _check_divisible('eval_batch_size', config.eval_batch_size or config.batch_size, mesh.size)
   task = get_task(config.task)
+  height, _, channels = models.model_input_shape(config.model)  # unknown model: fail first
   meta = task.dataset_meta(config)
-  height, _, channels = models.model_input_shape(config.model)
   image_size = config.image_size or height
   model = models.get_model(config.model, num_classes=meta.num_classes,
                            bn_axis_name=steps.AXIS, **config.model_kwargs)
@@ -134,6 +134,10 @@ class _Bookkeeping:
     self.evals_since_best = meta.get('evals_since_best', 0)
     self.train_seconds = meta.get('train_seconds', 0.0)
     self.last_eval = meta.get('last_eval')
+    # Training metrics summed since the last log line: a resumed run logs the
+    # same window means as an uninterrupted one.
+    self.train_sums = meta.get('train_sums', {})
+    self.train_count = meta.get('train_count', 0)
 
   def update(self, value: float, higher_is_better: bool) -> None:
     better = (self.best is None or
@@ -145,7 +149,8 @@ class _Bookkeeping:
 
   def as_meta(self) -> dict:
     return {'best_metric': self.best, 'evals_since_best': self.evals_since_best,
-            'train_seconds': self.train_seconds, 'last_eval': self.last_eval}
+            'train_seconds': self.train_seconds, 'last_eval': self.last_eval,
+            'train_sums': self.train_sums, 'train_count': self.train_count}
 
 
 def fit(config: TrainConfig, workdir: str) -> dict[str, Any]:
@@ -187,7 +192,6 @@ def fit(config: TrainConfig, workdir: str) -> dict[str, Any]:
 
   batches = task.train_batches(run, start_step)
   progress = Progress(run.total_steps, start_step, config.log_every_steps, enabled=chief)
-  sums, count = {}, 0
   step, stopped_early = start_step, False
   timed_from, timed_steps = None, 0
   loop_start = time.time()
@@ -205,19 +209,19 @@ def fit(config: TrainConfig, workdir: str) -> dict[str, Any]:
               f'(step {last_saved}) is kept in {ckpts.directory}; try a lower '
               f'--learning_rate or --grad_clip_norm')
         for k, v in host.items():
-          sums[k] = sums.get(k, 0.0) + float(v)
-        count += 1
+          book.train_sums[k] = book.train_sums.get(k, 0.0) + float(v)
+        book.train_count += 1
         if timed_from is None:  # exclude compilation from the throughput
           timed_from = time.time()
         else:
           timed_steps += 1
 
         if step % config.log_every_steps == 0 or step == run.total_steps:
-          scalars = {f'train_{k}': v / count for k, v in sums.items()}
+          scalars = {f'train_{k}': v / book.train_count for k, v in book.train_sums.items()}
           scalars['learning_rate'] = float(run.schedule(step - 1))
           writer.write(step, scalars)
           progress.update(step, scalars)
-          sums, count = {k: 0.0 for k in sums}, 0
+          book.train_sums, book.train_count = {}, 0
         else:
           progress.update(step)
 

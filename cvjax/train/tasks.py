@@ -113,6 +113,8 @@ class ClassificationTask:
 
   def dataset_meta(self, config):
     from cvjax import data
+    if config.augment:  # fail on a bad op string before anything is written
+      data.preprocess.build(config.augment, image_size=config.image_size)
     return data.dataset_meta(config.dataset, data_dir=config.data_dir,
                              raw_data_dir=config.raw_data_dir)
 
