@@ -28,7 +28,7 @@ def _define_flags() -> None:
   f.DEFINE_string('workdir', None, 'Run directory (default: runs/<model>_<dataset>). '
                   'A workdir with checkpoints is resumed.')
   f.DEFINE_string('task', _BASE.task, 'classification (more tasks register themselves).')
-  f.DEFINE_string('model', _BASE.model, 'Model name; see `python -m cvjax.summary --list`.')
+  f.DEFINE_string('model', _BASE.model, 'Model name; `python -m cvjax.summary --help` lists them.')
   f.DEFINE_string('model_kwargs', '', 'Extra model arguments, e.g. "activation=relu,pooling=max".')
   f.DEFINE_string('dataset', _BASE.dataset, 'TFDS dataset name (mnist, fashion_mnist, cifar10, '
                   'cifar100, tf_flowers, imagenet2012).')
@@ -93,7 +93,16 @@ def config_from_flags() -> TrainConfig:
       early_stopping_metric=FLAGS.early_stopping_metric, num_devices=FLAGS.num_devices)
 
 
+class _QuietLibraries:
+  """Drops INFO records of orbax and TFDS (dozens per checkpoint); keeps warnings."""
+  noisy = ('/orbax/', '/tensorflow_datasets/', '/etils/')
+
+  def filter(self, record) -> bool:
+    return record.levelno > 20 or not any(n in record.pathname for n in self.noisy)
+
+
 def _train(argv) -> None:
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise UserError(f'unexpected arguments {argv[1:]}; flags look like --name=value')
   from cvjax.train import distributed
