@@ -9,6 +9,7 @@ ends with one `error: ...` line on stderr and exit status 2, no traceback.
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -17,7 +18,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow only reads data
 from absl import app, flags, logging  # noqa: E402
 
 from cvjax.errors import Preempted, UserError  # noqa: E402
-from cvjax.train.config import OPTIMIZERS, SCHEDULES, TrainConfig, parse_kwargs  # noqa: E402
+from cvjax.train.config import (OPTIMIZERS, PREPROCESSINGS, SCHEDULES, TrainConfig,  # noqa: E402
+                                parse_kwargs)
 
 FLAGS = flags.FLAGS
 _BASE = TrainConfig()
@@ -64,6 +66,16 @@ def _define_flags() -> None:
   f.DEFINE_string('early_stopping_metric', None, 'Eval metric watched by early stopping '
                   '(default: the task\'s main metric, e.g. accuracy; "loss" is minimised).')
   f.DEFINE_integer('num_devices', None, 'Use only the first N devices (default: all).')
+  # Transfer learning and imported weights (issue 5; see cvjax.transfer).
+  f.DEFINE_string('init_from', None, 'Workdir (e.g. from `python -m cvjax.convert`) whose '
+                  'params/BN statistics with matching path and shape start a fresh run.')
+  f.DEFINE_string('init_exclude', None, 'Not taken from --init_from: "head" or a regex on '
+                  'param paths (re-initialised instead).')
+  f.DEFINE_string('freeze', '', 'Frozen params: all_but_head, all_but_top:N (top N stages '
+                  'train), or a regex on param paths such as "^(conv1|bn1|layer1)".')
+  f.DEFINE_string('preprocessing', '', 'Input convention of imported weights: '
+                  f'{", ".join(PREPROCESSINGS)} (caffe: Keras VGG/ResNet; torch: torchvision); '
+                  '"" (default): the dataset\'s mean/std.')
   f.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of process 0.')
   f.DEFINE_integer('num_processes', None, 'Multi-process: number of processes.')
   f.DEFINE_integer('process_id', None, 'Multi-process: this process\'s index.')
@@ -90,7 +102,9 @@ def config_from_flags() -> TrainConfig:
       checkpoint_every_steps=FLAGS.checkpoint_every_steps,
       keep_checkpoints=FLAGS.keep_checkpoints,
       early_stopping_patience=FLAGS.early_stopping_patience,
-      early_stopping_metric=FLAGS.early_stopping_metric, num_devices=FLAGS.num_devices)
+      early_stopping_metric=FLAGS.early_stopping_metric, num_devices=FLAGS.num_devices,
+      init_from=FLAGS.init_from, init_exclude=FLAGS.init_exclude, freeze=FLAGS.freeze,
+      preprocessing=FLAGS.preprocessing or None)  # issue 5
 
 
 class _QuietLibraries:
@@ -101,7 +115,7 @@ class _QuietLibraries:
     return record.levelno > 20 or not any(n in record.pathname for n in self.noisy)
 
 
-def _train(argv) -> None:
+def _train(argv, run=None) -> None:
   logging.get_absl_handler().addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise UserError(f'unexpected arguments {argv[1:]}; flags look like --name=value')
@@ -111,14 +125,17 @@ def _train(argv) -> None:
   config = config_from_flags()
   workdir = FLAGS.workdir or os.path.join('runs', f'{config.model}_{config.dataset}')
   logging.info('workdir %s', workdir)
-  results = fit(config, workdir)
-  print(f'test_accuracy={results["test_accuracy"]:.4f} test_loss={results["test_loss"]:.4f} '
-        f'steps={results["step"]} train_seconds={results["train_seconds"]:.0f} -> {workdir}')
+  results = (run or fit)(config, workdir)  # run: issue 5's multi-phase experiments
+  # Issue 4: every task's test metrics (classification: test_accuracy, test_loss first).
+  keys = sorted((k for k, v in results.items() if k.startswith('test_') and k != 'test_examples'
+                 and isinstance(v, float)), key=lambda k: (k not in ('test_accuracy', 'test_loss'), k))
+  print(' '.join(f'{k}={results[k]:.4f}' for k in keys) + f' steps={results["step"]} '
+        f'train_seconds={results["train_seconds"]:.0f} -> {workdir}')
 
 
-def _main(argv) -> None:
+def _main(argv, run=None) -> None:
   try:
-    _train(argv)
+    _train(argv, run)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
@@ -130,9 +147,13 @@ def _main(argv) -> None:
     sys.exit(130)
 
 
-def main(defaults: dict) -> None:
-  """Defines the shared flags with this experiment's `defaults`, then runs it."""
+def main(defaults: dict, run=None) -> None:
+  """Defines the shared flags with this experiment's `defaults`, then runs it.
+
+  run: `run(config, workdir) -> results` in place of one `fit` (e.g. the two phases of
+  experiments.transfer); its results need test_accuracy, test_loss, step, train_seconds.
+  """
   _define_flags()
   for name, value in defaults.items():
     FLAGS.set_default(name, value)
-  app.run(_main)
+  app.run(functools.partial(_main, run=run))

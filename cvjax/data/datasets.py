@@ -48,6 +48,7 @@ _PROBE_TIMEOUT_S = 3.0
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision / Keras "torch" mode: ImageNet-1k train set.
 _IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = _IMAGENET_MEAN, _IMAGENET_STD  # public: cvjax.data.pipeline (issue 5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +63,7 @@ class DatasetSpec:
       side to `image_size / crop_fraction`, then centre-crop (0.875: 256 -> 224).
     raw_files: basenames the builder expects in `raw_data_dir`.
     default_raw_dir: where an OS package puts the raw files, if one does.
-    in_memory: the process's share of a split fits in RAM (exact per-epoch shuffle
+    in_memory: a whole split fits in each process's RAM (exact per-epoch shuffle
       and O(1) resume); False streams from disk (shuffle buffer, resume re-reads).
   """
   splits: dict[str, str]

@@ -1,13 +1,14 @@
 """tf.data input pipelines delivering global `jax.Array` batches.
 
-Train order. Each process reads only its share of the split
-(`tfds.split_for_jax_process`) and yields `global_batch_size // process_count`
-examples per step. Step k of an epoch of `S = steps_per_epoch` steps is in epoch
-`e = k // S`. For datasets that fit in memory (all but imagenet2012) the share is
-decoded once into RAM and epoch e visits it in the order of a stateless permutation
-seeded by (seed, e) (`tf.random.experimental.index_shuffle`), so batch k is computed
-directly from k: starting at `start_step` skips nothing and resumes exactly. For
-imagenet2012 the share is streamed from disk with file order and a 10,000-example
+Train order. Each process yields `global_batch_size // process_count` examples per
+step. Step k of an epoch of `S = steps_per_epoch` steps is in epoch `e = k // S`.
+For datasets that fit in memory (all but imagenet2012) every process decodes the
+whole split once into RAM; epoch e visits it in the order of a stateless permutation
+seeded by (seed, e) (`tf.random.experimental.index_shuffle`) and each process takes
+its slice of each global batch, so batch k is computed directly from k (starting at
+`start_step` skips nothing and resumes exactly) and the global batches are the same
+for any number of processes. For imagenet2012 each process streams only its share
+of the split (`tfds.split_for_jax_process`) from disk with file order and a 10,000-example
 shuffle buffer both seeded by (seed, e); resuming mid-epoch re-reads (without
 decoding) the records before the resume point of that epoch.
 
@@ -47,8 +48,8 @@ _LUMA = (0.2989, 0.5870, 0.1140)  # tf.image.rgb_to_grayscale weights
 def train_batches(name: str, *, global_batch_size: int, image_size: int,
                   sharding: jax.sharding.NamedSharding, seed: int, start_step: int = 0,
                   augment: str | None = None, channels: int | None = None,
-                  data_dir=None, raw_data_dir=None,
-                  split: str = 'train') -> Iterator[dict[str, jax.Array]]:
+                  data_dir=None, raw_data_dir=None, split: str = 'train',
+                  preprocessing: str | None = None) -> Iterator[dict[str, jax.Array]]:
   """Infinite iterator of training batches, starting at batch `start_step`.
 
   Args:
@@ -62,6 +63,8 @@ def train_batches(name: str, *, global_batch_size: int, image_size: int,
     channels: the model's input channels, if different from the dataset's.
     data_dir, raw_data_dir: see `datasets.dataset_meta`.
     split: logical split to train on (e.g. 'train_minus_validation').
+    preprocessing: the model's input convention instead of the dataset's mean/std
+      (`PREPROCESSING`, for imported weights; issue 5).
 
   Yields:
     {'image': float32[B, S, S, C], 'label': int32[B]}: global jax.Arrays with `sharding`.
@@ -70,13 +73,14 @@ def train_batches(name: str, *, global_batch_size: int, image_size: int,
   source = local_train_batches(
       name, global_batch_size=global_batch_size, image_size=image_size, seed=seed,
       start_step=start_step, augment=augment, channels=channels, data_dir=data_dir,
-      raw_data_dir=raw_data_dir, split=split)
+      raw_data_dir=raw_data_dir, split=split, preprocessing=preprocessing)
   return _DevicePrefetch(source, sharding, global_batch_size)
 
 
 def eval_batches(name: str, *, split: str = 'test', global_batch_size: int, image_size: int,
                  sharding, channels: int | None = None, data_dir=None,
-                 raw_data_dir=None) -> Iterator[dict[str, jax.Array]]:
+                 raw_data_dir=None, preprocessing: str | None = None
+                 ) -> Iterator[dict[str, jax.Array]]:
   """One deterministic pass over `split`: every example exactly once, in file order.
 
   Yields {'image': float32[B, S, S, C], 'label': int32[B], 'mask': bool[B]}; the
@@ -86,12 +90,13 @@ def eval_batches(name: str, *, split: str = 'test', global_batch_size: int, imag
   _local_batch_size(global_batch_size, sharding)
   source = local_eval_batches(name, split=split, global_batch_size=global_batch_size,
                               image_size=image_size, channels=channels, data_dir=data_dir,
-                              raw_data_dir=raw_data_dir)
+                              raw_data_dir=raw_data_dir, preprocessing=preprocessing)
   return _DevicePrefetch(source, sharding, global_batch_size)
 
 
 def preprocess_for_eval(images: np.ndarray, *, dataset: str, image_size: int,
-                        channels: int | None = None) -> np.ndarray:
+                        channels: int | None = None,
+                        preprocessing: str | None = None) -> np.ndarray:
   """The eval preprocessing of `eval_batches`, for a numpy batch (e.g. `predict`).
 
   Args:
@@ -99,6 +104,8 @@ def preprocess_for_eval(images: np.ndarray, *, dataset: str, image_size: int,
     dataset: whose normalisation and fit to use.
     image_size: the model's input size S.
     channels: the model's input channels; None: those of `images`.
+    preprocessing: the model's input convention (`PREPROCESSING`); None: the
+      dataset's mean/std.
 
   Returns:
     float32[B, S, S, channels].
@@ -109,7 +116,7 @@ def preprocess_for_eval(images: np.ndarray, *, dataset: str, image_size: int,
   if images.dtype != np.uint8 or images.ndim != 4:
     raise UserError(f'preprocess_for_eval wants uint8[B, H, W, C] images, got '
                     f'{images.dtype}{list(images.shape)}')
-  tail = _eval_ops(spec, images.shape[-1], image_size, channels)
+  tail = _eval_ops(spec, images.shape[-1], image_size, channels, preprocessing)
   return tail(_to_float(tf.constant(images))).numpy()
 
 
@@ -130,14 +137,34 @@ def _normalize_stats(spec: datasets.DatasetSpec, channels: int):
   return mean * channels, std * channels
 
 
-def _eval_ops(spec, native_channels: int, image_size: int, channels: int | None):
-  """Deterministic ops after augmentation: channel conversion, fit, normalise."""
+# Input conventions of imported weights (TrainConfig.preprocessing, issue 5): they replace
+# the dataset's normalize. Images arrive in [0, 1], RGB.
+PREPROCESSING = {
+    'caffe': 'caffe',  # Keras VGG16/19, ResNet50/101/152: BGR, 0-255, minus ImageNet means
+    'torch': f'normalize({datasets.IMAGENET_MEAN}, {datasets.IMAGENET_STD})',  # torchvision
+    'tf': 'normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))',  # Keras MobileNet*: [-1, 1]
+}
+
+
+def _eval_ops(spec, native_channels: int, image_size: int, channels: int | None,
+              preprocessing: str | None = None):
+  """Deterministic ops after augmentation: channel conversion, fit, normalise (the
+  dataset's mean/std, or the `preprocessing` convention of imported weights)."""
   channels = channels or native_channels
   if channels not in (1, 3) or native_channels not in (1, 3):
     raise UserError(f'channels must be 1 or 3, got {channels} (images have {native_channels})')
   convert = '' if channels == native_channels else ('to_rgb' if channels == 3 else 'to_grayscale')
   mean, std = _normalize_stats(spec, channels)
-  ops = [convert, f'fit({image_size}, {spec.crop_fraction})', f'normalize({mean}, {std})']
+  normalize = f'normalize({mean}, {std})'
+  if preprocessing is not None:  # issue 5
+    if preprocessing not in PREPROCESSING:
+      raise UserError(f'unknown preprocessing {preprocessing!r}; valid choices: '
+                      f'{", ".join(sorted(PREPROCESSING))}')
+    if channels != 3:
+      raise UserError(f'preprocessing {preprocessing!r} is for RGB models; this one has '
+                      f'{channels} input channel(s)')
+    normalize = PREPROCESSING[preprocessing]
+  ops = [convert, f'fit({image_size}, {spec.crop_fraction})', normalize]
   return preprocess.build('|'.join(o for o in ops if o), image_size=image_size)
 
 
@@ -152,7 +179,8 @@ def _to_float(images):
 def local_train_batches(name: str, *, global_batch_size: int, image_size: int, seed: int,
                         start_step: int = 0, augment: str | None = None,
                         channels: int | None = None, data_dir=None, raw_data_dir=None,
-                        split: str = 'train') -> Iterator[dict[str, np.ndarray]]:
+                        split: str = 'train',
+                        preprocessing: str | None = None) -> Iterator[dict[str, np.ndarray]]:
   """This process's share of `train_batches`, as numpy arrays (no device transfer)."""
   if start_step < 0:
     raise UserError(f'start_step must be >= 0, got {start_step}')
@@ -161,14 +189,17 @@ def local_train_batches(name: str, *, global_batch_size: int, image_size: int, s
   augment = spec.default_augment if augment is None else augment
   per_example = preprocess.build(augment, image_size=image_size)  # bad ops fail fast
   meta = datasets.dataset_meta(name, data_dir=data_dir, raw_data_dir=raw_data_dir)
-  tail = _eval_ops(spec, meta.image_shape[-1], image_size, channels)
+  tail = _eval_ops(spec, meta.image_shape[-1], image_size, channels, preprocessing)
   builder = tfds.builder(name, data_dir=data_dir)
   shard = tfds.split_for_jax_process(datasets.tfds_split(name, split))
   steps = datasets.steps_per_epoch(meta, global_batch_size, split)
   context = _TrainContext(seed=seed, local=local, global_batch=global_batch_size,
                           per_example=per_example, tail=tail)
   if spec.in_memory:
-    return _in_memory_train(builder, shard, steps, start_step, context)
+    # Multi-host (#6): the whole split, not this process's shard, so that N processes
+    # build exactly the global batches one process would (tests/test_launch.py).
+    return _in_memory_train(builder, datasets.tfds_split(name, split), steps, start_step,
+                            context)
   return _streaming_train(builder, shard, steps, start_step, context)
 
 
@@ -223,23 +254,25 @@ def _read_into_memory(builder, shard, decode: bool):
   return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def _in_memory_train(builder, shard, steps, start_step, ctx: _TrainContext):
+def _in_memory_train(builder, split, steps, start_step, ctx: _TrainContext):
   feature = builder.info.features['image']
   fixed = feature.shape is not None and None not in feature.shape
-  images, labels = _read_into_memory(builder, shard, decode=fixed)
+  images, labels = _read_into_memory(builder, split, decode=fixed)
   n = len(labels)
-  steps = min(steps, n // ctx.local)  # equal unless the data disagrees with its metadata
+  steps = min(steps, n // ctx.global_batch)  # equal unless the data disagrees with its metadata
   if steps == 0:
-    raise UserError(f'this process has {n} examples of {builder.name}, fewer than its '
-                    f'{ctx.local} per step; use a smaller --batch_size')
+    raise UserError(f'{builder.name} has {n} training examples, fewer than the '
+                    f'{ctx.global_batch} per step; use a smaller --batch_size')
   images, labels = tf.constant(images), tf.constant(labels)
   seed, local = ctx.seed, ctx.local
 
   def step_examples(step):
     epoch, step_in_epoch = step // steps, step % steps
     offset = tf.range(local, dtype=tf.int64)
+    # This process's slice of the global batch (#6: was step_in_epoch * local + offset
+    # into its own shard).
     index = tf.random.experimental.index_shuffle(
-        step_in_epoch * local + offset, tf.stack([tf.constant(seed, tf.int64), epoch]),
+        ctx.position(step_in_epoch, offset), tf.stack([tf.constant(seed, tf.int64), epoch]),
         tf.constant(n - 1, tf.int64))
     return {'index': index,
             'seed': ctx.example_seed(epoch, ctx.position(step_in_epoch, offset))}
@@ -304,12 +337,13 @@ def _mix(seed: int, epoch: int) -> int:
 
 def local_eval_batches(name: str, *, split: str = 'test', global_batch_size: int,
                        image_size: int, channels: int | None = None, data_dir=None,
-                       raw_data_dir=None) -> Iterator[dict[str, np.ndarray]]:
+                       raw_data_dir=None,
+                       preprocessing: str | None = None) -> Iterator[dict[str, np.ndarray]]:
   """This process's share of `eval_batches`, as numpy arrays."""
   meta = datasets.dataset_meta(name, data_dir=data_dir, raw_data_dir=raw_data_dir)
   spec = datasets.spec(name)
   local = _process_share(global_batch_size)
-  tail = _eval_ops(spec, meta.image_shape[-1], image_size, channels)
+  tail = _eval_ops(spec, meta.image_shape[-1], image_size, channels, preprocessing)
   builder = tfds.builder(name, data_dir=data_dir)
   logical = datasets.tfds_split(name, split)
   shard = tfds.split_for_jax_process(logical)

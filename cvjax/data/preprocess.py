@@ -213,6 +213,19 @@ def normalize(mean, std) -> Apply:
   return lambda image, seed=None: (image - mean_t) / std_t
 
 
+# Keras' 'caffe' mode means, BGR order (keras.applications.imagenet_utils).
+CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+@register(random=False)
+def caffe() -> Apply:
+  """Keras' 'caffe' input convention (keras.applications VGG16/19, ResNet50/101/152):
+  RGB -> BGR, scaled to [0, 255], minus the ImageNet BGR means `CAFFE_BGR_MEAN`, not
+  divided by a std. Needs 3 channels."""
+  mean = tf.constant(CAFFE_BGR_MEAN, tf.float32)
+  return lambda image, seed=None: image[..., ::-1] * 255.0 - mean
+
+
 @register(random=False)
 def to_rgb() -> Apply:
   """Grayscale -> RGB by repeating the channel."""

@@ -15,6 +15,10 @@ from cvjax.errors import UserError, unknown_choice
 
 OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'adam', 'adamw')
 SCHEDULES = ('constant', 'step', 'cosine')
+# Input conventions of imported weights (issue 5; op strings in cvjax.data.pipeline):
+# 'caffe' Keras VGG/ResNet (BGR, 0-255, minus ImageNet means), 'torch' torchvision
+# (ImageNet mean/std), 'tf' Keras MobileNet/Inception (scaled to [-1, 1]).
+PREPROCESSINGS = ('caffe', 'torch', 'tf')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +67,16 @@ class TrainConfig:
   early_stopping_metric: str | None = None    # None: the task's main metric
   num_devices: int | None = None              # None: all devices
 
+  # --- Transfer learning and imported weights (issue 5; cvjax.transfer, cvjax.pretrained).
+  num_classes: int | None = None      # model outputs; None: the dataset's. Set by cvjax.convert,
+                                      # so restoring converted weights needs no prepared dataset.
+  preprocessing: str | None = None    # None: the dataset's mean/std; else one of PREPROCESSINGS
+  init_from: str | None = None        # workdir whose params/batch_stats (matching path and
+                                      # shape) start a fresh run; the rest stays initialised
+  init_exclude: str | None = None     # not taken from init_from: 'head' or a regex on paths
+  freeze: str = ''                    # frozen params: 'all_but_head', 'all_but_top:N' (top N
+                                      # stages stay trainable) or a regex on 'module/.../param'
+
   def validate(self) -> None:
     """Raises `UserError` for settings that cannot work."""
     if self.optimizer not in OPTIMIZERS:
@@ -79,6 +93,15 @@ class TrainConfig:
       raise UserError(f'learning_rate must be positive, got {self.learning_rate}')
     if not 0 <= self.label_smoothing < 1:
       raise UserError(f'label_smoothing must be in [0, 1), got {self.label_smoothing}')
+    # Transfer learning (issue 5).
+    if self.preprocessing is not None and self.preprocessing not in PREPROCESSINGS:
+      raise unknown_choice('preprocessing', self.preprocessing, PREPROCESSINGS)
+    if self.num_classes is not None and self.num_classes <= 0:
+      raise UserError(f'num_classes must be positive, got {self.num_classes}')
+    from cvjax import transfer  # pylint: disable=g-import-not-at-top
+    transfer.parse_freeze(self.freeze)
+    if self.init_exclude not in (None, '', 'head'):
+      transfer.compile_pattern(self.init_exclude, 'init_exclude')
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -51,6 +51,7 @@ class Run:
   total_steps: int
   schedule: Any
   tx: Any
+  freezer: Any = None        # cvjax.transfer.Freezer when config.freeze is set (issue 5)
 
   @property
   def image_size(self) -> int:
@@ -88,7 +89,11 @@ def build_run(config: TrainConfig) -> Run:
   height, _, channels = models.model_input_shape(config.model)  # unknown model: fail first
   meta = task.dataset_meta(config)
   image_size = config.image_size or height
-  model = models.get_model(config.model, num_classes=meta.num_classes,
+  num_classes = config.num_classes or meta.num_classes  # issue 5: converted weights
+  if num_classes < meta.num_classes:
+    raise UserError(f'num_classes={num_classes} but {config.dataset} has {meta.num_classes} '
+                    'classes; leave num_classes unset to use the dataset\'s')
+  model = models.get_model(config.model, num_classes=num_classes,
                            bn_axis_name=steps.AXIS, **config.model_kwargs)
   steps_per_epoch = data.steps_per_epoch(meta, config.batch_size)
   if steps_per_epoch < 1:
@@ -96,10 +101,17 @@ def build_run(config: TrainConfig) -> Run:
                     f'{meta.split_sizes["train"]} training examples of {config.dataset}')
   total = config.num_train_steps or math.ceil(config.num_epochs * steps_per_epoch)
   schedule = optim.learning_rate_schedule(config, total, steps_per_epoch)
+  input_shape = (1, image_size, image_size, channels)
+  if hasattr(task, 'build_model'):  # issue 5: a task with its own model (cached-feature heads)
+    model, input_shape = task.build_model(config, meta)
+  freezer = None
+  if config.freeze:  # Transfer hook (issue 5): frozen params, see cvjax.transfer.
+    from cvjax import transfer
+    freezer = transfer.make_freezer(config.freeze, model, input_shape)
   return Run(config=config, task=task, mesh=mesh, model=model, dataset=meta,
-             input_shape=(1, image_size, image_size, channels),
+             input_shape=input_shape,
              steps_per_epoch=steps_per_epoch, total_steps=total, schedule=schedule,
-             tx=optim.make_optimizer(config, schedule))
+             tx=optim.make_optimizer(config, schedule, freezer), freezer=freezer)
 
 
 def evaluate(run: Run, state: TrainState, eval_step, split: str) -> dict[str, float]:
@@ -174,11 +186,19 @@ def fit(config: TrainConfig, workdir: str) -> dict[str, Any]:
   if restored:
     state = restored[0]
     logging.info('resumed from step %d in %s', int(state.step), ckpts.directory)
+  elif config.init_from and not hasattr(task, 'build_model'):
+    # Transfer hook (issue 5): a fresh run starts from another's weights (a task with its
+    # own model, cvjax.transfer.FeatureTask, reads init_from itself).
+    from cvjax import transfer
+    head = (transfer.head_modules(run.model, run.input_shape)
+            if config.init_exclude == 'head' else ())
+    state = transfer.init_from(state, config, head)
   start_step = int(state.step)
 
   writer = MetricWriter(workdir, enabled=chief)
   writer.truncate_after(start_step)
-  train_step = steps.parallel_train_step(run.mesh, config.label_smoothing, task)
+  train_step = steps.parallel_train_step(run.mesh, config.label_smoothing, task,
+                                         freezer=run.freezer)
   eval_step = steps.parallel_eval_step(run.mesh, task)
   eval_every = config.eval_every_steps or run.steps_per_epoch
   ckpt_every = config.checkpoint_every_steps or run.steps_per_epoch
@@ -200,6 +220,8 @@ def fit(config: TrainConfig, workdir: str) -> dict[str, Any]:
     with _sigterm_flag() as preempt:
       while step < run.total_steps and not stopped_early:
         batch = next(batches)
+        if step == start_step and 'image' in batch:  # issue 8: TensorBoard input grid
+          writer.images(step + 1, 'augmented_inputs', batch['image'])
         state, metrics = train_step(state, batch)
         step += 1
         host = jax.device_get(metrics)  # also the per-step NaN check

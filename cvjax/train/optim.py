@@ -36,8 +36,12 @@ def _is_kernel(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(config: TrainConfig, schedule: optax.Schedule) -> optax.GradientTransformation:
-  """The configured optimizer with weight decay and gradient clipping."""
+def make_optimizer(config: TrainConfig, schedule: optax.Schedule,
+                   freezer=None) -> optax.GradientTransformation:
+  """The configured optimizer with weight decay and gradient clipping.
+
+  freezer: a `cvjax.transfer.Freezer`; its frozen params get no update (issue 5).
+  """
   parts = []
   if config.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
@@ -53,4 +57,7 @@ def make_optimizer(config: TrainConfig, schedule: optax.Schedule) -> optax.Gradi
     parts.append(optax.adam(schedule))
   else:  # 'adamw'
     parts.append(optax.adamw(schedule, weight_decay=config.weight_decay, mask=_is_kernel))
-  return optax.chain(*parts)
+  tx = optax.chain(*parts)
+  if freezer is not None:  # Transfer hook (issue 5): multi_transform with set_to_zero.
+    tx = freezer.wrap_optimizer(tx)
+  return tx

@@ -13,6 +13,7 @@ from cvjax.errors import UserError
 from cvjax.train.checkpoint import Checkpoints
 from cvjax.train.config import TrainConfig
 from cvjax.train.state import model_variables
+from cvjax.train import steps
 
 
 @dataclasses.dataclass
@@ -25,6 +26,8 @@ class Restored:
   step:      the checkpoint's step.
   predict:   uint8[B, H, W, C] images at any size → float32[B, num_classes]
              probabilities, with the run's own eval preprocessing.
+             Detection runs (issue 4): one dict per image, 'boxes' f32[n, 4]
+             (ymin, xmin, ymax, xmax) normalised, 'classes' int32[n], 'scores' f32[n].
   """
   model: Any
   variables: dict
@@ -43,10 +46,19 @@ def restore(workdir: str, step: int | None = None) -> Restored:
   with open(config_path) as f:
     config = TrainConfig.from_json(f.read())
   # Restoring for inference needs no particular device count.
-  run = build_run(config.replace(num_devices=1, batch_size=1, eval_batch_size=1))
+  config_1 = config.replace(num_devices=1, batch_size=1, eval_batch_size=1)
+  if config.num_classes is not None:  # issue 5: converted weights need no prepared dataset
+    from cvjax.pretrained.common import run_without_data
+    run = run_without_data(config_1)
+  else:
+    run = build_run(config_1)
   ckpts = Checkpoints(os.path.join(workdir, 'checkpoints'), keep=max(config.keep_checkpoints, 1))
   try:
-    template = run.init_state()
+    # Shapes and shardings only: no compiled random init (minutes for big models; issue 5).
+    replicated = steps.replicated(run.mesh)
+    template = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+        jax.eval_shape(run.init_state))
     if step is None:
       restored = ckpts.restore_latest(template)
       if restored is None:
@@ -68,8 +80,11 @@ def restore(workdir: str, step: int | None = None) -> Restored:
     if images.ndim == 3:
       images = images[None]
     x = data.preprocess_for_eval(images, dataset=config.dataset, image_size=run.image_size,
-                                 channels=run.channels)
+                                 channels=run.channels,
+                                 preprocessing=config.preprocessing)  # issue 5
     return np.asarray(apply(variables, x))
 
+  if hasattr(run.task, 'predictor'):  # issue 4: a detector's predict gives boxes, classes, scores
+    predict = run.task.predictor(model, variables, run.image_size)
   return Restored(model=model, variables=variables, config=config, step=int(state.step),
                   predict=predict, class_names=getattr(run.dataset, 'class_names', None))

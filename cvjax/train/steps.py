@@ -14,6 +14,7 @@ over the global batch, exactly as on one device.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
@@ -27,14 +28,16 @@ AXIS = 'data'
 
 
 def train_step(state: TrainState, batch: dict, *, task: Task | None = None,
-               label_smoothing: float = 0.0,
-               axis_name: str | None = AXIS) -> tuple[TrainState, dict]:
+               label_smoothing: float = 0.0, axis_name: str | None = AXIS,
+               freezer=None) -> tuple[TrainState, dict]:
   """One optimizer step on this device's shard of the batch.
 
   batch: the task's batch dict, e.g. {'image': f32[b, H, W, C], 'label': int32[b]},
   b = global batch / devices. Returns the new state and {'loss', ...task
   metrics} averaged over the global batch. With `axis_name=None` it is a plain
-  single-device step. `task` defaults to classification.
+  single-device step. `task` defaults to classification. `freezer` (a
+  `cvjax.transfer.Freezer`, issue 5): no gradient into its frozen params, and its
+  frozen BatchNorm layers run in inference mode (their statistics stay unchanged).
   """
   task = task or ClassificationTask()
   step_rng = jax.random.fold_in(state.rng, state.step)
@@ -43,10 +46,13 @@ def train_step(state: TrainState, batch: dict, *, task: Task | None = None,
   has_bn = bool(state.batch_stats)
 
   def loss_fn(params):
+    if freezer is not None:  # Transfer hook (issue 5).
+      params = freezer.stop_gradient(params)
     variables = model_variables(state.replace(params=params))
-    out = state.apply_fn(variables, batch['image'], train=True,
-                         rngs={'dropout': step_rng},
-                         mutable=['batch_stats'] if has_bn else False)
+    with freezer.bn_inference() if freezer is not None else contextlib.nullcontext():
+      out = state.apply_fn(variables, batch['image'], train=True,
+                           rngs={'dropout': step_rng},
+                           mutable=['batch_stats'] if has_bn else False)
     outputs, updates = out if has_bn else (out, {})
     loss, metrics = task.loss(outputs, batch, label_smoothing)
     return loss, (metrics, updates)
@@ -93,13 +99,14 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(AXIS))
 
 
-def parallel_train_step(mesh: Mesh, label_smoothing: float = 0.0, task: Task | None = None):
+def parallel_train_step(mesh: Mesh, label_smoothing: float = 0.0, task: Task | None = None,
+                        freezer=None):
   """jit(shard_map(train_step)): (state, global batch) → (state, metrics).
 
   The incoming state buffer is donated, so keep only the returned state.
   """
   step = functools.partial(train_step, task=task, label_smoothing=label_smoothing,
-                           axis_name=AXIS)
+                           axis_name=AXIS, freezer=freezer)
   sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(AXIS)),
                           out_specs=(P(), P()), check_vma=False)
   return jax.jit(sharded, donate_argnums=0)

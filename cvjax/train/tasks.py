@@ -126,7 +126,7 @@ class ClassificationTask:
         c.dataset, global_batch_size=c.batch_size, image_size=run.image_size,
         channels=run.channels, sharding=steps.batch_sharded(run.mesh), seed=c.seed,
         start_step=start_step, augment=c.augment, data_dir=c.data_dir,
-        raw_data_dir=c.raw_data_dir)
+        raw_data_dir=c.raw_data_dir, preprocessing=c.preprocessing)  # issue 5: preprocessing
 
   def eval_batches(self, run, split):
     from cvjax import data
@@ -136,7 +136,7 @@ class ClassificationTask:
         c.dataset, split=split, global_batch_size=c.eval_batch_size or c.batch_size,
         image_size=run.image_size, channels=run.channels,
         sharding=steps.batch_sharded(run.mesh), data_dir=c.data_dir,
-        raw_data_dir=c.raw_data_dir)
+        raw_data_dir=c.raw_data_dir, preprocessing=c.preprocessing)  # issue 5: preprocessing
 
 
 _TASKS = {'classification': ClassificationTask}
@@ -148,6 +148,10 @@ def register_task(name: str, task_cls) -> None:
 
 
 def get_task(name: str) -> Task:
+  if name == 'segmentation' and name not in _TASKS:  # issue 7: registers itself on import
+    import cvjax.segmentation.task  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  if name == 'detection' and name not in _TASKS:  # issue 4: registers itself on import
+    import cvjax.detection.task  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   if name not in _TASKS:
     raise unknown_choice('task', name, _TASKS)
   return _TASKS[name]()

@@ -1,0 +1,62 @@
+"""Pretrained weights from Keras and torchvision, as normal cvjax workdirs.
+
+    from cvjax import pretrained
+    out = pretrained.convert('keras', 'resnet50', 'resnet50.weights.h5', 'runs/resnet50_keras')
+    restored = cvjax.restore(out)          # predicts with Keras' own preprocessing
+    # or fine-tune: python -m experiments.transfer --init_from=runs/resnet50_keras ...
+
+Same from a shell: `python -m cvjax.convert --source=keras --model=resnet50
+--weights=FILE --out=DIR`. Sources: 'keras' (`cvjax.pretrained.keras`: VGG16, VGG19,
+ResNet50/101/152 from .weights.h5 or legacy .h5) and 'torchvision'
+(`cvjax.pretrained.torchvision`: resnet18-152, vgg11-19(+bn), alexnet from .pth or .npz).
+Importing this package loads neither h5py nor torch.
+"""
+from __future__ import annotations
+
+import importlib
+
+from cvjax.errors import unknown_choice
+
+SOURCES = ('keras', 'torchvision')
+
+
+def _source(source: str):
+  if source not in SOURCES:
+    raise unknown_choice('source', source, SOURCES)
+  return importlib.import_module(f'cvjax.pretrained.{source}')
+
+
+def load(source: str, model: str, weights: str, image_size: int | None = None):
+  """(TrainConfig, {cvjax path: float32 array}) of a source's weights file, checked
+  name by name and shape by shape against the cvjax model; nothing is written."""
+  return _source(source).load(weights, model, image_size)
+
+
+def convert(source: str, model: str, weights: str, out: str,
+            image_size: int | None = None) -> str:
+  """Converts `weights` of `source` model `model` into the new cvjax workdir `out`.
+
+  Args:
+    source: 'keras' or 'torchvision'.
+    model: the source's model name ('resnet50', 'VGG16', 'vgg16_bn', 'alexnet', ...).
+    weights: the weights file (see the source modules for formats).
+    out: directory to create; must not exist. Written atomically.
+    image_size: input size the model will be used at (default: its natural 224).
+
+  Returns:
+    The absolute path of `out`, ready for `cvjax.restore` and `--init_from`.
+
+  Raises:
+    UserError: a bad name or file, or the first missing / unexpected / mis-shaped tensor;
+      nothing is written then.
+  """
+  import os  # pylint: disable=g-import-not-at-top
+  from cvjax.errors import UserError  # pylint: disable=g-import-not-at-top
+  from cvjax.pretrained import common  # pylint: disable=g-import-not-at-top
+  if os.path.exists(out):  # fail before reading a large file
+    raise UserError(f'--out={out} already exists; choose a new directory')
+  config, arrays = load(source, model, weights, image_size)
+  meta = {'converted_from': {'source': source, 'model': model,
+                             'weights': os.path.abspath(weights),
+                             'sha256': common.sha256(weights)}}
+  return common.write_workdir(out, config, arrays, meta)
