@@ -1,0 +1,523 @@
+"""Pictures of a training run: first-layer filters, feature maps, training curves.
+
+    python -m cvjax.visualize --workdir=W --what=filters      --out=filters.png
+    python -m cvjax.visualize --workdir=W --what=feature_maps --out=maps.png
+        [--image=photo.png | --index=0] [--layer=conv2]
+    python -m cvjax.visualize --workdir=W --what=curves       --out=curves.png
+    python -m cvjax.visualize --readme [--workdir=runs/lenet5_fashion_mnist]
+        [--out_dir=docs/images] [--no_profile]   # regenerates the README's pictures
+
+filters:      the first convolution's kernels, one tile per output channel,
+              each scaled symmetrically about zero (grey = 0; for RGB kernels
+              each colour channel is a colour channel of the tile).
+feature_maps: the output of layer `--layer` (default: the first convolution)
+              for one image, one tile per channel (up to 64), each min-max
+              scaled. Layers are the model's modules, as `python -m
+              cvjax.summary` lists them; activation functions are not modules,
+              so a conv's map is its pre-activation output. The image is
+              `--image` (a PNG/JPEG file), else test image `--index` of the
+              run's dataset (else, if that dataset is not prepared here,
+              scikit-image's camera / astronaut photo); it is preprocessed
+              exactly as `cvjax.restore(W).predict` does.
+curves:       losses, metrics in [0, 1] (accuracy, mAP), other metrics and
+              the learning rate against the step, one panel each, read from
+              `<workdir>/metrics.jsonl` (train: means over each logging
+              window; eval: whole split).
+
+PNG sizes are fixed by `FIGSIZE` × dpi (inches × dots per inch), so scripts
+and tests can rely on them. The library functions return matplotlib Figures
+(no pyplot state, so they display inline in a notebook) and plain arrays:
+`filter_grid`, `feature_map_grid`, `activations`, `read_metrics`,
+`test_images`. Detection runs (SSD) work too: their images come from
+`cvjax.detection.data` and are resized to the model input as their `predict`
+does; their boxes are drawn by `cvjax.detection.draw`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+
+from cvjax import errors
+
+WHATS = ('filters', 'feature_maps', 'curves')
+FIGSIZE = {'filters': (7.0, 3.6), 'feature_maps': (10.0, 5.0), 'curves': (12.0, 3.6)}
+DPI = 100
+MAX_MAPS = 64
+README_WORKDIR = os.path.join('runs', 'lenet5_fashion_mnist')
+README_PICTURES = {'curves': 'training_curves.png', 'filters': 'filters.png',
+                   'feature_maps': 'feature_maps.png'}
+README_PROFILE = ('alexnet_profile.png', dict(batch_size=8, backward=True, repeats=3))
+
+
+# ------------------------------------------------------------------------ arrays
+
+
+def tile(images: np.ndarray, *, cols: int | None = None, pad: int = 1,
+         pad_value: float = 1.0) -> np.ndarray:
+  """Lays images out in a grid: float[N, h, w, C] → float[R·(h+pad)+pad, cols·(w+pad)+pad, C].
+
+  R = ceil(N / cols), cols defaults to ceil(sqrt(N)); empty cells and the
+  `pad`-pixel borders get `pad_value`.
+  """
+  images = np.asarray(images, np.float32)
+  n, h, w, c = images.shape
+  cols = cols or math.ceil(math.sqrt(n))
+  rows = math.ceil(n / cols)
+  grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), pad_value, np.float32)
+  for i in range(n):
+    r, q = divmod(i, cols)
+    y, x = pad + r * (h + pad), pad + q * (w + pad)
+    grid[y:y + h, x:x + w] = images[i]
+  return grid
+
+
+def best_cols(n: int, aspect: float) -> int:
+  """Columns for n square tiles in a width/height = `aspect` box, largest tiles first."""
+  return max(range(1, n + 1), key=lambda c: (min(aspect / c, 1 / math.ceil(n / c)), -c))
+
+
+def filter_grid(kernel: np.ndarray, *, pad: int = 1, cols: int | None = None) -> np.ndarray:
+  """A conv kernel's filters as one picture.
+
+  Args:
+    kernel: float[kh, kw, C_in, C_out] (flax `nn.Conv` layout).
+    pad: pixels between tiles.
+    cols: tiles per row; default ceil(sqrt(C_out)).
+
+  Returns:
+    float32[R·(kh+pad)+pad, cols·(kw+pad)+pad, 3] in [0, 1]: one tile per output
+    channel, 0.5 + 0.5 · w / max|w| of that filter (grey is zero). C_in = 3 is
+    shown as RGB; any other C_in as grey levels of the mean over input channels.
+  """
+  k = np.asarray(kernel, np.float32)
+  if k.ndim != 4:
+    raise errors.UserError(f'filter_grid wants a conv kernel [kh, kw, C_in, C_out], '
+                           f'got shape {k.shape}')
+  if k.shape[2] != 3:
+    k = k.mean(axis=2, keepdims=True)
+  k = np.moveaxis(k, 3, 0)  # [C_out, kh, kw, C]
+  scale = np.abs(k).max(axis=(1, 2, 3), keepdims=True)
+  k = 0.5 + 0.5 * k / np.where(scale > 0, scale, 1.0)
+  if k.shape[-1] == 1:
+    k = np.repeat(k, 3, axis=-1)
+  return tile(k, pad=pad, cols=cols)
+
+
+def feature_map_grid(maps: np.ndarray, *, max_maps: int = MAX_MAPS, pad: int = 1) -> np.ndarray:
+  """Channels of one activation as one picture.
+
+  Args:
+    maps: float[h, w, C] (one example's layer output) or float[C] (a dense
+      layer's output: one pixel per unit in a square, scaled jointly).
+    max_maps: at most this many channels, the first ones.
+    pad: pixels between tiles.
+
+  Returns:
+    float32[H', W'] in [0, 1]: one tile per channel, each min-max scaled
+    (a constant channel is 0); borders are NaN (drawn transparent).
+  """
+  a = np.asarray(maps, np.float32)
+  if a.ndim == 1:  # a dense layer: one pixel per unit, scaled jointly, in a square
+    side = math.ceil(math.sqrt(a.size))
+    span = float(a.max() - a.min())
+    v = (a - a.min()) / span if span > 0 else np.zeros_like(a)
+    v = np.concatenate([v, np.full(side * side - a.size, np.nan, np.float32)])
+    return v.reshape(side, side)
+  if a.ndim != 3:
+    raise errors.UserError(f'feature_map_grid wants [h, w, C] or [C], got shape {a.shape}')
+  a = np.moveaxis(a[..., :max_maps], -1, 0)[..., None]  # [C, h, w, 1]
+  lo = a.min(axis=(1, 2, 3), keepdims=True)
+  span = a.max(axis=(1, 2, 3), keepdims=True) - lo
+  a = np.where(span > 0, (a - lo) / np.where(span > 0, span, 1.0), 0.0)
+  return tile(a, pad=pad, pad_value=np.nan)[..., 0]
+
+
+# -------------------------------------------------------------------- run access
+
+
+def restore(workdir: str):
+  """`cvjax.restore(workdir)`, with a one-line `UserError` if there is no run there."""
+  import cvjax
+  if not os.path.isdir(workdir):
+    raise errors.UserError(f'workdir {workdir} does not exist; give the directory of a '
+                           'training run (it holds config.json and checkpoints/)')
+  return cvjax.restore(workdir)
+
+
+def input_shape(run) -> tuple[int, int, int]:
+  """The (S, S, C) the restored run's model takes."""
+  from cvjax.models import registry
+  h, _, c = registry.model_input_shape(run.config.model)
+  s = run.config.image_size or h
+  return s, s, c
+
+
+def layers(run) -> list[dict[str, Any]]:
+  """The model's leaf layers (`cvjax.summary` rows: name, type, output_shape, ...)."""
+  from cvjax import summary
+  return summary.summarize(run.model, (1, *input_shape(run)))['layers']
+
+
+def first_conv(run) -> tuple[str, np.ndarray]:
+  """(name, kernel float32[kh, kw, C_in, C_out]) of the model's first convolution."""
+  for layer in layers(run):
+    if layer['type'] == 'Conv':
+      tree = run.variables['params']
+      for key in layer['name'].split('/'):
+        tree = tree[key]
+      return layer['name'], np.asarray(tree['kernel'], np.float32)
+  raise errors.UserError(f'model {run.config.model} has no convolution')
+
+
+def preprocess(run, images: np.ndarray) -> np.ndarray:
+  """uint8[B, H, W, C] → the model's input float32[B, S, S, C'], as `run.predict` does it.
+
+  Classification: `cvjax.data.preprocess_for_eval` with the run's dataset
+  normalisation. Detection: RGB in [0, 1] resized to S×S (the SSD models
+  normalise their input themselves).
+  """
+  from cvjax import data
+  s, _, c = input_shape(run)
+  if run.config.task == 'detection':
+    from cvjax.detection import augment
+    tf = data.datasets.tensorflow()
+    x = tf.image.convert_image_dtype(tf.constant(np.asarray(images, np.uint8)), tf.float32)
+    if x.shape[-1] == 1:
+      x = tf.image.grayscale_to_rgb(x)
+    return np.stack([augment.resize(im, s).numpy() for im in x])
+  return data.preprocess_for_eval(np.asarray(images), dataset=run.config.dataset,
+                                  image_size=s, channels=c,
+                                  preprocessing=run.config.preprocessing)
+
+
+def activations(run, image: np.ndarray, layer: str | None = None) -> tuple[str, np.ndarray]:
+  """The output of one layer for one image.
+
+  Args:
+    run: a `cvjax.restore` result.
+    image: uint8[H, W, C] (any size; preprocessed like `run.predict`).
+    layer: a layer name from `layers(run)` ('/'-joined path, e.g. 'conv2' or
+      'stage1/block0/conv1'); None: the first convolution.
+
+  Returns:
+    (layer name, float32[h, w, C_out] or float32[C_out] for dense layers).
+
+  Raises:
+    UserError: unknown layer name (the message lists the valid ones).
+  """
+  import jax
+  names = [l['name'] for l in layers(run)]
+  if layer is None:
+    layer = first_conv(run)[0]
+  if layer not in names:
+    raise errors.unknown_choice('layer', layer, names)
+  path = tuple(layer.split('/'))
+  x = preprocess(run, np.asarray(image)[None])
+
+  def capture(module, method_name):
+    return method_name == '__call__' and tuple(module.path) == path
+
+  _, state = jax.jit(lambda v, x: run.model.apply(
+      v, x, train=False, capture_intermediates=capture, mutable=['intermediates']))(
+          run.variables, x)
+  tree = state['intermediates']
+  for key in path:
+    tree = tree[key]
+  out = jax.tree.leaves(tree['__call__'])[0]
+  return layer, np.asarray(out[0], np.float32)
+
+
+def read_metrics(workdir: str) -> list[dict[str, float]]:
+  """The records of `<workdir>/metrics.jsonl`: [{'step': int, name: value, ...}, ...]."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    raise errors.UserError(f'{path} does not exist; is {workdir} a cvjax training run?')
+  records = []
+  with open(path) as f:
+    for i, line in enumerate(f, 1):
+      if line.strip():
+        try:
+          records.append(json.loads(line))
+        except json.JSONDecodeError:
+          raise errors.UserError(f'{path} line {i} is not JSON: {line.strip()[:60]!r}') from None
+  if not records:
+    raise errors.UserError(f'{path} is empty: the run has not logged a step yet')
+  return records
+
+
+def test_images(run, n: int = 16, *, split: str | None = None,
+                offset: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
+  """Examples `offset … offset+n-1` of the run's dataset `split`, as stored (uint8).
+
+  split: default 'test' for classification, the run's eval split for detection.
+
+  Returns:
+    (images: n arrays uint8[H, W, C] (sizes may differ for tf_flowers, imagenet,
+     detection datasets), labels: int64[n], -1 for detection runs, whose
+     examples have boxes instead).
+
+  Raises:
+    UserError: the dataset is not prepared (and cannot be built) here.
+  """
+  from cvjax.data import datasets
+  c = run.config
+  if c.task == 'detection':
+    from cvjax.detection import data as detection_data
+    try:
+      ds = detection_data.load_split(c.dataset, split or c.eval_split, data_dir=c.data_dir,
+                                     shard_for_process=False)
+      images = [ex['image'] for ex in ds.skip(offset).take(n).as_numpy_iterator()]
+    except errors.UserError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  # TFDS: not prepared here
+      raise errors.UserError(f'cannot read {c.dataset} here: {type(e).__name__}') from None
+    return images, np.full(len(images), -1, np.int64)
+  split = split or 'test'
+  builder = datasets.prepared_builder(c.dataset, data_dir=c.data_dir,
+                                      raw_data_dir=c.raw_data_dir, download=False)
+  ds = builder.as_dataset(split=datasets.tfds_split(c.dataset, split), shuffle_files=False)
+  images, labels = [], []
+  for ex in ds.skip(offset).take(n).as_numpy_iterator():
+    images.append(ex['image'])
+    labels.append(ex['label'])
+  return images, np.asarray(labels, np.int64)
+
+
+def default_image(run, index: int = 0) -> tuple[np.ndarray, str]:
+  """(uint8[H, W, C], caption): test image `index` of the run's dataset, else a photo."""
+  try:
+    images, labels = test_images(run, 1, offset=index)
+    if images:
+      if labels[0] < 0:  # detection: no single label
+        return images[0], f'{run.config.dataset} {run.config.eval_split} image {index}'
+      names = run.class_names
+      label = names[labels[0]] if names else str(labels[0])
+      return images[0], f'{run.config.dataset} test image {index} ({label})'
+  except errors.UserError:
+    pass
+  from skimage import data as skdata
+  c = input_shape(run)[2]
+  if c == 1:
+    return skdata.camera()[..., None], 'scikit-image camera photo'
+  return skdata.astronaut(), 'scikit-image astronaut photo'
+
+
+def load_image(path: str, channels: int) -> np.ndarray:
+  """A PNG/JPEG file as uint8[H, W, channels] (1: grey, 3: RGB)."""
+  from PIL import Image, UnidentifiedImageError
+  if not os.path.isfile(path):
+    raise errors.UserError(f'--image={path} does not exist')
+  try:
+    with Image.open(path) as im:
+      im = im.convert('L' if channels == 1 else 'RGB')
+      arr = np.asarray(im, np.uint8)
+  except UnidentifiedImageError:
+    raise errors.UserError(f'--image={path} is not an image PIL can read') from None
+  return arr[..., None] if arr.ndim == 2 else arr
+
+
+# ---------------------------------------------------------------------- figures
+
+
+def _figure(what: str, dpi: int):
+  from matplotlib.figure import Figure
+  return Figure(figsize=FIGSIZE[what], dpi=dpi)
+
+
+def plot_filters(run, *, dpi: int = DPI):
+  """Figure: the first convolution's filters (`filter_grid`), FIGSIZE['filters'] inches."""
+  name, kernel = first_conv(run)
+  fig = _figure('filters', dpi)
+  box = (0.01, 0.01, 0.98, 0.87)
+  ax = fig.add_axes(box)
+  w, h = FIGSIZE['filters']
+  cols = best_cols(kernel.shape[-1], (w * box[2]) / (h * box[3]))
+  ax.imshow(filter_grid(kernel, cols=cols), interpolation='nearest')
+  ax.set_axis_off()
+  kh, kw, cin, cout = kernel.shape
+  fig.suptitle(f'{run.config.model} {name}: {cout} filters {kh}×{kw}×{cin} '
+               f'(step {run.step}; grey = 0)', fontsize=11)
+  return fig
+
+
+def plot_feature_maps(run, image: np.ndarray, layer: str | None = None, *,
+                      caption: str = '', dpi: int = DPI):
+  """Figure: the model input (left) and layer `layer`'s channels for it (right)."""
+  name, maps = activations(run, image, layer)
+  kind = next(l['type'] for l in layers(run) if l['name'] == name)
+  x = preprocess(run, np.asarray(image)[None])[0]
+  fig = _figure('feature_maps', dpi)
+  left = fig.add_axes((0.02, 0.08, 0.28, 0.76))
+  shown = (x - x.min()) / max(float(x.max() - x.min()), 1e-12)
+  left.imshow(shown[..., 0] if shown.shape[-1] == 1 else shown,
+              cmap='gray', interpolation='nearest')
+  left.set_title('model input' + (f'\n{caption}' if caption else ''), fontsize=9)
+  left.set_axis_off()
+  right = fig.add_axes((0.33, 0.03, 0.65, 0.83))
+  right.imshow(feature_map_grid(maps), cmap='viridis', interpolation='nearest')
+  right.set_axis_off()
+  channels = maps.shape[-1]
+  if maps.ndim == 1:
+    how = f'{channels} units, one pixel each, scaled jointly'
+  else:
+    how = (f'first {MAX_MAPS} of {channels} channels, ' if channels > MAX_MAPS else '') + \
+        'each channel min-max scaled'
+  before = ', before the activation' if kind in ('Conv', 'Dense') else ''
+  fig.suptitle(f'{run.config.model} layer {name} ({kind}{before}): output '
+               f'{"×".join(map(str, maps.shape))} ({how})', fontsize=11)
+  return fig
+
+
+def plot_curves(workdir: str, *, dpi: int = DPI, title: str | None = None):
+  """Figure: losses, other metrics and the learning rate from metrics.jsonl."""
+  records = read_metrics(workdir)
+  keys = sorted({k for r in records for k in r} - {'step'})
+  losses = [k for k in keys if k.endswith('loss')]
+  lr = [k for k in keys if k == 'learning_rate']
+  others = [k for k in keys if k not in losses and k not in lr]
+  def in_unit_range(k):
+    return all(0.0 <= r[k] <= 1.0 for r in records if k in r)
+
+  def panel_title(ks):
+    return ', '.join(sorted({k.split('_', 1)[-1] for k in ks}))
+
+  rates = [k for k in others if in_unit_range(k)]  # accuracy, mAP, ...
+  counts = [k for k in others if k not in rates]   # e.g. detection's matched anchors
+  panels = [('loss', losses), (panel_title(rates), rates), (panel_title(counts), counts),
+            ('learning rate', lr)]
+  panels = [(t, ks) for t, ks in panels if ks]
+  fig = _figure('curves', dpi)
+  axes = fig.subplots(1, len(panels), squeeze=False)[0]
+  for ax, (label, ks) in zip(axes, panels):
+    for k in ks:
+      pts = [(r['step'], r[k]) for r in records if k in r]
+      steps, values = zip(*pts)
+      ax.plot(steps, values, marker='o' if len(pts) < 30 else None, markersize=3,
+              label=k.replace('_', ' '))
+    ax.set_xlabel('step')
+    ax.set_title(label, fontsize=10)
+    ax.grid(alpha=0.3)
+    if len(ks) > 1 or label != 'learning rate':
+      ax.legend(fontsize=8)
+  if title is None:
+    title = workdir
+    config_path = os.path.join(workdir, 'config.json')
+    if os.path.exists(config_path):
+      with open(config_path) as f:
+        c = json.load(f)
+      title = f"{c.get('model')} on {c.get('dataset')} ({workdir})"
+  fig.suptitle(title, fontsize=11)
+  fig.tight_layout()
+  return fig
+
+
+def save(fig, path: str) -> str:
+  """Writes `fig` as PNG to `path` at the figure's own size and dpi; returns path."""
+  parent = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(parent):
+    raise errors.UserError(f'--out={path}: directory {parent} does not exist')
+  fig.savefig(path, dpi=fig.dpi, format='png')
+  return path
+
+
+def picture(what: str, workdir: str, out: str, *, image: str | None = None,
+            index: int = 0, layer: str | None = None, dpi: int = DPI) -> str:
+  """One picture `what` (one of WHATS) of run `workdir`, written to PNG `out`."""
+  if what not in WHATS:
+    raise errors.unknown_choice('--what', what, WHATS)
+  if not os.path.isdir(workdir):
+    raise errors.UserError(f'workdir {workdir} does not exist; give the directory of a '
+                           'training run (it holds config.json and metrics.jsonl)')
+  parent = os.path.dirname(os.path.abspath(out))
+  if not os.path.isdir(parent):
+    raise errors.UserError(f'--out={out}: directory {parent} does not exist')
+  if what == 'curves':
+    return save(plot_curves(workdir, dpi=dpi), out)
+  run = restore(workdir)
+  if what == 'filters':
+    return save(plot_filters(run, dpi=dpi), out)
+  if image is not None:
+    img, caption = load_image(image, input_shape(run)[2]), os.path.basename(image)
+  else:
+    img, caption = default_image(run, index)
+  return save(plot_feature_maps(run, img, layer, caption=caption, dpi=dpi), out)
+
+
+def readme_pictures(workdir: str = README_WORKDIR, out_dir: str = os.path.join('docs', 'images'),
+                    *, layer: str | None = None, index: int = 0,
+                    with_profile: bool = True) -> list[str]:
+  """Regenerates the README's pictures in `out_dir`; returns their paths.
+
+  From run `workdir`: training_curves.png (curves), filters.png (first-layer
+  filters), feature_maps.png (first conv's maps for test image `index`).
+  With `with_profile`, also alexnet_profile.png: `cvjax.profile` of AlexNet at
+  227², batch 8, forward and forward+backward, measured here (about two
+  minutes on two CPU cores); its table is printed.
+  """
+  if not os.path.isdir(workdir):
+    raise errors.UserError(f'workdir {workdir} does not exist; train the default run first '
+                           '(python -m experiments.lenet) or pass --workdir')
+  os.makedirs(out_dir, exist_ok=True)
+  paths = [picture(what, workdir, os.path.join(out_dir, name), index=index, layer=layer)
+           for what, name in README_PICTURES.items()]
+  if with_profile:
+    from cvjax import profile
+    name, kwargs = README_PROFILE
+    p = profile.profile('alexnet', **kwargs)
+    print(profile.format_table(p))
+    paths.append(os.path.join(out_dir, name))
+    profile.plot(p, paths[-1])
+  return paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m cvjax.visualize',
+                                   description=__doc__.splitlines()[0])
+  parser.add_argument('--workdir', default=None, help='a training run directory '
+                      f'(with --readme default: {README_WORKDIR})')
+  parser.add_argument('--what', default=None, help='filters | feature_maps | curves')
+  parser.add_argument('--out', default=None, help='PNG file to write')
+  parser.add_argument('--image', default=None, help='feature_maps: a PNG/JPEG input image')
+  parser.add_argument('--index', type=int, default=0,
+                      help='feature_maps without --image: which test image of the dataset')
+  parser.add_argument('--layer', default=None,
+                      help='feature_maps: layer name (default: the first conv)')
+  parser.add_argument('--dpi', type=int, default=DPI)
+  parser.add_argument('--readme', action='store_true',
+                      help='regenerate the README pictures (training_curves.png, filters.png, '
+                      'feature_maps.png) in --out_dir')
+  parser.add_argument('--out_dir', default=os.path.join('docs', 'images'))
+  parser.add_argument('--no_profile', action='store_true',
+                      help='with --readme: skip the (minutes-long) AlexNet timing picture')
+  args = parser.parse_args(argv)
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow only reads data here
+  try:
+    if args.readme:
+      paths = readme_pictures(args.workdir or README_WORKDIR, args.out_dir, layer=args.layer,
+                              index=args.index, with_profile=not args.no_profile)
+    else:
+      missing = [f'--{k}' for k in ('workdir', 'what', 'out') if getattr(args, k) is None]
+      if missing:
+        raise errors.UserError(f'{" and ".join(missing)} required (or --readme)')
+      if args.index < 0:
+        raise errors.UserError(f'--index must be 0 or more, got {args.index}')
+      if args.dpi < 10:
+        raise errors.UserError(f'--dpi must be at least 10, got {args.dpi}')
+      paths = [picture(args.what, args.workdir, args.out, image=args.image, index=args.index,
+                       layer=args.layer, dpi=args.dpi)]
+  except errors.UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  for p in paths:
+    print(p)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
