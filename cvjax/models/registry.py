@@ -10,7 +10,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cvjax import errors
-from cvjax.models import alexnet, cifar_resnet, lenet, resnet, vgg
+from cvjax.models import alexnet, cifar_resnet, lenet, resnet, ssd, vgg
+from cvjax.models import (densenet, efficientnet, fcn, inception, mobilenet, resnext,  # issue 7
+                          senet, vit, xception)
 
 _IMAGENET = (224, 224, 3)
 _CIFAR = (32, 32, 3)
@@ -21,6 +23,7 @@ class ModelSpec:
   builder: Callable[..., nn.Module]
   input_shape: tuple[int, int, int]  # natural (H, W, C)
   num_classes: int  # classes of the dataset it was designed for
+  task: str = 'classification'  # detection models (issue 4) return (locations, logits)
 
 
 _MODELS: dict[str, ModelSpec] = {
@@ -48,15 +51,68 @@ for _depth, _vgg in [(11, vgg.VGG11), (13, vgg.VGG13), (16, vgg.VGG16), (19, vgg
   _MODELS[f'vgg{_depth}_bn_cifar'] = ModelSpec(
       functools.partial(_vgg, head='gap', batch_norm=True), _CIFAR, 10)
 
+# Detection (issue 4): SSD, num_classes = object classes (VOC's 20; +1 background logit).
+_MODELS.update({
+    'ssd300_vgg16': ModelSpec(ssd.SSD300VGG16, (300, 300, 3), 20, 'detection'),
+    'ssd512_vgg16': ModelSpec(ssd.SSD512VGG16, (512, 512, 3), 20, 'detection'),
+    'ssd300_resnet50': ModelSpec(ssd.SSD300ResNet50, (300, 300, 3), 20, 'detection'),
+    'ssd128_resnet18_slim': ModelSpec(ssd.SSD128ResNet18Slim, (128, 128, 3), 20, 'detection'),
+})
 
-def list_models() -> list[str]:
-  """All registered model names, sorted."""
-  return sorted(_MODELS)
+# Issue 7: the later families, one file each (references and counts in their docstrings).
+_P = functools.partial
+_MODELS.update({
+    'googlenet': ModelSpec(inception.GoogLeNet, _IMAGENET, 1000),
+    'googlenet_torchvision': ModelSpec(inception.GoogLeNetTorchvision, _IMAGENET, 1000),
+    'googlenet_cifar': ModelSpec(_P(inception.GoogLeNetTorchvision, small_input=True), _CIFAR, 10),
+    'inception_v3': ModelSpec(inception.InceptionV3, (299, 299, 3), 1000),
+    'xception': ModelSpec(xception.Xception, (299, 299, 3), 1000),
+    'se_resnet50': ModelSpec(senet.SEResNet50, _IMAGENET, 1000),
+    'se_resnet20': ModelSpec(senet.SEResNet20, _CIFAR, 10),
+    'resnext50_32x4d': ModelSpec(resnext.ResNeXt50_32x4d, _IMAGENET, 1000),
+    'densenet121': ModelSpec(densenet.DenseNet121, _IMAGENET, 1000),
+    'densenet169': ModelSpec(densenet.DenseNet169, _IMAGENET, 1000),
+    'densenet201': ModelSpec(densenet.DenseNet201, _IMAGENET, 1000),
+    'densenet_bc100_cifar': ModelSpec(densenet.DenseNetBC100, _CIFAR, 10),
+    'mobilenet_v1': ModelSpec(mobilenet.MobileNetV1, _IMAGENET, 1000),
+    'mobilenet_v1_cifar': ModelSpec(_P(mobilenet.MobileNetV1, small_input=True), _CIFAR, 10),
+    'mobilenet_v2': ModelSpec(mobilenet.MobileNetV2, _IMAGENET, 1000),
+    'mobilenet_v2_cifar': ModelSpec(_P(mobilenet.MobileNetV2, small_input=True), _CIFAR, 10),
+    'efficientnet_b0': ModelSpec(efficientnet.EfficientNetB0, (224, 224, 3), 1000),
+    'efficientnet_b1': ModelSpec(efficientnet.EfficientNetB1, (240, 240, 3), 1000),
+    'efficientnet_b2': ModelSpec(efficientnet.EfficientNetB2, (260, 260, 3), 1000),
+    'efficientnet_b3': ModelSpec(efficientnet.EfficientNetB3, (300, 300, 3), 1000),
+    'efficientnet_b4': ModelSpec(efficientnet.EfficientNetB4, (380, 380, 3), 1000),
+    'efficientnet_b5': ModelSpec(efficientnet.EfficientNetB5, (456, 456, 3), 1000),
+    'efficientnet_b6': ModelSpec(efficientnet.EfficientNetB6, (528, 528, 3), 1000),
+    'efficientnet_b7': ModelSpec(efficientnet.EfficientNetB7, (600, 600, 3), 1000),
+    'efficientnet_b0_cifar': ModelSpec(_P(efficientnet.EfficientNetB0, small_input=True), _CIFAR, 10),
+    'vit_b16': ModelSpec(vit.ViT_B16, _IMAGENET, 1000),
+    'vit_ti16': ModelSpec(vit.ViT_Ti16, _IMAGENET, 1000),
+    'vit_tiny_cifar': ModelSpec(vit.ViT_TinyCifar, _CIFAR, 10),
+    # Segmentation: per-pixel logits [B, H, W, K], K includes the background.
+    'fcn32s_vgg16': ModelSpec(fcn.FCN32sVGG16, _IMAGENET, 21, 'segmentation'),
+    'fcn16s_vgg16': ModelSpec(fcn.FCN16sVGG16, _IMAGENET, 21, 'segmentation'),
+    'fcn8s_vgg16': ModelSpec(fcn.FCN8sVGG16, _IMAGENET, 21, 'segmentation'),
+    'fcn8s_resnet18': ModelSpec(fcn.FCN8sResNet18, _IMAGENET, 21, 'segmentation'),
+    'fcn8s_resnet50': ModelSpec(fcn.FCN8sResNet50, _IMAGENET, 21, 'segmentation'),
+    'fcn8s_tiny': ModelSpec(fcn.FCN8sTiny, (128, 128, 3), 7, 'segmentation'),
+})
+
+
+def list_models(task: str | None = 'classification') -> list[str]:
+  """Registered model names of `task` ('classification', 'detection'; None: all), sorted."""
+  return sorted(n for n, s in _MODELS.items() if task is None or s.task == task)
+
+
+def model_task(name: str) -> str:
+  """The task a model is built for: 'classification' or 'detection'."""
+  return _spec(name).task
 
 
 def _spec(name: str) -> ModelSpec:
   if name not in _MODELS:
-    raise errors.unknown_choice('model', name, list_models())
+    raise errors.unknown_choice('model', name, list_models(None))
   return _MODELS[name]
 
 

@@ -1,0 +1,18 @@
+"""Object detection: SSD's default boxes, box coding, matching, MultiBox loss,
+batched NMS, COCO/VOC metrics, detection datasets and the `DetectionTask`.
+
+Units and conventions used throughout (cvjax's, not torchvision's):
+  boxes:   f32[..., 4] (ymin, xmin, ymax, xmax), normalised to [0, 1] by the
+           image height and width unless a docstring says "pixels".
+  labels:  int32 object classes 0..K-1; the models' class logits have K + 1
+           columns and column 0 is background (label l is column l + 1).
+  anchors: SSD's default boxes, f32[A, 4] in the box format above.
+
+Modules: `boxes` (IoU, coding), `anchors` (default boxes), `matching`,
+`loss` (MultiBox), `postprocess` (NMS, top-k), `metrics` (COCO, VOC),
+`augment` (SSD augmentation in tf.data), `data` (TFDS voc/coco/cvjax_shapes
+pipelines), `shapes` (the `cvjax_shapes` TFDS builder), `task`
+(`DetectionTask`, registered as task 'detection'), `draw` (pictures).
+
+Importing this package does no I/O and loads neither TensorFlow nor TFDS.
+"""

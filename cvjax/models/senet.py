@@ -1,0 +1,86 @@
+"""Squeeze-and-excitation networks (Hu et al. 2018): SE-ResNet-50.
+
+An SE block (`blocks.SEBlock`) recalibrates the channels of each residual
+branch before the addition: s = σ(W2 ReLU(W1 GAP(y))), y ← y · s, with
+W1: C → C/16 and W2: C/16 → C. In a bottleneck of output width C = 4·f:
+
+      conv1 1×1 f → conv2 3×3 f (stride) → conv3 1×1 4f → SE(4f, r=16) → + shortcut → ReLU
+
+SE-ResNet-50 is ResNet-50 (v1.5, torchvision layout and names; the stride on the
+3×3) plus one SE block per bottleneck (`layer{i}_{j}/se/reduce`, `.../expand`):
+25,557,032 + 2,530,992 = 28,088,024 params (Hu et al. Table 2: 28.09M; timm's
+`seresnet50` has the same count).
+
+SE-ResNet-20 is the CIFAR ResNet-20 (`cifar_resnet`, option-A shortcuts) with an
+SE block in each basic block (r = 16, so 1, 2 and 4 squeeze units in the three
+stages): 269,722 + 2,373 = 272,095 params at 10 classes.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from cvjax import errors
+from cvjax.models import cifar_resnet, resnet
+from cvjax.models.blocks import SEBlock
+from cvjax.models.layers import GlobalAvgPool, conv
+
+
+class SEBottleneck(resnet.Bottleneck):
+  """`resnet.Bottleneck` with an SE block on the residual branch: [B,H,W,C] → [B,H/s,W/s,4f]."""
+  reduction: int = 16
+
+  @nn.compact
+  def __call__(self, x):
+    s1, s3 = (self.strides, 1) if self.stride_on_1x1 else (1, self.strides)
+    y = self.act(self.norm(name='bn1')(self.conv(self.features, 1, s1, name='conv1')(x)))
+    y = self.act(self.norm(name='bn2')(self.conv(self.features, 3, s3, name='conv2')(y)))
+    y = self.conv(4 * self.features, 1, name='conv3')(y)
+    y = self.norm(name='bn3', scale_init=resnet._last_scale_init(self))(y)  # pylint: disable=protected-access
+    y = SEBlock(self.reduction, dtype=y.dtype, name='se')(y)
+    return self.act(y + resnet._shortcut(self, x, y, self.shortcut))  # pylint: disable=protected-access
+
+
+class SEBasicBlock(resnet.BasicBlock):
+  """`resnet.BasicBlock` with an SE block on the residual branch: [B,H,W,C] → [B,H/s,W/s,f]."""
+  reduction: int = 16
+
+  @nn.compact
+  def __call__(self, x):
+    y = self.act(self.norm(name='bn1')(self.conv(self.features, 3, self.strides, name='conv1')(x)))
+    y = self.conv(self.features, 3, name='conv2')(y)
+    y = self.norm(name='bn2', scale_init=resnet._last_scale_init(self))(y)  # pylint: disable=protected-access
+    y = SEBlock(self.reduction, dtype=y.dtype, name='se')(y)
+    return self.act(y + resnet._shortcut(self, x, y, self.shortcut))  # pylint: disable=protected-access
+
+
+class SECifarResNet(cifar_resnet.CifarResNet):
+  """`cifar_resnet.CifarResNet` (6n + 2 layers, 16-32-64 filters) with SE basic blocks."""
+  reduction: int = 16
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if (self.depth - 2) % 6 or self.depth < 8:
+      raise errors.UserError(
+          f'CIFAR ResNet depth {self.depth} is not 6n + 2 (20, 32, 44, 56, 110, ...)')
+    conv_ = partial(conv, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
+    norm = partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
+                   epsilon=self.bn_epsilon, axis_name=self.bn_axis_name, dtype=self.dtype,
+                   param_dtype=self.param_dtype)
+    x = nn.relu(norm(name='bn1')(conv_(self.num_filters, 3, name='conv1')(x)))
+    for i in range(3):
+      for j in range((self.depth - 2) // 6):
+        x = SEBasicBlock(self.num_filters * 2**i, conv=conv_, norm=norm, act=nn.relu,
+                         strides=2 if i > 0 and j == 0 else 1,
+                         zero_init_last_bn=self.zero_init_last_bn, shortcut=self.shortcut,
+                         reduction=self.reduction, name=f'layer{i + 1}_{j}')(x)
+    x = GlobalAvgPool(name='avgpool')(x)
+    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='fc')(x)
+    return jnp.asarray(x, jnp.float32)
+
+
+SEResNet50 = partial(resnet.ResNet, stage_sizes=(3, 4, 6, 3), block_cls=SEBottleneck)
+SEResNet101 = partial(resnet.ResNet, stage_sizes=(3, 4, 23, 3), block_cls=SEBottleneck)
+SEResNet20 = partial(SECifarResNet, depth=20)

@@ -1,0 +1,163 @@
+"""The segmentation view of `cvjax_shapes`: images and semantic masks as global batches.
+
+`cvjax_shapes` (built by `cvjax.detection.shapes`, no network needed) already
+stores, for every image, `segmentation`: uint8[S, S, 1], 0 background and
+label + 1 for the 6 shape classes — the masks of the very shapes its boxes
+describe. Here that becomes a K = 7 class segmentation dataset:
+
+  names:   'cvjax_shapes' (256², 6,000 train / 500 validation / 1,000 test) and
+           'cvjax_shapes/tiny' (96², 64 / 16 / 32, for tests)
+  classes: background, circle, square, triangle, star, cross, ring
+  batches: {'image': float32[B, S, S, 3], 'segmentation': int32[B, S, S]}
+           (+ 'mask': bool[B] in eval: False for padding examples)
+
+Images are resized to the model's S (bilinear, antialiased; masks by nearest
+neighbour), scaled to [0, 1] and normalised with the ImageNet mean/std (the
+backgrounds are photographs). A split is decoded into memory once per process
+(6,000 × 128² × 4 bytes ≈ 0.4 GB at S = 128). Train batch k of epoch e is the
+slice k of a permutation seeded by (seed, e), flipped left-right per example
+(augment 'flip_lr', the default; '' for none) by a coin seeded by (seed, e, k):
+a pure function of the step, so a resumed run sees the same batches.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+from typing import Iterator
+
+import jax
+import numpy as np
+
+from cvjax.errors import UserError
+
+DATASETS = ('cvjax_shapes', 'cvjax_shapes/tiny')
+AUGMENTS = ('', 'flip_lr')
+
+
+def class_names() -> tuple[str, ...]:
+  from cvjax.detection import shapes  # pylint: disable=g-import-not-at-top
+  return ('background',) + tuple(shapes.CLASSES)
+
+
+def check_dataset(name: str) -> None:
+  if name not in DATASETS:
+    raise UserError(f'the segmentation task trains on {" or ".join(DATASETS)}, got dataset '
+                    f'{name!r}; use --dataset=cvjax_shapes')
+
+
+def check_augment(augment: str | None) -> str:
+  """The augmentation to use: None → 'flip_lr'; else one of AUGMENTS."""
+  augment = 'flip_lr' if augment is None else augment.strip()
+  if augment not in AUGMENTS:
+    raise UserError(f'segmentation augment {augment!r} is not supported; use "flip_lr" or ""')
+  return augment
+
+
+def prepared_builder(name: str, data_dir: str | None = None):
+  """The TFDS builder of `name`, generated on first use (about a minute for 'cvjax_shapes')."""
+  check_dataset(name)
+  from cvjax.data import datasets  # pylint: disable=g-import-not-at-top
+  datasets.tensorflow()  # hides accelerators from TF before its first op
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from cvjax.detection import shapes  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  builder = tfds.builder(name, data_dir=data_dir)
+  builder.download_and_prepare()  # a no-op when prepared; generates offline otherwise
+  return builder
+
+
+def dataset_meta(name: str, data_dir: str | None = None):
+  """`cvjax.data.DatasetMeta` of the segmentation dataset (num_classes = 7, background included)."""
+  from cvjax.data.datasets import DatasetMeta  # pylint: disable=g-import-not-at-top
+  builder = prepared_builder(name, data_dir)
+  info = builder.info
+  names = class_names()
+  return DatasetMeta(name=name, num_classes=len(names),
+                     image_shape=tuple(info.features['image'].shape),
+                     split_sizes={s: info.splits[s].num_examples for s in info.splits},
+                     class_names=names)
+
+
+@functools.lru_cache(maxsize=4)
+def load_split(name: str, split: str, image_size: int,
+               data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """(uint8[N, S, S, 3] images, uint8[N, S, S] masks) of `split`, resized to S = image_size."""
+  builder = prepared_builder(name, data_dir)
+  if split not in builder.info.splits:
+    raise UserError(f'{name} has no split {split!r}; it has {", ".join(builder.info.splits)}')
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  native = builder.info.features['image'].shape[0]
+
+  def resize(ex):
+    image, mask = ex['image'], ex['segmentation']
+    if image_size != native:
+      image = tf.image.resize(image, (image_size, image_size), antialias=True)
+      image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+      mask = tf.image.resize(mask, (image_size, image_size), method='nearest')
+    return image, mask[..., 0]
+
+  ds = builder.as_dataset(split=split, shuffle_files=False)
+  ds = ds.map(resize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(512)
+  parts = list(ds.as_numpy_iterator())
+  return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+
+
+def normalize(images: np.ndarray) -> np.ndarray:
+  """uint8[..., 3] → float32, (x / 255 − ImageNet mean) / std."""
+  from cvjax.data.datasets import IMAGENET_MEAN, IMAGENET_STD  # pylint: disable=g-import-not-at-top
+  return ((images.astype(np.float32) / 255 - np.asarray(IMAGENET_MEAN, np.float32))
+          / np.asarray(IMAGENET_STD, np.float32))
+
+
+def _local_slice(global_batch_size: int) -> slice:
+  processes = jax.process_count()
+  if global_batch_size % processes:
+    raise UserError(f'batch size {global_batch_size} must be a multiple of the {processes} '
+                    'processes')
+  local = global_batch_size // processes
+  return slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+
+
+def _to_global(batch: dict[str, np.ndarray], sharding, global_batch_size: int):
+  return {k: jax.make_array_from_process_local_data(sharding, v,
+                                                    (global_batch_size,) + v.shape[1:])
+          for k, v in batch.items()}
+
+
+def train_batches(name: str, *, global_batch_size: int, image_size: int, sharding, seed: int,
+                  start_step: int = 0, augment: str | None = None,
+                  data_dir: str | None = None) -> Iterator[dict[str, jax.Array]]:
+  """Infinite iterator of train batches from step `start_step` (see the module docstring)."""
+  augment = check_augment(augment)
+  images, masks = load_split(name, 'train', image_size, data_dir)
+  n = len(images)
+  steps = n // global_batch_size
+  if steps == 0:
+    raise UserError(f'batch size {global_batch_size} is larger than the {n} training images '
+                    f'of {name}; use a smaller --batch_size')
+  mine = _local_slice(global_batch_size)
+  for step in itertools.count(start_step):
+    epoch, k = divmod(step, steps)
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    index = order[k * global_batch_size:(k + 1) * global_batch_size][mine]
+    x, y = normalize(images[index]), masks[index].astype(np.int32)
+    if augment == 'flip_lr':
+      flip = np.random.default_rng([seed, epoch, k]).random(global_batch_size)[mine] < 0.5
+      x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
+      y = np.where(flip[:, None, None], y[:, :, ::-1], y)
+    yield _to_global({'image': x, 'segmentation': y}, sharding, global_batch_size)
+
+
+def eval_batches(name: str, *, split: str, global_batch_size: int, image_size: int, sharding,
+                 data_dir: str | None = None) -> Iterator[dict[str, jax.Array]]:
+  """Every example of `split` once, in order; the last batch padded (mask False, zero images)."""
+  images, masks = load_split(name, split, image_size, data_dir)
+  n = len(images)
+  mine = _local_slice(global_batch_size)
+  for start in range(0, n, global_batch_size):
+    index = np.arange(start, start + global_batch_size)[mine]
+    valid = index < n
+    safe = np.minimum(index, n - 1)
+    x = np.where(valid[:, None, None, None], normalize(images[safe]), 0.0).astype(np.float32)
+    y = np.where(valid[:, None, None], masks[safe], 0).astype(np.int32)
+    yield _to_global({'image': x, 'segmentation': y, 'mask': valid}, sharding, global_batch_size)
+

@@ -1,0 +1,100 @@
+"""`SegmentationTask`: the training loop's view of semantic segmentation (task 'segmentation').
+
+    python -m experiments.fcn --flagfile=experiments/configs/fcn8s_tiny_shapes.flags
+
+Batches: {'image': float32[B, S, S, 3], 'segmentation': int32[B, S, S]} (+ 'mask':
+bool[B] in eval); model outputs: logits float32[B, S, S, K] (`cvjax.models.fcn`).
+Loss: per-pixel softmax cross-entropy, mean over the labelled pixels of the
+batch (`metrics.pixel_loss`). Eval sums the confusion matrix over the split
+and reports `miou` (the main metric), `accuracy` (pixel accuracy), `loss`
+(per pixel) and `count` (images). Data: `cvjax.segmentation.data`.
+
+Importing this module registers the task with `cvjax.train.tasks`.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from cvjax.segmentation import metrics
+from cvjax.train import tasks
+
+
+class _ConfusionEvaluator:
+  """Sums confusion matrices, pixel losses and counts; IoU at the end."""
+
+  def __init__(self):
+    self.confusion = None
+    self.loss_sum = self.pixels = self.count = 0.0
+
+  def update(self, sums: dict, per_example: dict) -> None:
+    del per_example
+    c = np.asarray(sums['confusion'], np.int64)
+    self.confusion = c if self.confusion is None else self.confusion + c
+    self.loss_sum += float(sums['loss_sum'])
+    self.pixels += float(sums['pixels'])
+    self.count += float(sums['count'])
+
+  def result(self) -> dict[str, float]:
+    confusion = self.confusion if self.confusion is not None else np.zeros((1, 1))
+    return {'loss': self.loss_sum / max(self.pixels, 1.0),
+            'miou': metrics.mean_iou(confusion),
+            'accuracy': metrics.pixel_accuracy(confusion),
+            'count': int(self.count)}
+
+
+class SegmentationTask:
+  """Images → per-pixel class logits; per-pixel cross-entropy; mIoU."""
+  name = 'segmentation'
+  main_metric = 'miou'
+  main_metric_higher_is_better = True
+
+  def loss(self, logits, batch, label_smoothing=0.0):
+    labels = batch['segmentation']
+    loss = metrics.pixel_loss(logits, labels, label_smoothing)
+    valid = metrics.valid_pixels(labels, logits.shape[-1])
+    correct = jnp.sum((jnp.argmax(logits, -1) == labels) & valid)
+    return loss, {'accuracy': correct / jnp.maximum(jnp.sum(valid), 1)}
+
+  def eval_outputs(self, logits, batch):
+    labels, weights = batch['segmentation'], batch['mask'].astype(jnp.float32)
+    k = logits.shape[-1]
+    valid = metrics.valid_pixels(labels, k) & (weights[:, None, None] > 0)
+    pixels = jnp.sum(valid)
+    sums = {
+        'confusion': metrics.confusion_matrix(jnp.argmax(logits, -1), labels, k, weights),
+        'loss_sum': metrics.pixel_loss(logits, labels, weights=weights) * pixels,
+        'pixels': pixels.astype(jnp.float32),
+        'count': jnp.sum(weights),
+    }
+    return sums, {}
+
+  def evaluator(self):
+    return _ConfusionEvaluator()
+
+  def dataset_meta(self, config):
+    from cvjax.segmentation import data  # pylint: disable=g-import-not-at-top
+    data.check_dataset(config.dataset)
+    data.check_augment(config.augment)  # fail on a bad op before anything is written
+    return data.dataset_meta(config.dataset, config.data_dir)
+
+  def train_batches(self, run, start_step):
+    from cvjax.segmentation import data  # pylint: disable=g-import-not-at-top
+    from cvjax.train import steps  # pylint: disable=g-import-not-at-top
+    c = run.config
+    return data.train_batches(c.dataset, global_batch_size=c.batch_size,
+                              image_size=run.image_size, sharding=steps.batch_sharded(run.mesh),
+                              seed=c.seed, start_step=start_step, augment=c.augment,
+                              data_dir=c.data_dir)
+
+  def eval_batches(self, run, split):
+    from cvjax.segmentation import data  # pylint: disable=g-import-not-at-top
+    from cvjax.train import steps  # pylint: disable=g-import-not-at-top
+    c = run.config
+    return data.eval_batches(c.dataset, split=split,
+                             global_batch_size=c.eval_batch_size or c.batch_size,
+                             image_size=run.image_size, sharding=steps.batch_sharded(run.mesh),
+                             data_dir=c.data_dir)
+
+
+tasks.register_task('segmentation', SegmentationTask)

@@ -1,0 +1,19 @@
+"""The later model families (issue 7) with the shared flags: GoogLeNet, Inception-v3, Xception,
+SE-ResNet, ResNeXt, DenseNet, MobileNet v1/v2, EfficientNet B0-B7, ViT.
+
+  python -m experiments.models --flagfile=experiments/configs/mobilenet_v2_cifar10.flags
+  python -m experiments.models --model=efficientnet_b0_cifar --dataset=fashion_mnist
+
+Every flagfile for these families in experiments/configs/ names this program on its
+first line, with the result to expect. `python -m cvjax.summary --model=NAME` shows a
+model's layers, parameters and MACs; `python -m benchmarks.compare_models` compares
+the small variants on Fashion-MNIST.
+"""
+from experiments import common
+
+DEFAULTS = dict(
+    model='mobilenet_v2_cifar', dataset='cifar10', batch_size=128, num_epochs=200,
+    optimizer='momentum', learning_rate=0.1, schedule='cosine', weight_decay=5e-4)
+
+if __name__ == '__main__':
+  common.main(DEFAULTS)
