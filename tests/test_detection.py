@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cvjax.detection import anchors, boxes, loss, matching, metrics, postprocess
+from cvjax.detection import boxes, loss, matching, metrics, postprocess
 from cvjax.models import get_model, list_models, model_input_shape, ssd
 
 
@@ -359,3 +359,33 @@ def test_evaluate_cli_prints_json_and_rejects_bad_input(tmp_path, capsys):
   assert e.value.code == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith('error: ')
+
+
+def test_torchvision_backbone_converts_to_a_workdir_init_from_reads(tmp_path):
+  """vgg16_features (torchvision's SSD backbone) → params/backbone/conv*_* (OIHW → HWIO)."""
+  from cvjax import transfer
+  from cvjax.detection import weights
+  rng = np.random.default_rng(0)
+  channels = [3, 64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
+  indices = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]   # VGG-16 `features` convs
+  state_dict = {}
+  for i, cin, cout in zip(indices, channels[:-1], channels[1:]):
+    state_dict[f'{i}.weight'] = rng.normal(size=(cout, cin, 3, 3)).astype(np.float32)
+    state_dict[f'{i}.bias'] = rng.normal(size=cout).astype(np.float32)
+  np.savez(tmp_path / 'vgg16_features.npz', **state_dict)
+  out = tmp_path / 'backbone'
+  assert weights.main(['--source=vgg16_features', f'--weights={tmp_path / "vgg16_features.npz"}',
+                       f'--out={out}']) == 0
+  config, arrays, _ = transfer.read_workdir(str(out))
+  assert config.model == 'ssd300_vgg16' and config.task == 'detection'
+  backbone = arrays['params']['backbone']
+  assert len(backbone) == 13 and 'fc6' not in backbone
+  np.testing.assert_array_equal(backbone['conv4_3']['kernel'],
+                                np.transpose(state_dict['21.weight'], (2, 3, 1, 0)))
+  np.testing.assert_array_equal(backbone['conv5_3']['bias'], state_dict['28.bias'])
+  # COCO heads: each box's 91 torchvision columns → background + the 80 TFDS labels.
+  assert len(weights.COCO_CATEGORY_IDS) == 80 and weights.COCO_CATEGORY_IDS[-1] == 90
+  w = np.arange(2 * 91, dtype=np.float32)[:, None, None, None]
+  kept, _ = weights._select_classes(w, w[:, 0, 0, 0], 2, [0] + list(weights.COCO_CATEGORY_IDS))
+  assert kept[:, 0, 0, 0].tolist() == ([0] + list(weights.COCO_CATEGORY_IDS)
+                                       + [91] + [91 + c for c in weights.COCO_CATEGORY_IDS])

@@ -10,7 +10,8 @@ Units and conventions used throughout (cvjax's, not torchvision's):
 
 Modules: `boxes` (IoU, coding), `anchors` (default boxes), `matching`,
 `loss` (MultiBox), `postprocess` (NMS, top-k), `metrics` (COCO, VOC),
-`augment` (SSD augmentation in tf.data), `data` (TFDS voc/coco/cvjax_shapes
+`augment` (SSD augmentation in tf.data), `weights` (torchvision SSD weights → workdir),
+`data` (TFDS voc/coco/cvjax_shapes
 pipelines), `shapes` (the `cvjax_shapes` TFDS builder), `task`
 (`DetectionTask`, registered as task 'detection'), `draw` (pictures).
 

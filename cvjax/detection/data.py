@@ -395,7 +395,6 @@ def _read_encoded(name: str, split: str, data_dir) -> dict[str, np.ndarray]:
   """The whole of `split`, images still encoded: {'image' bytes[n], 'boxes', 'labels',
   'box_mask' ([n, M, ...])} (training: crowd boxes dropped)."""
   tf = _tf()
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   s = spec(name)
   arrays = []
   for tfds_name, expr in parts(name, split):

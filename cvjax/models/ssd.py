@@ -36,15 +36,20 @@ SSD300-ResNet50 follows NVIDIA's SSD300 v1.1 (DeepLearningExamples): torchvision
 ResNet-50 up to layer3 with layer3's stride set to 1 (38×38×1024), extra blocks
 1×1 → BN → ReLU → 3×3 → BN → ReLU (channels 512, 512, 256, 256, 256), SSD300's anchors.
 
-ssd128_resnet18_slim, the CPU model: torchvision's ResNet-18 at half width
-(stages of 32, 64, 128, 256 channels) on 128² inputs; heads on layer2, layer3,
-layer4 and two BN extra blocks, maps 16, 8, 4, 2, 1 → 1,524 default boxes,
-scales 0.1, 0.2, 0.43, 0.66, 0.89 (+1.12): the paper's rule (s_min 0.2,
+ssd128_resnet18_slim, the CPU model: torchvision's ResNet-18 at a quarter of the
+width (stages of 16, 32, 64, 128 channels) on 128² inputs; heads on layer2,
+layer3, layer4 and two BN extra blocks, maps 16, 8, 4, 2, 1 → 1,524 default
+boxes, scales 0.1, 0.2, 0.43, 0.66, 0.89 (+1.12): the paper's rule (s_min 0.2,
 s_max 0.9) with the first map at s_min / 2, as SSD300 puts conv4_3. It exists
-because SSD300-VGG16 (31 GMACs per image) cannot train in 30 minutes on two
-CPU cores; this one (≈0.16 GMACs) keeps SSD's mechanisms — multi-scale maps,
-per-map 3×3 heads, default boxes, matching, MultiBox loss, NMS — and BatchNorm
-lets it train from scratch.
+because SSD300-VGG16 (31.4 GMACs per image) cannot train in 30 minutes on two
+CPU cores; this one (0.061 GMACs, 1.4M params for 20 classes) keeps SSD's
+mechanisms — multi-scale maps, per-map 3×3 heads, default boxes, matching,
+MultiBox loss, NMS — and BatchNorm lets it train from scratch. (Half width,
+32-256 channels, costs 2.6× more per image on CPU for no gain within 30 min.)
+
+Parameters for 20 classes: ssd300_vgg16 26,285,486 (35,641,826 with torchvision's
+91 COCO columns, its documented count), ssd512_vgg16 27,188,676, ssd300_resnet50
+15,428,142, ssd128_resnet18_slim 1,385,704.
 """
 from __future__ import annotations
 
@@ -143,11 +148,10 @@ def _norms(module, train):
 class VGGFeatures(nn.Module):
   """SSD's VGG-16 trunk and extra layers: x → the feature maps the heads read.
 
-  width: channels are divided by this (1: the paper's VGG-16; 4: the slim model).
-  batch_norm: conv → BN → ReLU everywhere (convs keep biases, as torchvision's vgg_bn).
+  batch_norm: conv → BN → ReLU everywhere (convs keep biases, as torchvision's vgg_bn),
+    for training from scratch (`--model_kwargs` cannot reach it: a registry entry can).
   """
   extras: Sequence[Extra] = SSD300_EXTRAS
-  width: int = 1
   batch_norm: bool = False
   bn_axis_name: str | None = None
   dtype: Any = jnp.float32
@@ -155,11 +159,10 @@ class VGGFeatures(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False) -> list[jax.Array]:
-    w = lambda c: max(c // self.width, 1)
     norm = _norms(self, train)
 
     def conv_relu(x, features, kernel, name, stride=1, padding=None, dilation=1, init=None):
-      x = conv(w(features), kernel, stride, padding, name=name, kernel_dilation=dilation,
+      x = conv(features, kernel, stride, padding, name=name, kernel_dilation=dilation,
                dtype=self.dtype, param_dtype=self.param_dtype,
                **({'kernel_init': init} if init else {}))(x)
       if self.batch_norm:
