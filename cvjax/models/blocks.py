@@ -212,7 +212,9 @@ def depthwise_conv(x: Array, kernel_size: int, strides: int = 1, padding: Any = 
 
 
 class StochasticDepth(nn.Module):
-  """Drops the residual branch of whole examples: y [B, ...] → y · m / (1 − rate), m ~ Bernoulli(1 − rate) per example.
+  """Drops the residual branch of whole examples: y [B, ...] → y · m / (1 − rate).
+
+  m ~ Bernoulli(1 − rate), one draw per example.
 
   Identity in eval (`deterministic=True`) or at rate 0. Randomness from the
   'dropout' rng stream, like `nn.Dropout` (it is one, broadcast over H, W, C).

@@ -1,4 +1,4 @@
-"""Inception: GoogLeNet (Szegedy et al. 2015, "Inception v1") and Inception-v3 (Szegedy et al. 2016).
+"""Inception: GoogLeNet (Szegedy et al. 2015, "Inception v1") and Inception-v3 (2016).
 
 An Inception module runs four branches on the same input and concatenates them
 along channels: a 1×1 conv; a 1×1 reduction then a 3×3; a 1×1 reduction then a
@@ -228,7 +228,8 @@ GoogLeNetTorchvision = partial(GoogLeNet, batch_norm=True, lrn=False, branch3_ke
 # ------------------------------------------------------------------ Inception-v3
 
 class InceptionA(nn.Module):
-  """mixed0-2 (35×35): 1×1 64 | 1×1 48 → 5×5 64 | 1×1 64 → 3×3 96 → 3×3 96 | avgpool → 1×1 pool_features."""
+  """mixed0-2 (35×35): 1×1 64 | 1×1 48 → 5×5 64 | 1×1 64 → 3×3 96 → 3×3 96 |
+  avgpool → 1×1 pool_features."""
   pool_features: int
   conv: ModuleDef
 

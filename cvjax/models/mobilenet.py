@@ -80,7 +80,7 @@ def _conv(x, features, kernel, stride, padding, name, dtype, param_dtype):
 
 
 class MobileNetV1(nn.Module):
-  """MobileNet v1: x float32[B, H, W, 3] → logits float32[B, num_classes]. alpha: width multiplier."""
+  """MobileNet v1: x float32[B, H, W, 3] → logits float32[B, num_classes]; alpha: width."""
   num_classes: int = 1000
   alpha: float = 1.0
   dropout_rate: float = 1e-3
@@ -114,7 +114,7 @@ class MobileNetV1(nn.Module):
 
 
 class InvertedResidual(nn.Module):
-  """Expand 1×1 (t·C) → depthwise 3×3 (stride) → linear project 1×1 (features), + x when shapes agree.
+  """Expand 1×1 (t·C) → depthwise 3×3 (stride) → linear 1×1 (features), + x if shapes agree.
 
   [B, H, W, C] → [B, H/s, W/s, features]. No expansion conv when t = 1.
   """
@@ -143,7 +143,7 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-  """MobileNet v2: x float32[B, H, W, 3] → logits float32[B, num_classes]. alpha: width multiplier."""
+  """MobileNet v2: x float32[B, H, W, 3] → logits float32[B, num_classes]; alpha: width."""
   num_classes: int = 1000
   alpha: float = 1.0
   small_input: bool = False

@@ -21,6 +21,10 @@ import flax.linen as nn
 
 from cvjax.models import resnet
 
+# The ResNet blocks' shared pieces (same package).
+_shortcut = resnet._shortcut  # pylint: disable=protected-access
+_last_scale_init = resnet._last_scale_init  # pylint: disable=protected-access
+
 
 class ResNeXtBottleneck(resnet.Bottleneck):
   """1×1 width → grouped 3×3 width (stride) → 1×1 4f: [B,H,W,C] → [B,H/s,W/s,4f]."""
@@ -35,8 +39,8 @@ class ResNeXtBottleneck(resnet.Bottleneck):
     y = self.conv(width, 3, s3, feature_group_count=self.cardinality, name='conv2')(y)
     y = self.act(self.norm(name='bn2')(y))
     y = self.conv(4 * self.features, 1, name='conv3')(y)
-    y = self.norm(name='bn3', scale_init=resnet._last_scale_init(self))(y)  # pylint: disable=protected-access
-    return self.act(y + resnet._shortcut(self, x, y, self.shortcut))  # pylint: disable=protected-access
+    y = self.norm(name='bn3', scale_init=_last_scale_init(self))(y)
+    return self.act(y + _shortcut(self, x, y, self.shortcut))
 
 
 ResNeXt50_32x4d = partial(resnet.ResNet, stage_sizes=(3, 4, 6, 3),

@@ -1,4 +1,4 @@
-"""Squeeze-and-excitation networks (Hu et al. 2018): SE-ResNet-50.
+"""Squeeze-and-excitation networks (Hu et al. 2018): SE-ResNet-50 and SE-ResNet-20.
 
 An SE block (`blocks.SEBlock`) recalibrates the channels of each residual
 branch before the addition: s = σ(W2 ReLU(W1 GAP(y))), y ← y · s, with
@@ -27,6 +27,10 @@ from cvjax.models import cifar_resnet, resnet
 from cvjax.models.blocks import SEBlock
 from cvjax.models.layers import GlobalAvgPool, conv
 
+# The ResNet blocks' shared pieces (same package).
+_shortcut = resnet._shortcut  # pylint: disable=protected-access
+_last_scale_init = resnet._last_scale_init  # pylint: disable=protected-access
+
 
 class SEBottleneck(resnet.Bottleneck):
   """`resnet.Bottleneck` with an SE block on the residual branch: [B,H,W,C] → [B,H/s,W/s,4f]."""
@@ -38,9 +42,9 @@ class SEBottleneck(resnet.Bottleneck):
     y = self.act(self.norm(name='bn1')(self.conv(self.features, 1, s1, name='conv1')(x)))
     y = self.act(self.norm(name='bn2')(self.conv(self.features, 3, s3, name='conv2')(y)))
     y = self.conv(4 * self.features, 1, name='conv3')(y)
-    y = self.norm(name='bn3', scale_init=resnet._last_scale_init(self))(y)  # pylint: disable=protected-access
+    y = self.norm(name='bn3', scale_init=_last_scale_init(self))(y)
     y = SEBlock(self.reduction, dtype=y.dtype, name='se')(y)
-    return self.act(y + resnet._shortcut(self, x, y, self.shortcut))  # pylint: disable=protected-access
+    return self.act(y + _shortcut(self, x, y, self.shortcut))
 
 
 class SEBasicBlock(resnet.BasicBlock):
@@ -51,9 +55,9 @@ class SEBasicBlock(resnet.BasicBlock):
   def __call__(self, x):
     y = self.act(self.norm(name='bn1')(self.conv(self.features, 3, self.strides, name='conv1')(x)))
     y = self.conv(self.features, 3, name='conv2')(y)
-    y = self.norm(name='bn2', scale_init=resnet._last_scale_init(self))(y)  # pylint: disable=protected-access
+    y = self.norm(name='bn2', scale_init=_last_scale_init(self))(y)
     y = SEBlock(self.reduction, dtype=y.dtype, name='se')(y)
-    return self.act(y + resnet._shortcut(self, x, y, self.shortcut))  # pylint: disable=protected-access
+    return self.act(y + _shortcut(self, x, y, self.shortcut))
 
 
 class SECifarResNet(cifar_resnet.CifarResNet):

@@ -49,7 +49,7 @@ def attention_macs(image_size: int, patch_size: int, hidden_size: int, depth: in
 
 
 class SelfAttention(nn.Module):
-  """Multi-head self-attention: x [B, N, D] → [B, N, D], softmax(Q Kᵀ / √d) V per head, d = D / heads."""
+  """Multi-head self-attention: x [B, N, D] → [B, N, D]; softmax(Q Kᵀ / √d) V per head, d = D/heads."""
   num_heads: int
   attention_dropout_rate: float = 0.0
   dtype: Any = jnp.float32

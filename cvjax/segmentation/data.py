@@ -59,7 +59,7 @@ def prepared_builder(name: str, data_dir: str | None = None):
   from cvjax.data import datasets  # pylint: disable=g-import-not-at-top
   datasets.tensorflow()  # hides accelerators from TF before its first op
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from cvjax.detection import shapes  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  from cvjax.detection import shapes  # noqa: F401  (registers the builder)
   builder = tfds.builder(name, data_dir=data_dir)
   builder.download_and_prepare()  # a no-op when prepared; generates offline otherwise
   return builder
