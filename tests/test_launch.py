@@ -381,7 +381,7 @@ def test_real_local_sweep_of_four_trials_summarises_skips_and_resumes(real_mnist
   wall = time.time() - started
   assert done.returncode == 1, done.stdout + done.stderr   # the deliberately failing trial
   good = ['lr=0.01,bs=32', 'lr=0.01,bs=64', 'lr=0.002,bs=32', 'lr=0.002,bs=64']
-  assert f'[FAIL ] lr=0,bs=32: exit 2' in done.stdout
+  assert '[FAIL ] lr=0,bs=32: exit 2' in done.stdout
   assert 'error: learning_rate must be positive, got 0.0' in done.stdout
   results = {}
   for name in good:

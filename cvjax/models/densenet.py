@@ -42,7 +42,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cvjax.models.layers import AvgPool, GlobalAvgPool, MaxPool, choose, conv
+from cvjax.models.layers import AvgPool, GlobalAvgPool, MaxPool, batch_norm, choose, conv
 
 ModuleDef = Any
 
@@ -93,9 +93,7 @@ class DenseNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     choose('DenseNet stem', self.stem, {'imagenet': 0, 'cifar': 0})
-    norm = partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-                   epsilon=self.bn_epsilon, axis_name=self.bn_axis_name, dtype=self.dtype,
-                   param_dtype=self.param_dtype)
+    norm = batch_norm(self, train)
     conv_ = partial(conv, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
 
     if self.stem == 'imagenet':

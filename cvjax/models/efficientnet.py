@@ -49,7 +49,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cvjax.models.blocks import SEBlock, StochasticDepth, conv_pads, depthwise_conv
-from cvjax.models.layers import GlobalAvgPool, he_normal
+from cvjax.models.layers import GlobalAvgPool, batch_norm, he_normal
 
 # (kernel, repeats, filters_in, filters_out, expand_ratio, strides) of B0, Table 1; SE 0.25.
 B0_STAGES = ((3, 1, 32, 16, 1, 1), (3, 2, 16, 24, 6, 2), (5, 2, 24, 40, 6, 2),
@@ -135,9 +135,7 @@ class EfficientNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    norm = partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-                   epsilon=self.bn_epsilon, axis_name=self.bn_axis_name, dtype=self.dtype,
-                   param_dtype=self.param_dtype)
+    norm = batch_norm(self, train)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     width = partial(round_filters, width=self.width_coefficient)
     depth = partial(round_repeats, depth=self.depth_coefficient)

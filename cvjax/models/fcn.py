@@ -44,7 +44,7 @@ import numpy as np
 
 from cvjax import errors
 from cvjax.models import resnet, vgg
-from cvjax.models.layers import MaxPool, choose, conv
+from cvjax.models.layers import MaxPool, batch_norm, choose, conv
 
 _RESNETS = {
     'resnet10': ((1, 1, 1, 1), resnet.BasicBlock),
@@ -123,9 +123,7 @@ class FCN(nn.Module):
   def _resnet(self, x, train):
     stages, block_cls = _RESNETS[self.backbone]
     conv_ = partial(conv, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
-    norm = partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-                   epsilon=self.bn_epsilon, axis_name=self.bn_axis_name, dtype=self.dtype,
-                   param_dtype=self.param_dtype)
+    norm = batch_norm(self, train)
     x = nn.relu(norm(name='bn1')(conv_(self.width, 7, 2, name='conv1')(x)))
     x = MaxPool(3, 2, padding=1, name='maxpool')(x)
     feats = []

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 
 from cvjax.models.blocks import AvgPoolSame, MaxPoolCeil, conv_pads
 from cvjax.models.layers import (LRN, AdaptiveAvgPool, GlobalAvgPool, MaxPool,
-                                 flatten, he_normal)
+                                 batch_norm, flatten, he_normal)
 
 ModuleDef = Any
 
@@ -167,9 +167,7 @@ class GoogLeNet(nn.Module):
   def __call__(self, x, train: bool = False):
     norm = None
     if self.batch_norm:
-      norm = partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-                     epsilon=self.bn_epsilon, axis_name=self.bn_axis_name, dtype=self.dtype,
-                     param_dtype=self.param_dtype)
+      norm = batch_norm(self, train)
     conv = partial(BasicConv, norm=norm, dtype=self.dtype, param_dtype=self.param_dtype)
     inception = partial(InceptionV1, conv=conv, branch3_kernel=self.branch3_kernel)
     aux = partial(InceptionAux, self.num_classes, conv, dtype=self.dtype,
@@ -355,9 +353,7 @@ class InceptionV3(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    norm = partial(nn.BatchNorm, use_running_average=not train, use_scale=False,
-                   momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                   axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype)
+    norm = batch_norm(self, train, use_scale=False)
     c = partial(BasicConv, norm=norm, padding='same', dtype=self.dtype,
                 param_dtype=self.param_dtype)
 

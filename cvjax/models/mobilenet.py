@@ -50,14 +50,13 @@ stem and the first 24-channel block (v2), so a 32² image ends at 2² / 4².
 """
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from cvjax.models.blocks import conv_pads, depthwise_conv
-from cvjax.models.layers import GlobalAvgPool, he_normal
+from cvjax.models.layers import GlobalAvgPool, batch_norm, he_normal
 
 # v1: (pointwise filters, stride) of dw/pw blocks 1 … 13.
 MOBILENET_V1 = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
@@ -93,9 +92,7 @@ class MobileNetV1(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    norm = partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-                   epsilon=self.bn_epsilon, axis_name=self.bn_axis_name, dtype=self.dtype,
-                   param_dtype=self.param_dtype)
+    norm = batch_norm(self, train)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
     stride = 1 if self.small_input else 2
@@ -155,9 +152,7 @@ class MobileNetV2(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    norm = partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-                   epsilon=self.bn_epsilon, axis_name=self.bn_axis_name, dtype=self.dtype,
-                   param_dtype=self.param_dtype)
+    norm = batch_norm(self, train)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
     x = _conv(x, make_divisible(32 * self.alpha), 3, 1 if self.small_input else 2, 'same',

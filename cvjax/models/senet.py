@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from cvjax import errors
 from cvjax.models import cifar_resnet, resnet
 from cvjax.models.blocks import SEBlock
-from cvjax.models.layers import GlobalAvgPool, conv
+from cvjax.models.layers import GlobalAvgPool, batch_norm, conv
 
 # The ResNet blocks' shared pieces (same package).
 _shortcut = resnet._shortcut  # pylint: disable=protected-access
@@ -70,9 +70,7 @@ class SECifarResNet(cifar_resnet.CifarResNet):
       raise errors.UserError(
           f'CIFAR ResNet depth {self.depth} is not 6n + 2 (20, 32, 44, 56, 110, ...)')
     conv_ = partial(conv, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
-    norm = partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-                   epsilon=self.bn_epsilon, axis_name=self.bn_axis_name, dtype=self.dtype,
-                   param_dtype=self.param_dtype)
+    norm = batch_norm(self, train)
     x = nn.relu(norm(name='bn1')(conv_(self.num_filters, 3, name='conv1')(x)))
     for i in range(3):
       for j in range((self.depth - 2) // 6):

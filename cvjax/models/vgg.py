@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cvjax.models.layers import (AdaptiveAvgPool, GlobalAvgPool, MaxPool,
-                                 choose, conv, flatten)
+                                 batch_norm, choose, conv, flatten)
 
 # Table 1 of the paper: filters of each conv, stage by stage.
 CFG_A = ((64,), (128,), (256, 256), (512, 512), (512, 512))  # VGG-11
@@ -47,10 +47,7 @@ class VGG(nn.Module):
     choose('VGG head', self.head, {'imagenet': 0, 'gap': 0})
     conv3x3 = partial(conv, kernel_size=3, dtype=self.dtype,
                       param_dtype=self.param_dtype)
-    norm = partial(nn.BatchNorm, use_running_average=not train,
-                   momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                   axis_name=self.bn_axis_name, dtype=self.dtype,
-                   param_dtype=self.param_dtype)
+    norm = batch_norm(self, train)
     dense = partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
 
     for s, filters in enumerate(self.stages, start=1):

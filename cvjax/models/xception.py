@@ -32,7 +32,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cvjax.models.blocks import MaxPoolSame, SeparableConv
-from cvjax.models.layers import GlobalAvgPool, conv
+from cvjax.models.layers import GlobalAvgPool, batch_norm, conv
 
 # (block, filters of its two separable convs): the downsampling blocks of the entry flow.
 ENTRY_FLOW = ((2, (128, 128)), (3, (256, 256)), (4, (728, 728)))
@@ -50,9 +50,7 @@ class Xception(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    norm = partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-                   epsilon=self.bn_epsilon, axis_name=self.bn_axis_name, dtype=self.dtype,
-                   param_dtype=self.param_dtype)
+    norm = batch_norm(self, train)
     conv_ = partial(conv, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
     sep = partial(SeparableConv, dtype=self.dtype, param_dtype=self.param_dtype)
 
