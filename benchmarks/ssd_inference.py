@@ -1,0 +1,148 @@
+"""SSD inference throughput with post-processing, cvjax against torchvision, in one run.
+
+  python -m benchmarks.ssd_inference --model=ssd300_vgg16 --batch_size=8 [--peers=torch] [--json]
+
+cvjax: one compiled forward + box decoding + per-class score threshold + NMS
+(IoU 0.45) + top-200, on random 300² images already on the device. torchvision
+(`--peers=torch`, only for ssd300_vgg16): `ssd300_vgg16(weights=None)` in eval
+mode under `torch.inference_mode()`, its own resize/normalise transform and
+post-processing (top-400 candidates per class, batched NMS 0.45, top-200),
+channels_last. Weights are random (speed does not depend on them) and both
+score thresholds are 0, so NMS sees its full candidate load, the worst case.
+images/s: median of --repeats timings of --steps batches each, after a warm-up
+call that compiles. Ratio > 1 means cvjax is faster.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+TORCHVISION = {'ssd300_vgg16': 'ssd300_vgg16'}
+
+
+def _median_rate(run, batch_size: int, steps: int, repeats: int) -> float:
+  run(1)  # compile / warm up
+  rates = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    run(steps)
+    rates.append(steps * batch_size / (time.perf_counter() - start))
+  return statistics.median(rates)
+
+
+def cvjax_rate(model_name: str, batch_size: int, num_classes: int, steps: int,
+               repeats: int) -> tuple[float, int]:
+  """(images/s, input size) of cvjax's detector, NMS included."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from cvjax import models  # pylint: disable=g-import-not-at-top
+  from cvjax.detection import postprocess  # pylint: disable=g-import-not-at-top
+  model = models.get_model(model_name, num_classes, score_threshold=0.0)
+  size = models.model_input_shape(model_name)[0]
+  anchors = jnp.asarray(model.default_boxes())
+  variables = jax.jit(model.init)(jax.random.key(0, impl='rbg'), jnp.zeros((1, size, size, 3)))
+  config = model.postprocess_config()
+
+  @jax.jit
+  def infer(v, x):
+    locations, logits = model.apply(v, x, train=False)
+    return postprocess.detect(locations, logits, anchors, config)
+
+  x = jnp.asarray(np.random.default_rng(0).uniform(size=(batch_size, size, size, 3)), jnp.float32)
+
+  def run(n):
+    for _ in range(n):
+      out = infer(variables, x)
+    jax.block_until_ready(out)
+
+  return _median_rate(run, batch_size, steps, repeats), size
+
+
+def torch_rate(model_name: str, batch_size: int, num_classes: int, steps: int,
+               repeats: int) -> float:
+  """images/s of torchvision's detector (num_classes + 1 outputs: it counts background)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from torchvision.models import detection  # pylint: disable=g-import-not-at-top
+  model = getattr(detection, TORCHVISION[model_name])(
+      weights=None, weights_backbone=None, num_classes=num_classes + 1, score_thresh=0.0)
+  model = model.eval().to(memory_format=torch.channels_last)
+  images = [torch.rand(3, 300, 300) for _ in range(batch_size)]
+
+  def run(n):
+    with torch.inference_mode():
+      for _ in range(n):
+        model(images)
+
+  return _median_rate(run, batch_size, steps, repeats)
+
+
+def measure(model_name: str, batch_size: int, num_classes: int, steps: int, repeats: int,
+            peers: list[str]) -> dict:
+  from cvjax import models  # pylint: disable=g-import-not-at-top
+  from cvjax.errors import UserError, unknown_choice  # pylint: disable=g-import-not-at-top
+  detectors = models.list_models('detection')
+  if model_name not in detectors:
+    raise unknown_choice('detector', model_name, detectors)
+  if batch_size < 1:
+    raise UserError(f'--batch_size must be at least 1, got {batch_size}')
+  rate, size = cvjax_rate(model_name, batch_size, num_classes, steps, repeats)
+  import jax  # pylint: disable=g-import-not-at-top
+  result = {'model': model_name, 'batch_size': batch_size, 'image_size': size,
+            'num_classes': num_classes, 'device': jax.devices()[0].device_kind,
+            'images_per_second': {'cvjax': rate}, 'ratio': {}, 'skipped': {}}
+  for peer in peers:
+    if peer != 'torch':
+      raise unknown_choice('peer', peer, ['torch'])
+    if model_name not in TORCHVISION:
+      result['skipped'][peer] = f'torchvision has no {model_name}'
+      continue
+    try:
+      peer_rate = torch_rate(model_name, batch_size, num_classes, steps, repeats)
+    except ImportError as e:
+      result['skipped'][peer] = f'not installed ({e.name}); pip install cvjax[bench]'
+      continue
+    result['images_per_second'][peer] = peer_rate
+    result['ratio'][peer] = rate / peer_rate
+  return result
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m benchmarks.ssd_inference')
+  parser.add_argument('--model', default='ssd300_vgg16')
+  parser.add_argument('--batch_size', type=int, default=8)
+  parser.add_argument('--num_classes', type=int, default=20, help='foreground classes')
+  parser.add_argument('--steps', type=int, default=3)
+  parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--peers', default='torch', help="comma-separated: 'torch' or ''")
+  parser.add_argument('--json', action='store_true')
+  args = parser.parse_args(argv)
+  from cvjax.errors import UserError  # pylint: disable=g-import-not-at-top
+  peers = [p for p in args.peers.split(',') if p]
+  try:
+    result = measure(args.model, args.batch_size, args.num_classes, args.steps, args.repeats,
+                     peers)
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  if args.json:
+    print(json.dumps(result))
+    return 0
+  print(f'{result["model"]} batch {args.batch_size} at {result["image_size"]}², '
+        f'{args.num_classes} classes, NMS included, on {result["device"]}')
+  for name, rate in result['images_per_second'].items():
+    ratio = f'  cvjax / {name} = {result["ratio"][name]:.2f}×' if name in result['ratio'] else ''
+    print(f'  {name:<8} {rate:8.2f} images/s{ratio}')
+  for name, why in result['skipped'].items():
+    print(f'  {name:<8} skipped: {why}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
