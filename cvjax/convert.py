@@ -31,7 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--source', required=True, help='keras or torchvision')
   parser.add_argument('--model', required=True,
                       help='the source\'s model name: keras vgg16, vgg19, resnet50, resnet101, '
-                           'resnet152; torchvision resnet18-152, vgg11-19(_bn), alexnet')
+                           'resnet152, InceptionV3, Xception, DenseNet121/169/201, MobileNet, '
+                           'MobileNetV2, EfficientNetB0-B7; torchvision resnet18-152, '
+                           'vgg11-19(_bn), alexnet')
   parser.add_argument('--weights', required=True,
                       help='keras .weights.h5 / .h5; torchvision .pth (needs torch) or .npz')
   parser.add_argument('--out', required=True, help='new workdir to write (must not exist)')

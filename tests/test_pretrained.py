@@ -1,6 +1,7 @@
 """Imported weights: Keras and torchvision models give cvjax the same probabilities, with
 their own preprocessing carried in the checkpoint; bad files fail by name, writing nothing."""
 import os
+import re
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ from cvjax import models, pretrained  # noqa: E402
 from cvjax.errors import UserError  # noqa: E402
 from cvjax.pretrained import common  # noqa: E402
 from cvjax.pretrained import keras as keras_weights  # noqa: E402
+from cvjax.pretrained import keras_layers  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -137,6 +139,176 @@ def test_keras_vgg16_probabilities_match_keras_with_caffe_preprocessing(tmp_path
   probs = cvjax.restore(out).predict(images)
   assert reference.max() > 0.5
   assert np.abs(probs - reference).max() <= 1e-4
+
+
+# ------------------------------------- InceptionV3, Xception, DenseNet, MobileNets, EfficientNet
+
+
+def _keras_app(name: str, size: int, seed: int = 0, **kwargs):
+  """keras.applications `name` (weights=None, 7 classes, logits) holding random weights:
+  He-scaled kernels, BN γ, β, mean and variance all random (a mix-up of any two would
+  show); EfficientNet's Normalization holds the ImageNet mean and true variance (std²).
+  Built shape-only, then initialised with these values: seconds instead of a minute of
+  Keras' random initialisers (compiled shape by shape)."""
+  import keras
+  with keras.StatelessScope(initialize_variables=False):
+    model = getattr(keras.applications, name)(
+        weights=None, input_shape=(size, size, 3), classes=7, classifier_activation=None,
+        **kwargs)
+  rng = np.random.default_rng(seed)
+  for layer in model.layers:
+    for w in layer.weights:
+      shape, leaf = tuple(w.shape), w.path.rsplit('/', 1)[-1]
+      if type(layer).__name__ == 'Normalization':
+        value = {'mean': keras_layers.IMAGENET_MEAN, 'count': 0,
+                 'variance': np.square(keras_layers.IMAGENET_STD)}[leaf]
+        value = np.broadcast_to(value, shape)
+      elif leaf in ('moving_variance', 'gamma'):
+        value = rng.uniform(0.5, 1.5, shape)
+      elif leaf in ('moving_mean', 'beta', 'bias'):
+        value = rng.normal(0, 0.1, shape)
+      else:  # kernels; a depthwise [k, k, C, 1] has fan-in k²
+        fan_in = np.prod(shape[:2]) if len(shape) == 4 and shape[-1] == 1 else np.prod(shape[:-1])
+        value = rng.normal(0, np.sqrt(2 / fan_in), shape)
+      value = np.asarray(value, w.dtype)
+      w._initializer = lambda shape, dtype=None, value=value: value  # pylint: disable=protected-access
+  with keras.StatelessScope():  # leaving it initialises the deferred variables (Keras 3)
+    pass
+  for layer in model.layers:
+    if isinstance(layer, keras.layers.Normalization):
+      layer.finalize_state()  # its mean/variance constants, from the new values
+  return model
+
+
+def _keras_logits(model, x: np.ndarray) -> np.ndarray:
+  """Keras' inference logits, compiled (10× faster than an eager call)."""
+  forward = jax.jit(lambda t, n, x: model.stateless_call(t, n, x, training=False)[0])
+  return np.asarray(forward([v.value for v in model.trainable_variables],
+                            [v.value for v in model.non_trainable_variables], x))
+
+
+def _cvjax_logits(out: str, images: np.ndarray) -> np.ndarray:
+  """The restored workdir's logits on uint8 images, through its own eval preprocessing."""
+  from cvjax import data
+  restored = cvjax.restore(out)
+  x = data.preprocess_for_eval(images, dataset=restored.config.dataset,
+                               image_size=restored.config.image_size,
+                               preprocessing=restored.config.preprocessing)
+  apply = jax.jit(lambda v, x: restored.model.apply(v, x, train=False))
+  return np.asarray(apply(restored.variables, x))
+
+
+def _assert_logits_close(got, want):
+  assert np.abs(want).max() > 0.1 and not np.allclose(want[0], want[1], rtol=1e-2)
+  np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
+
+
+def test_keras_mobilenet_v2_converts_through_the_cli_with_its_alpha_and_tf_inputs(tmp_path):
+  """alpha 0.35 (read off the file), 64², depthwise [k,k,C,1] kernels, mode 'tf'."""
+  pytest.importorskip('keras')
+  import keras
+  from cvjax import convert
+  model = _keras_app('MobileNetV2', 64, alpha=0.35)
+  model.save_weights(str(tmp_path / 'm.weights.h5'))
+  images = _photos(64, count=2)
+  want = _keras_logits(model, keras.applications.mobilenet_v2.preprocess_input(
+      images.astype(np.float32)))
+  assert convert.main(['--source=keras', '--model=MobileNetV2', '--image_size=64',
+                       f'--weights={tmp_path / "m.weights.h5"}', f'--out={tmp_path / "m"}']) == 0
+  config = cvjax.restore(str(tmp_path / 'm')).config
+  assert (config.model, config.model_kwargs, config.num_classes, config.preprocessing) == (
+      'mobilenet_v2', {'alpha': 0.35}, 7, 'tf')
+  _assert_logits_close(_cvjax_logits(str(tmp_path / 'm'), images), want)
+
+
+def test_keras_efficientnet_b0_legacy_h5_converts_with_its_normalization_as_torch(tmp_path):
+  """Keras' EfficientNet takes 0-255 pixels and normalises inside (Rescaling, Normalization);
+  cvjax reads the Normalization tensors and normalises in the pipeline ('torch')."""
+  pytest.importorskip('keras')
+  model = _keras_app('EfficientNetB0', 67)  # odd: Keras' asymmetric 'same' pads
+  model.save(str(tmp_path / 'b0.h5'))  # legacy HDF5 layout
+  images = _photos(67, count=2)
+  want = _keras_logits(model, images.astype(np.float32))  # preprocess_input: pass-through
+  out = pretrained.convert('keras', 'efficientnet_b0', str(tmp_path / 'b0.h5'),
+                           str(tmp_path / 'b0'), image_size=67)
+  assert cvjax.restore(out).config.preprocessing == 'torch'
+  _assert_logits_close(_cvjax_logits(out, images), want)
+
+
+def test_keras_unnamed_layers_map_by_creation_order_from_any_offset(tmp_path):
+  """Xception's four shortcut convs are `conv2d[_N]` / `batch_normalization[_N]`, numbered
+  from wherever the process's counter stood: the same weights convert alike."""
+  pytest.importorskip('keras')
+  import keras
+  first = _keras_app('Xception', 71)
+  for _ in range(3):  # move Keras' name counters on
+    keras.layers.Conv2D(1, 1), keras.layers.BatchNormalization()
+  second = _keras_app('Xception', 71)
+  convs = lambda m: sorted((l for l in m.layers if re.fullmatch(r'conv2d(_\d+)?', l.name)),
+                          key=lambda l: int(l.name[len('conv2d_'):] or 0))
+  number = lambda l: int(l.name[len('conv2d_'):] or 0)
+  assert len(convs(second)) == 4 and number(convs(second)[0]) >= number(convs(first)[-1]) + 4
+  converted = []
+  for i, model in enumerate((first, second)):
+    model.save_weights(str(tmp_path / f'{i}.weights.h5'))
+    converted.append(keras_weights.load(str(tmp_path / f'{i}.weights.h5'), 'Xception', 71)[1])
+  assert sorted(converted[0]) == sorted(converted[1])
+  for path, array in converted[0].items():
+    np.testing.assert_array_equal(converted[1][path], array, err_msg=path)
+  residual = convs(first)[1].get_weights()[0]  # block3's shortcut
+  np.testing.assert_array_equal(converted[0]['params/block3_residual/kernel'], residual)
+
+
+@pytest.fixture(scope='module')
+def mobilenet_layers():
+  """{Keras layer: weights} of a random MobileNetV2 (alpha 0.35), as read_h5 gives them."""
+  pytest.importorskip('keras')
+  model = _keras_app('MobileNetV2', 32, alpha=0.35)
+  return {l.name: [np.asarray(w.value) for w in l.weights] for l in model.layers if l.weights}
+
+
+def _edited(layers, name, weights=None):
+  out = dict(layers)
+  if weights is None:
+    del out[name]
+  else:
+    out[name] = weights
+  return out
+
+
+@pytest.mark.parametrize('edit, message', [
+    (lambda l: _edited(l, 'block_5_depthwise_BN'),
+     r'missing tensor block_5_depthwise_BN/beta \(cvjax params/block_5/depthwise_BN/bias'),
+    (lambda l: _edited(l, 'extra_conv', [np.zeros((1, 1, 8, 8), np.float32)]),
+     r"unexpected tensor extra_conv/kernel in the Keras weights: layer 'extra_conv' has no "
+     r'place in cvjax mobilenet_v2'),
+    (lambda l: _edited(l, 'block_5_depthwise', [np.zeros((5, 5, 96, 1), np.float32)]),
+     r'tensor block_5_depthwise/kernel has shape \(5, 5, 1, 96\), cvjax '
+     r'params/block_5/depthwise/kernel needs \(3, 3, 1, 96\)'),
+    (lambda l: _edited(l, 'Conv1', l['Conv1'] + [np.zeros(16, np.float32)]),
+     r"Keras layer 'Conv1' holds 2 tensors where cvjax mobilenet_v2 expects 1 \(Conv1/kernel\)"),
+    (lambda l: _edited(l, 'block_16_project', [np.zeros((1, 1, 192, 100), np.float32)]),
+     r'tensor block_16_project/kernel has 100 filters, which no Keras alpha gives'),
+])
+def test_keras_layer_mapping_names_the_first_bad_tensor(mobilenet_layers, edit, message):
+  with pytest.raises(UserError, match=message):
+    keras_weights.load_layers(edit(mobilenet_layers), 'mobilenet_v2', 32)
+
+
+def test_keras_efficientnet_normalization_other_than_imagenet_s_is_refused():
+  std = np.asarray(keras_layers.IMAGENET_STD)
+  layers = lambda mean, variance: {'normalization_3': [np.asarray(mean), np.asarray(variance),
+                                                       np.asarray(0)]}
+  for variance in (std, std ** 2):  # Keras' ImageNet files hold the std; the true variance
+    assert keras_layers.preprocessing(layers(keras_layers.IMAGENET_MEAN, variance),
+                                      'efficientnet_b3') == 'torch'
+  with pytest.raises(UserError, match=r'normalization_3/mean, normalization_3/variance = '
+                                      r'\[0.0, 0.0, 0.0\], \[1.0, 1.0, 1.0\]'):
+    keras_layers.preprocessing(layers([0.0] * 3, [1.0] * 3), 'efficientnet_b0')
+  with pytest.raises(UserError, match='missing tensor normalization/mean'):
+    keras_layers.preprocessing({}, 'efficientnet_b0')
+  assert keras_layers.preprocessing({}, 'densenet121') == 'torch'
+  assert keras_layers.preprocessing({}, 'xception') == 'tf'
 
 
 # ---------------------------------------------------------------- torchvision

@@ -7,7 +7,8 @@
 
 Same from a shell: `python -m cvjax.convert --source=keras --model=resnet50
 --weights=FILE --out=DIR`. Sources: 'keras' (`cvjax.pretrained.keras`: VGG16, VGG19,
-ResNet50/101/152 from .weights.h5 or legacy .h5) and 'torchvision'
+ResNet50/101/152, InceptionV3, Xception, DenseNet121/169/201, MobileNet, MobileNetV2,
+EfficientNetB0-B7 from .weights.h5 or legacy .h5) and 'torchvision'
 (`cvjax.pretrained.torchvision`: resnet18-152, vgg11-19(+bn), alexnet from .pth or .npz).
 Importing this package loads neither h5py nor torch.
 """

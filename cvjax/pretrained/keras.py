@@ -1,4 +1,7 @@
-"""keras.applications weights -> cvjax: VGG16, VGG19, ResNet50/101/152 (v1).
+"""keras.applications weights -> cvjax: VGG16, VGG19, ResNet50/101/152 (v1) here;
+InceptionV3, Xception, DenseNet121/169/201, MobileNet, MobileNetV2, EfficientNetB0-B7
+through `keras_layers` (cvjax names those layers as Keras does, so they map by name
+and, where Keras leaves a layer unnamed, by creation order).
 
 Reads both HDF5 layouts Keras writes:
   * Keras 3 `.weights.h5` (`model.save_weights`): `layers/<auto name>/vars/<i>`, the
@@ -19,8 +22,9 @@ already HWIO / (in, out) and its Flatten is NHWC, as in cvjax: nothing is transp
     conv{s}_block{b}_0_conv / _bn       layer{s-1}_{b-1}/downsample_conv / downsample_bn
     predictions                         fc                        (ResNet)
 
-The inputs these weights expect are Keras' 'caffe' mode (`preprocess_input`): BGR,
-0-255, minus the ImageNet BGR means; the converted config says preprocessing='caffe'.
+The inputs VGG and ResNet weights expect are Keras' 'caffe' mode (`preprocess_input`):
+BGR, 0-255, minus the ImageNet BGR means; the converted config says preprocessing='caffe'
+(the other families: `keras_layers.PREPROCESSING`).
 """
 from __future__ import annotations
 
@@ -29,15 +33,16 @@ import re
 import numpy as np
 
 from cvjax.errors import UserError, unknown_choice
-from cvjax.pretrained import common
+from cvjax.pretrained import common, keras_layers
 
-# keras.applications name -> cvjax model name.
+# keras.applications name (lower case, '_' dropped: 'MobileNetV2', 'mobilenet_v2') -> cvjax model.
 MODELS = {
     'vgg16': 'vgg16',
     'vgg19': 'vgg19',
     'resnet50': 'resnet50_keras',
     'resnet101': 'resnet101_keras',
     'resnet152': 'resnet152_keras',
+    **keras_layers.MODELS,
 }
 PREPROCESSING = 'caffe'
 
@@ -110,8 +115,8 @@ def _resnet_path(name: str) -> str | None:
 
 
 def cvjax_model(name: str) -> str:
-  """The cvjax model for a keras.applications name (case-insensitive: 'ResNet50')."""
-  key = name.lower()
+  """The cvjax model for a keras.applications name ('ResNet50', 'MobileNetV2', 'mobilenet_v2')."""
+  key = name.lower().replace('_', '')
   if key not in MODELS:
     raise unknown_choice('Keras model', name, MODELS)
   return MODELS[key]
@@ -168,9 +173,11 @@ def load(weights: str, model: str, image_size: int | None = None):
 
   Args:
     weights: path of a `.weights.h5` or legacy `.h5` file.
-    model: 'vgg16', 'vgg19', 'resnet50', 'resnet101' or 'resnet152'.
-    image_size: the input size the converted model is used at (default: 224). VGG's
-      dense head fixes it at 224 (fc1 takes 7·7·512 inputs).
+    model: a keras.applications name (`MODELS`): 'vgg16', 'ResNet50', 'InceptionV3',
+      'xception', 'DenseNet121', 'MobileNet', 'MobileNetV2', 'EfficientNetB0', ...
+    image_size: the input size the converted model is used at (default: the model's
+      natural size, 224 / 299 / EfficientNet's per variant). VGG's dense head fixes it
+      at 224 (fc1 takes 7·7·512 inputs).
 
   Returns:
     (TrainConfig, {cvjax path: float32 array}) ready for `common.write_workdir`.
@@ -178,15 +185,28 @@ def load(weights: str, model: str, image_size: int | None = None):
   Raises:
     UserError: unreadable file, or the first missing / unexpected / mis-shaped tensor.
   """
+  return load_layers(read_h5(weights), model, image_size, what=f'Keras weights {weights} for {model}')
+
+
+def load_layers(layers: dict[str, list[np.ndarray]], model: str, image_size: int | None = None,
+                *, what: str = 'Keras weights'):
+  """`load` of weights already read ({Keras layer name: its weights}, as `read_h5` gives)."""
   from cvjax import models  # pylint: disable=g-import-not-at-top
   name = cvjax_model(model)
-  arrays, names = to_cvjax(read_h5(weights), name)
-  num_classes = common.num_classes_from_head(
-      arrays, 'params/fc3/kernel' if name.startswith('vgg') else 'params/fc/kernel')
   size = image_size or models.model_input_shape(name)[0]
-  expected = common.model_shapes(models.get_model(name, num_classes=num_classes), size)
-  common.check_against(arrays, expected, what=f'Keras weights {weights} for {model}',
-                       source_name=lambda p: names.get(p) or _keras_name(p, name))
+  if name in keras_layers.PREPROCESSING:  # by layer name and order; MobileNets' alpha read off
+    kwargs = keras_layers.model_kwargs(layers, name, what=what)
+    arrays, _ = keras_layers.to_cvjax(layers, name, size, kwargs, what=what)
+    num_classes = keras_layers.num_classes(layers, name)
+    preprocessing = keras_layers.preprocessing(layers, name, what=what)
+  else:
+    kwargs, preprocessing = {}, PREPROCESSING
+    arrays, names = to_cvjax(layers, name)
+    num_classes = common.num_classes_from_head(
+        arrays, 'params/fc3/kernel' if name.startswith('vgg') else 'params/fc/kernel')
+    expected = common.model_shapes(models.get_model(name, num_classes=num_classes), size)
+    common.check_against(arrays, expected, what=what,
+                         source_name=lambda p: names.get(p) or _keras_name(p, name))
   config = common.converted_config(model=name, num_classes=num_classes, image_size=size,
-                                   preprocessing=PREPROCESSING)
+                                   preprocessing=preprocessing, model_kwargs=kwargs)
   return config, {k: np.asarray(v, np.float32) for k, v in arrays.items()}
