@@ -23,7 +23,8 @@ import jax.numpy as jnp
 
 from cvjax import errors
 from cvjax.models.layers import GlobalAvgPool, conv
-from cvjax.models.resnet import BasicBlock
+from cvjax.models import resnet
+from cvjax.models.resnet import BasicBlock, remat_block
 
 
 class CifarResNet(nn.Module):
@@ -38,6 +39,7 @@ class CifarResNet(nn.Module):
   bn_axis_name: str | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  remat: bool = False  # recompute each block in the backward pass (less memory)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -45,6 +47,7 @@ class CifarResNet(nn.Module):
       raise errors.UserError(
           f'CIFAR ResNet depth {self.depth} is not 6n + 2 (20, 32, 44, 56, 110, ...)')
     n = (self.depth - 2) // 6
+    block = remat_block(BasicBlock) if self.remat else BasicBlock
     conv_ = partial(conv, use_bias=False, dtype=self.dtype,
                     param_dtype=self.param_dtype)
     norm = partial(nn.BatchNorm, use_running_average=not train,
@@ -55,14 +58,24 @@ class CifarResNet(nn.Module):
     x = nn.relu(norm(name='bn1')(conv_(self.num_filters, 3, name='conv1')(x)))
     for i in range(3):
       for j in range(n):
-        x = BasicBlock(self.num_filters * 2**i, conv=conv_, norm=norm,
-                       act=nn.relu, strides=2 if i > 0 and j == 0 else 1,
-                       zero_init_last_bn=self.zero_init_last_bn,
-                       shortcut=self.shortcut, name=f'layer{i + 1}_{j}')(x)
+        x = block(self.num_filters * 2**i, conv=conv_, norm=norm,
+                  act=nn.relu, strides=2 if i > 0 and j == 0 else 1,
+                  zero_init_last_bn=self.zero_init_last_bn,
+                  shortcut=self.shortcut, name=f'layer{i + 1}_{j}')(x)
     x = GlobalAvgPool(name='avgpool')(x)
     x = nn.Dense(self.num_classes, dtype=self.dtype,
                  param_dtype=self.param_dtype, name='fc')(x)
     return jnp.asarray(x, jnp.float32)
+
+
+def rematerialises(model: nn.Module) -> bool:
+  """Whether `model`, built with remat=True, recomputes its blocks (issue 6).
+
+  True for `resnet.ResNet` and `CifarResNet` and subclasses that keep their
+  `__call__` (ResNeXt, SE-ResNet-50); False for a subclass with its own
+  `__call__` that has the field but not the behaviour (SE-ResNet-20).
+  """
+  return type(model).__call__ in (resnet.ResNet.__call__, CifarResNet.__call__)
 
 
 ResNet20 = partial(CifarResNet, depth=20)

@@ -33,6 +33,18 @@ def _shortcut(block, x, y, kind: str):
   return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
 
 
+def remat_block(block_cls):
+  """`nn.remat(block_cls)`, also through a `functools.partial` (ResNeXt's blocks).
+
+  A rematerialised block keeps only its input for the backward pass and
+  recomputes its inside there: the same numbers and parameter names, less
+  activation memory, one more forward pass of compute (issue 6).
+  """
+  if isinstance(block_cls, partial):
+    return partial(nn.remat(block_cls.func), *block_cls.args, **block_cls.keywords)
+  return nn.remat(block_cls)
+
+
 def _last_scale_init(block):
   """Zero γ for the block's last BN, if asked: each block starts as the identity
   (Goyal et al. 2017), which helps large-batch training."""
@@ -113,9 +125,11 @@ class ResNet(nn.Module):
   bn_axis_name: str | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  remat: bool = False  # recompute each block in the backward pass (less memory)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    block_cls = remat_block(self.block_cls) if self.remat else self.block_cls
     conv_ = partial(conv, use_bias=self.conv_bias, dtype=self.dtype,
                     param_dtype=self.param_dtype)
     norm = partial(nn.BatchNorm, use_running_average=not train,
@@ -127,7 +141,7 @@ class ResNet(nn.Module):
     x = MaxPool(3, 2, padding=1, name='maxpool')(x)
     for i, blocks in enumerate(self.stage_sizes):
       for j in range(blocks):
-        x = self.block_cls(
+        x = block_cls(
             self.num_filters * 2**i, conv=conv_, norm=norm, act=nn.relu,
             strides=2 if i > 0 and j == 0 else 1,
             zero_init_last_bn=self.zero_init_last_bn,
