@@ -76,6 +76,15 @@ def _define_flags() -> None:
   f.DEFINE_string('preprocessing', '', 'Input convention of imported weights: '
                   f'{", ".join(PREPROCESSINGS)} (caffe: Keras VGG/ResNet; torch: torchvision); '
                   '"" (default): the dataset\'s mean/std.')
+  # Mixed precision and memory (issue 6).
+  f.DEFINE_string('half_precision', None, 'Compute in bf16 or fp16 (params, optimizer state, '
+                  'BN statistics, logits and loss stay float32; fp16 adds dynamic loss '
+                  'scaling). Default: float32.')
+  f.DEFINE_integer('grad_accum_steps', _BASE.grad_accum_steps, 'Average the gradients of K '
+                   'micro-batches of --batch_size per optimizer step (effective batch '
+                   'batch_size × K; steps, epochs and schedules count optimizer steps).')
+  f.DEFINE_bool('remat', _BASE.remat, 'Recompute residual blocks in the backward pass: less '
+                'activation memory, ~1/3 more compute (ResNet family).')
   f.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of process 0.')
   f.DEFINE_integer('num_processes', None, 'Multi-process: number of processes.')
   f.DEFINE_integer('process_id', None, 'Multi-process: this process\'s index.')
@@ -104,7 +113,9 @@ def config_from_flags() -> TrainConfig:
       early_stopping_patience=FLAGS.early_stopping_patience,
       early_stopping_metric=FLAGS.early_stopping_metric, num_devices=FLAGS.num_devices,
       init_from=FLAGS.init_from, init_exclude=FLAGS.init_exclude, freeze=FLAGS.freeze,
-      preprocessing=FLAGS.preprocessing or None)  # issue 5
+      preprocessing=FLAGS.preprocessing or None,  # issue 5
+      half_precision=FLAGS.half_precision or None, grad_accum_steps=FLAGS.grad_accum_steps,
+      remat=FLAGS.remat)  # issue 6
 
 
 class _QuietLibraries:

@@ -19,6 +19,8 @@ SCHEDULES = ('constant', 'step', 'cosine')
 # 'caffe' Keras VGG/ResNet (BGR, 0-255, minus ImageNet means), 'torch' torchvision
 # (ImageNet mean/std), 'tf' Keras MobileNet/Inception (scaled to [-1, 1]).
 PREPROCESSINGS = ('caffe', 'torch', 'tf')
+# Issue 6: compute dtype of --half_precision (params, optimizer state and BN statistics stay float32).
+HALF_PRECISIONS = {'bf16': 'bfloat16', 'fp16': 'float16'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +29,10 @@ class TrainConfig:
 
   Sizes are global (summed over all devices and processes). Step counts are
   optimizer steps. `None` means "derive a default", as documented per field.
+  With `grad_accum_steps` K > 1, `batch_size` is the micro-batch of one
+  forward/backward pass and each optimizer step sees batch_size × K examples
+  (torch/timm's convention); epochs, schedules and every `*_steps` count
+  optimizer steps.
   """
   # What to train on what.
   task: str = 'classification'       # see cvjax.train.tasks
@@ -77,6 +83,13 @@ class TrainConfig:
   freeze: str = ''                    # frozen params: 'all_but_head', 'all_but_top:N' (top N
                                       # stages stay trainable) or a regex on 'module/.../param'
 
+  # --- Mixed precision and memory (issue 6).
+  half_precision: str | None = None   # 'bf16' | 'fp16': compute dtype; params, optimizer state,
+                                      # BN statistics, logits and loss stay float32. fp16 adds
+                                      # dynamic loss scaling (cvjax.train.loss_scale).
+  grad_accum_steps: int = 1           # K micro-batches of batch_size per optimizer step
+  remat: bool = False                 # recompute residual blocks in the backward pass
+
   def validate(self) -> None:
     """Raises `UserError` for settings that cannot work."""
     if self.optimizer not in OPTIMIZERS:
@@ -93,6 +106,14 @@ class TrainConfig:
       raise UserError(f'learning_rate must be positive, got {self.learning_rate}')
     if not 0 <= self.label_smoothing < 1:
       raise UserError(f'label_smoothing must be in [0, 1), got {self.label_smoothing}')
+    if self.half_precision is not None and self.half_precision not in HALF_PRECISIONS:
+      raise UserError(f'half_precision must be one of bf16, fp16 (or unset for float32), '
+                      f'got {self.half_precision!r}')
+    if self.half_precision and 'dtype' in self.model_kwargs:
+      raise UserError(f'half_precision={self.half_precision} and model_kwargs '
+                      f'dtype={self.model_kwargs["dtype"]} both set the compute dtype; use one')
+    if self.grad_accum_steps < 1:
+      raise UserError(f'grad_accum_steps must be a positive integer, got {self.grad_accum_steps}')
     # Transfer learning (issue 5).
     if self.preprocessing is not None and self.preprocessing not in PREPROCESSINGS:
       raise unknown_choice('preprocessing', self.preprocessing, PREPROCESSINGS)

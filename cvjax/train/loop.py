@@ -8,6 +8,14 @@ step fixes the data position and the random keys) and the early-stopping
 bookkeeping — is in the checkpoint, so `kill -9` and a re-run of the same
 command end with the same numbers as a run never interrupted.
 
+Steps (issue 6). The loop counts optimizer steps: `num_train_steps`, epochs,
+logging, evaluation, checkpoint names and schedules all use them. With
+`--grad_accum_steps` K one optimizer step is K train-step calls on K
+micro-batches; a skipped fp16 overflow call is no optimizer step either.
+Training metrics are window means over train-step calls. Checkpoints are only
+written between optimizer steps; SIGTERM in the middle of an accumulation
+finishes it first (at most K − 1 more micro-batches).
+
 Files written to `workdir` (process 0 only): `config.json`, `metrics.jsonl`,
 `tensorboard/`, `checkpoints/<step>/`, and at the end `results.json`.
 """
@@ -32,7 +40,8 @@ from cvjax import data, models
 from cvjax.errors import Preempted, TrainingDiverged, UserError
 from cvjax.train import optim, steps
 from cvjax.train.checkpoint import Checkpoints
-from cvjax.train.config import TrainConfig
+from cvjax.train.config import HALF_PRECISIONS, TrainConfig
+from cvjax.train.loss_scale import DynamicLossScale
 from cvjax.train.state import TrainState, create_train_state
 from cvjax.train.tasks import Task, get_task
 from cvjax.train.writers import MetricWriter, Progress
@@ -47,8 +56,8 @@ class Run:
   model: Any
   dataset: Any               # data.DatasetMeta
   input_shape: tuple[int, int, int, int]  # (1, S, S, C) used for init
-  steps_per_epoch: int
-  total_steps: int
+  steps_per_epoch: int      # optimizer steps (of batch_size × grad_accum_steps examples)
+  total_steps: int          # optimizer steps
   schedule: Any
   tx: Any
   freezer: Any = None        # cvjax.transfer.Freezer when config.freeze is set (issue 5)
@@ -63,8 +72,9 @@ class Run:
 
   def init_state(self) -> TrainState:
     """A fresh state, replicated over the mesh."""
+    scale = DynamicLossScale.create() if self.config.half_precision == 'fp16' else None
     create = functools.partial(create_train_state, self.model, self.tx,
-                               input_shape=self.input_shape)
+                               input_shape=self.input_shape, loss_scale=scale)
     return jax.jit(create, out_shardings=steps.replicated(self.mesh))(
         jax.random.PRNGKey(self.config.seed))
 
@@ -94,8 +104,13 @@ def build_run(config: TrainConfig) -> Run:
     raise UserError(f'num_classes={num_classes} but {config.dataset} has {meta.num_classes} '
                     'classes; leave num_classes unset to use the dataset\'s')
   model = models.get_model(config.model, num_classes=num_classes,
-                           bn_axis_name=steps.AXIS, **config.model_kwargs)
-  steps_per_epoch = data.steps_per_epoch(meta, config.batch_size)
+                           bn_axis_name=steps.AXIS, **_model_kwargs(config))
+  accum = config.grad_accum_steps
+  if accum > 1 and config.batch_size * accum > meta.split_sizes.get('train', math.inf):
+    raise UserError(f'batch_size × grad_accum_steps = {config.batch_size} × {accum} is larger '
+                    f'than the {meta.split_sizes["train"]} training examples of {config.dataset}; '
+                    'use a smaller --batch_size or --grad_accum_steps')
+  steps_per_epoch = data.steps_per_epoch(meta, config.batch_size * accum)  # optimizer steps
   if steps_per_epoch < 1:
     raise UserError(f'batch_size={config.batch_size} is larger than the '
                     f'{meta.split_sizes["train"]} training examples of {config.dataset}')
@@ -112,6 +127,26 @@ def build_run(config: TrainConfig) -> Run:
              input_shape=input_shape,
              steps_per_epoch=steps_per_epoch, total_steps=total, schedule=schedule,
              tx=optim.make_optimizer(config, schedule, freezer), freezer=freezer)
+
+
+def _model_kwargs(config: TrainConfig) -> dict:
+  """model_kwargs plus what --half_precision and --remat ask of the model (issue 6)."""
+  kwargs = dict(config.model_kwargs)
+  if config.half_precision:
+    kwargs['dtype'] = HALF_PRECISIONS[config.half_precision]  # param_dtype stays float32
+  if config.remat:
+    if config.model not in remat_models():
+      raise UserError(f'model {config.model!r} has no remat option; --remat works for '
+                      f'{", ".join(remat_models())}')
+    kwargs['remat'] = True
+  return kwargs
+
+
+def remat_models() -> list[str]:
+  """Registered models whose `remat=True` recomputes their residual blocks."""
+  from cvjax.models.cifar_resnet import rematerialises
+  return [m for m in models.list_models(None) if 'remat' in models.model_options(m)
+          and rematerialises(models.get_model(m, num_classes=10))]
 
 
 def evaluate(run: Run, state: TrainState, eval_step, split: str) -> dict[str, float]:
@@ -193,7 +228,11 @@ def fit(config: TrainConfig, workdir: str) -> dict[str, Any]:
     head = (transfer.head_modules(run.model, run.input_shape)
             if config.init_exclude == 'head' else ())
     state = transfer.init_from(state, config, head)
-  start_step = int(state.step)
+  # Optimizer steps done (checkpoint names, logs, schedules) and batches consumed
+  # (`state.step`: the data position). They differ under --grad_accum_steps and
+  # after skipped fp16 overflow steps; checkpoints are written between optimizer steps.
+  start_step = int(restored[1].get('step', state.step)) if restored else int(state.step)
+  start_batch = int(state.step)
 
   writer = MetricWriter(workdir, enabled=chief)
   writer.truncate_after(start_step)
@@ -210,33 +249,42 @@ def fit(config: TrainConfig, workdir: str) -> dict[str, Any]:
     meta = {'step': step, 'config': dataclasses.asdict(config), **book.as_meta()}
     ckpts.save(step, state, meta, metrics=metrics)
 
-  batches = task.train_batches(run, start_step)
+  batches = task.train_batches(run, start_batch)
   progress = Progress(run.total_steps, start_step, config.log_every_steps, enabled=chief)
   step, stopped_early = start_step, False
-  timed_from, timed_steps = None, 0
+  timed_from, timed_steps = None, 0  # timed_steps: train-step calls (micro-batches)
   loop_start = time.time()
   last_saved = max(ckpts.all_steps(), default=None)
   try:
     with _sigterm_flag() as preempt:
       while step < run.total_steps and not stopped_early:
         batch = next(batches)
-        if step == start_step and 'image' in batch:  # issue 8: TensorBoard input grid
+        if timed_from is None and 'image' in batch:  # issue 8: TensorBoard input grid
           writer.images(step + 1, 'augmented_inputs', batch['image'])
         state, metrics = train_step(state, batch)
-        step += 1
         host = jax.device_get(metrics)  # also the per-step NaN check
+        # A skipped fp16 overflow step has a finite loss (only its scaled gradients
+        # overflowed), so it passes; a nan/inf loss itself stops the run.
         if not np.isfinite(host['loss']):
           raise TrainingDiverged(
-              f'loss is {host["loss"]} at step {step}; stopped. The last good checkpoint '
+              f'loss is {host["loss"]} at step {step + 1}; stopped. The last good checkpoint '
               f'(step {last_saved}) is kept in {ckpts.directory}; try a lower '
               f'--learning_rate or --grad_clip_norm')
-        for k, v in host.items():
+        if host.get('overflow') and host['loss_scale'] <= state.loss_scale.min_scale:
+          raise TrainingDiverged(
+              f'fp16 gradients overflow even at loss scale {host["loss_scale"]:g} at step '
+              f'{step + 1}; stopped. Try --half_precision=bf16 or a lower --learning_rate')
+        updated = host.pop('updated', 1.0) > 0
+        for k, v in host.items():  # window means over micro-batches
           book.train_sums[k] = book.train_sums.get(k, 0.0) + float(v)
         book.train_count += 1
         if timed_from is None:  # exclude compilation from the throughput
           timed_from = time.time()
         else:
           timed_steps += 1
+        if not updated:  # mid-accumulation or a skipped fp16 step: no optimizer step yet
+          continue
+        step += 1
 
         if step % config.log_every_steps == 0 or step == run.total_steps:
           scalars = {f'train_{k}': v / book.train_count for k, v in book.train_sums.items()}

@@ -41,6 +41,9 @@ def make_optimizer(config: TrainConfig, schedule: optax.Schedule,
   """The configured optimizer with weight decay and gradient clipping.
 
   freezer: a `cvjax.transfer.Freezer`; its frozen params get no update (issue 5).
+  With `grad_accum_steps` K > 1 the whole chain sits inside `optax.MultiSteps`:
+  it averages K successive micro-batch gradients and steps once, so clipping,
+  weight decay and the schedule's count all see optimizer steps (issue 6).
   """
   parts = []
   if config.grad_clip_norm:
@@ -60,4 +63,17 @@ def make_optimizer(config: TrainConfig, schedule: optax.Schedule,
   tx = optax.chain(*parts)
   if freezer is not None:  # Transfer hook (issue 5): multi_transform with set_to_zero.
     tx = freezer.wrap_optimizer(tx)
+  if config.grad_accum_steps > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=config.grad_accum_steps).gradient_transformation()
   return tx
+
+
+def completes_update(opt_state) -> jax.Array | bool:
+  """After `tx.update`: did this call step the parameters? bool[].
+
+  Always True without accumulation; under `optax.MultiSteps`, True when the
+  call closed an accumulation window (its mini-step counter wrapped to 0).
+  """
+  if isinstance(opt_state, optax.MultiStepsState):
+    return opt_state.mini_step == 0
+  return True

@@ -14,10 +14,15 @@ class TrainState(train_state.TrainState):
   """Flax's TrainState plus BatchNorm statistics and the run's base key.
 
   `rng` never advances: step `s` uses `fold_in(rng, s)`, so a resumed run
-  draws exactly the random numbers an uninterrupted one would.
+  draws exactly the random numbers an uninterrupted one would. `step` counts
+  train-step calls, i.e. batches consumed (micro-batches under gradient
+  accumulation, skipped fp16 overflow steps included): it fixes the data
+  position and the keys. `loss_scale` is a `DynamicLossScale` for fp16 runs,
+  else None.
   """
   batch_stats: Any = None
   rng: jax.Array = None
+  loss_scale: Any = None
 
 
 def init_variables(model: nn.Module, rng: jax.Array, input_shape: tuple[int, ...]) -> dict:
@@ -28,13 +33,17 @@ def init_variables(model: nn.Module, rng: jax.Array, input_shape: tuple[int, ...
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
-                       rng: jax.Array, input_shape: tuple[int, ...]) -> TrainState:
-  """A fresh state at step 0. Pure: jit it, or `eval_shape` it for a template."""
+                       rng: jax.Array, input_shape: tuple[int, ...],
+                       loss_scale=None) -> TrainState:
+  """A fresh state at step 0. Pure: jit it, or `eval_shape` it for a template.
+
+  loss_scale: a `cvjax.train.loss_scale.DynamicLossScale` (fp16 runs) or None.
+  """
   init_rng, run_rng = jax.random.split(rng)
   variables = init_variables(model, init_rng, input_shape)
   return TrainState.create(
       apply_fn=model.apply, params=variables['params'], tx=tx,
-      batch_stats=variables.get('batch_stats', {}), rng=run_rng)
+      batch_stats=variables.get('batch_stats', {}), rng=run_rng, loss_scale=loss_scale)
 
 
 def model_variables(state: TrainState) -> dict:

@@ -11,6 +11,11 @@ params over the axis and an extra `pmean` would give an N-times-too-large step
 — `tests/test_train.py` pins 1-device and 8-device runs to the same numbers.
 BatchNorm layers get `axis_name='data'`, so their batch statistics are means
 over the global batch, exactly as on one device.
+
+fp16 (issue 6): the loss is scaled by the state's `DynamicLossScale` before the
+backward pass, gradients are `pmean`ed (an inf on one device reaches all) and
+unscaled, and the finite check is additionally `pmin`ed over the axis, so
+every device keeps or skips the same update.
 """
 from __future__ import annotations
 
@@ -18,9 +23,12 @@ import contextlib
 import functools
 
 import jax
+import jax.numpy as jnp
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from cvjax.train import loss_scale as loss_scaling
+from cvjax.train import optim
 from cvjax.train.state import TrainState, model_variables
 from cvjax.train.tasks import ClassificationTask, Task, cross_entropy  # noqa: F401
 
@@ -30,7 +38,8 @@ AXIS = 'data'
 def train_step(state: TrainState, batch: dict, *, task: Task | None = None,
                label_smoothing: float = 0.0, axis_name: str | None = AXIS,
                freezer=None) -> tuple[TrainState, dict]:
-  """One optimizer step on this device's shard of the batch.
+  """One train step (an optimizer step, or one micro-step of an accumulation) on
+  this device's shard of the batch.
 
   batch: the task's batch dict, e.g. {'image': f32[b, H, W, C], 'label': int32[b]},
   b = global batch / devices. Returns the new state and {'loss', ...task
@@ -38,12 +47,20 @@ def train_step(state: TrainState, batch: dict, *, task: Task | None = None,
   single-device step. `task` defaults to classification. `freezer` (a
   `cvjax.transfer.Freezer`, issue 5): no gradient into its frozen params, and its
   frozen BatchNorm layers run in inference mode (their statistics stay unchanged).
+
+  Issue 6. With `state.loss_scale` set (fp16) the metrics add 'loss_scale' (the
+  scale this step used) and 'overflow' (1.0 when some gradient was inf/nan: then
+  params, optimizer state and BN statistics are left as they were, the scale
+  halves, and only `step` advances). When the optimizer accumulates
+  (`optax.MultiSteps`) or the scale can skip, the metrics add 'updated' (1.0 when
+  this call stepped the parameters); the training loop counts optimizer steps by it.
   """
   task = task or ClassificationTask()
   step_rng = jax.random.fold_in(state.rng, state.step)
   if axis_name is not None:  # a different dropout mask on every device
     step_rng = jax.random.fold_in(step_rng, lax.axis_index(axis_name))
   has_bn = bool(state.batch_stats)
+  scaler = state.loss_scale
 
   def loss_fn(params):
     if freezer is not None:  # Transfer hook (issue 5).
@@ -55,16 +72,33 @@ def train_step(state: TrainState, batch: dict, *, task: Task | None = None,
                            mutable=['batch_stats'] if has_bn else False)
     outputs, updates = out if has_bn else (out, {})
     loss, metrics = task.loss(outputs, batch, label_smoothing)
-    return loss, (metrics, updates)
+    scaled = loss if scaler is None else scaler.scale_loss(loss)
+    return scaled, (loss, metrics, updates)
 
-  (loss, (metrics, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grads, (loss, metrics, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
   metrics = {'loss': loss, **metrics}
   if axis_name is not None:
     grads = lax.pmean(grads, axis_name)
     metrics = lax.pmean(metrics, axis_name)
+  if scaler is not None:
+    grads = scaler.unscale(grads)
   new_state = state.apply_gradients(grads=grads)
   if has_bn:
     new_state = new_state.replace(batch_stats=updates['batch_stats'])
+  updated = optim.completes_update(new_state.opt_state)
+  if scaler is not None:
+    finite = loss_scaling.all_finite(grads)
+    if axis_name is not None:  # the same decision on every device, whatever its arithmetic
+      finite = lax.pmin(finite.astype(jnp.int32), axis_name) > 0
+    kept = loss_scaling.select_tree(
+        finite, (new_state.params, new_state.opt_state, new_state.batch_stats),
+        (state.params, state.opt_state, state.batch_stats))
+    new_state = new_state.replace(params=kept[0], opt_state=kept[1], batch_stats=kept[2],
+                                  loss_scale=scaler.adjust(finite))
+    updated = updated & finite
+    metrics.update(loss_scale=scaler.scale, overflow=1.0 - finite.astype(jnp.float32))
+  if scaler is not None or updated is not True:
+    metrics['updated'] = jnp.asarray(updated, jnp.float32)
   return new_state, metrics
 
 
