@@ -2,6 +2,7 @@
 
     python -m cvjax.summary --model=resnet50 [--num_classes=1000]
         [--image_size=224] [--batch_size=1] [--dtype=float32] [--json]
+        [--backward_memory]
 
 The model is traced, never run: `jax.eval_shape` of `model.init` under
 `nn.intercept_methods` records every module call's input and output shapes,
@@ -21,8 +22,19 @@ activation_bytes: the sum over leaf layers (Conv, Dense, BatchNorm, pools,
 LRN, Dropout) of their output's size × itemsize for the batch, i.e. what a
 forward pass materialises if every layer's output is kept for the backward
 pass. Activation functions are plain functions, fused by XLA, and not counted.
+
+--backward_memory (issue 6) measures what one training-mode gradient keeps,
+with and, for models that have it, without `remat`, two ways:
+  saved activations: the residuals JAX's autodiff stores between the forward and
+    the backward pass (traced, no FLOPs; params and the input are not counted).
+    This is what remat cuts: only each block's input is kept, its inside is
+    recomputed in the backward pass.
+  XLA temp buffers: `memory_analysis().temp_size_in_bytes` of the compiled
+    gradient on this backend (seconds to compile); XLA schedules and reuses
+    buffers itself, so it can differ from the residuals, in either direction.
 """
 import argparse
+import functools
 import json
 import math
 import sys
@@ -35,6 +47,7 @@ import jax.numpy as jnp
 from cvjax import errors
 from cvjax.models import layers as cv_layers
 from cvjax.models import registry
+from cvjax.models.cifar_resnet import rematerialises
 
 
 def _shape(x) -> list[int] | None:
@@ -177,6 +190,80 @@ def summary(name: str, num_classes: int | None = None,
           'dtype': jnp.dtype(model.dtype).name, **result}
 
 
+def _gradient_of(model: nn.Module):
+  """(params, batch_stats, x) → d sum(logits) / d params, BatchNorm in training mode."""
+  def loss(params, batch_stats, x):
+    variables = {'params': params, **({'batch_stats': batch_stats} if batch_stats else {})}
+    out = model.apply(variables, x, train=True, mutable=['batch_stats'] if batch_stats else False,
+                      rngs={'dropout': jax.random.key(0)})
+    out = out[0] if batch_stats else out
+    return sum(jnp.sum(o.astype(jnp.float32)) for o in jax.tree.leaves(out))
+  return loss
+
+
+def _saved_activation_bytes(loss, params, batch_stats, x) -> int:
+  """Bytes of the residuals `jax.vjp` of `loss` w.r.t. params keeps, arguments excluded.
+
+  The same count as `jax.ad_checkpoint.print_saved_residuals`, summed: the vjp's
+  residuals are outputs of a traced jaxpr; those that are its inputs (params,
+  statistics, the image) are not activations.
+  """
+  def residuals(params, batch_stats, x):
+    _, pullback = jax.vjp(functools.partial(loss, batch_stats=batch_stats, x=x), params)
+    return jax.tree.leaves(pullback)
+
+  jaxpr = jax.make_jaxpr(residuals)(params, batch_stats, x).jaxpr
+  inputs = set(jaxpr.invars)
+  kept = {v for v in jaxpr.outvars if not hasattr(v, 'val') and v not in inputs}
+  return sum(math.prod(v.aval.shape) * jnp.dtype(v.aval.dtype).itemsize for v in kept)
+
+
+def backward_memory(name: str, num_classes: int | None = None, image_size: int | None = None,
+                    batch_size: int = 1, dtype: str = 'float32',
+                    compiled: bool = True) -> dict[str, Any]:
+  """Activation memory of one training-mode gradient of model `name` (issue 6).
+
+  Returns {'saved_bytes', 'xla_temp_bytes', 'backend', 'remat': bool} and, when
+  the model has remat, 'saved_bytes_remat' and 'xla_temp_bytes_remat' (bytes
+  for the batch; see the module docstring for what each measures). With
+  compiled=False the XLA numbers are None (no compilation).
+  """
+  h, w, c = registry.model_input_shape(name)
+  num_classes = registry.model_num_classes(name) if num_classes is None else num_classes
+  h = w = image_size or h
+  x = jax.ShapeDtypeStruct((batch_size, h, w, c), jnp.float32)
+  out = {'backend': jax.default_backend()}
+  plain = registry.get_model(name, num_classes, dtype=dtype)
+  variants = [('', plain)]
+  out['remat'] = 'remat' in registry.model_options(name) and rematerialises(plain)
+  if out['remat']:
+    variants.append(('_remat', registry.get_model(name, num_classes, dtype=dtype, remat=True)))
+  for suffix, model in variants:
+    variables = jax.eval_shape(functools.partial(model.init, train=False),
+                               jax.random.key(0), x)
+    params, stats = variables['params'], variables.get('batch_stats', {})
+    loss = _gradient_of(model)
+    out[f'saved_bytes{suffix}'] = _saved_activation_bytes(loss, params, stats, x)
+    out[f'xla_temp_bytes{suffix}'] = (
+        jax.jit(jax.grad(loss)).lower(params, stats, x).compile()
+        .memory_analysis().temp_size_in_bytes if compiled else None)
+  return out
+
+
+def format_backward_memory(m: dict[str, Any], batch_size: int) -> str:
+  """Two lines: saved activations and XLA temp buffers, without and with remat."""
+  def row(label, key):
+    text = f'{label:<36}{_mib(m[key]):>14}' if m[key] is not None else f'{label:<36}{"-":>14}'
+    if m['remat'] and m.get(f'{key}_remat') is not None:
+      text += f'   with remat {_mib(m[key + "_remat"]):>12}'
+    return text
+  lines = [f'backward pass (one training-mode gradient, batch {batch_size})'
+           + ('' if m['remat'] else ', no remat option for this model') + ':',
+           row('  saved activations (autodiff)', 'saved_bytes'),
+           row(f'  XLA temp buffers ({m["backend"]}, compiled)', 'xla_temp_bytes')]
+  return '\n'.join(lines)
+
+
 def _si(n: float) -> str:
   for unit, scale in [('G', 1e9), ('M', 1e6), ('K', 1e3)]:
     if n >= scale:
@@ -233,14 +320,25 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--batch_size', type=int, default=1)
   parser.add_argument('--dtype', default='float32', help='e.g. float32, bfloat16')
   parser.add_argument('--json', action='store_true', help='print one JSON object')
+  parser.add_argument('--backward_memory', action='store_true',
+                      help='also measure the activation memory of a training gradient, with '
+                           'and without remat (compiles the gradient: seconds to a minute)')
   args = parser.parse_args(argv)
   try:
     s = summary(args.model, args.num_classes, args.image_size, args.batch_size,
                 args.dtype)
+    if args.backward_memory:
+      s['backward_memory'] = backward_memory(args.model, args.num_classes, args.image_size,
+                                             args.batch_size, args.dtype)
   except errors.UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  print(json.dumps(s) if args.json else format_table(s))
+  if args.json:
+    print(json.dumps(s))
+  else:
+    print(format_table(s))
+    if args.backward_memory:
+      print(format_backward_memory(s['backward_memory'], args.batch_size))
   return 0
 
 
