@@ -170,6 +170,33 @@ def test_fp16_overflow_on_one_device_skips_the_step_on_every_device():
   assert float(metrics['overflow']) == 0.0
 
 
+def test_checkpoints_keep_the_loss_scale_and_older_checkpoints_without_one_still_restore(tmp_path):
+  import orbax.checkpoint as ocp
+  from flax import serialization
+  mesh = steps.make_mesh(1)
+  model = models.get_model('lenet5', num_classes=10)
+  scaled = _state(model, optax.sgd(0.1), mesh, channels=1,
+                  loss_scale=DynamicLossScale(scale=jnp.float32(1024.0), counter=jnp.int32(7)))
+  ckpts = Checkpoints(str(tmp_path / 'fp16'), async_save=False)
+  ckpts.save(1, scaled, {'step': 1})
+  restored, _ = ckpts.restore_latest(
+      _state(model, optax.sgd(0.1), mesh, channels=1, loss_scale=DynamicLossScale.create()))
+  ckpts.close()
+  assert float(restored.loss_scale.scale) == 1024.0 and int(restored.loss_scale.counter) == 7
+
+  # A checkpoint from before issue 6: the same tree, no loss_scale entry at all.
+  plain = _state(model, optax.sgd(0.1), mesh, channels=1)
+  old = {k: v for k, v in serialization.to_state_dict(plain).items() if k != 'loss_scale'}
+  ckpts = Checkpoints(str(tmp_path / 'old'), async_save=False)
+  ckpts.manager.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave(old),
+                                                meta=ocp.args.JsonSave({'step': 3})))
+  ckpts.wait()
+  restored, meta = ckpts.restore_latest(plain)
+  ckpts.close()
+  assert meta == {'step': 3} and restored.loss_scale is None
+  assert _equal(jax.device_get(restored.params), jax.device_get(plain.params))
+
+
 # --- Gradient accumulation.
 
 def _accum_run(k, micro_batch, updates, dtype):

@@ -51,7 +51,7 @@ class Checkpoints:
     self.manager.save(
         step,
         args=ocp.args.Composite(
-            state=ocp.args.StandardSave(serialization.to_state_dict(state)),
+            state=ocp.args.StandardSave(_state_dict(state)),
             meta=ocp.args.JsonSave(meta)),
         metrics=metrics, force=force)
 
@@ -63,7 +63,10 @@ class Checkpoints:
     restored = self.manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                       meta=ocp.args.JsonRestore()))
-    return serialization.from_state_dict(template, restored['state']), restored['meta']
+    # Put back the fields left out as None (see `_state_dict`).
+    unset = {k: None for k, v in serialization.to_state_dict(template).items() if v is None}
+    return (serialization.from_state_dict(template, {**unset, **restored['state']}),
+            restored['meta'])
 
   def restore_latest(self, template):
     """(state, meta) of the newest step that restores cleanly, or None.
@@ -89,9 +92,19 @@ class Checkpoints:
     self.manager.close()
 
 
+def _state_dict(state) -> dict:
+  """The TrainState as a state dict, fields that are None left out.
+
+  `loss_scale` is None outside fp16 runs (issue 6): leaving it out keeps such
+  checkpoints the same tree as those written before the field existed, so
+  they restore either way.
+  """
+  return {k: v for k, v in serialization.to_state_dict(state).items() if v is not None}
+
+
 def _abstract(template) -> dict:
   """ShapeDtypeStructs (with shardings) for every array of a TrainState."""
   def leaf(x):
     x = x if hasattr(x, 'shape') else np.asarray(x)
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, 'sharding', None))
-  return jax.tree.map(leaf, serialization.to_state_dict(template))
+  return jax.tree.map(leaf, _state_dict(template))
