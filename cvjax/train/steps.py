@@ -85,7 +85,7 @@ def train_step(state: TrainState, batch: dict, *, task: Task | None = None,
   new_state = state.apply_gradients(grads=grads)
   if has_bn:
     new_state = new_state.replace(batch_stats=updates['batch_stats'])
-  updated = optim.completes_update(new_state.opt_state)
+  updated = optim.completes_update(new_state.opt_state)  # True, or bool[] under MultiSteps
   if scaler is not None:
     finite = loss_scaling.all_finite(grads)
     if axis_name is not None:  # the same decision on every device, whatever its arithmetic
@@ -97,7 +97,7 @@ def train_step(state: TrainState, batch: dict, *, task: Task | None = None,
                                   loss_scale=scaler.adjust(finite))
     updated = updated & finite
     metrics.update(loss_scale=scaler.scale, overflow=1.0 - finite.astype(jnp.float32))
-  if scaler is not None or updated is not True:
+  if scaler is not None or not isinstance(updated, bool):
     metrics['updated'] = jnp.asarray(updated, jnp.float32)
   return new_state, metrics
 
