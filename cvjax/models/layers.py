@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cvjax import errors
+from cvjax.models import conv_lowering
 
 Array = Any
 ModuleDef = Any
@@ -29,7 +30,7 @@ def sym(p: int) -> tuple[tuple[int, int], tuple[int, int]]:
 
 
 def conv(features: int, kernel_size: int, strides: int = 1,
-         padding: int | None = None, **kwargs) -> nn.Conv:
+         padding: int | None = None, impl: str | None = None, **kwargs) -> nn.Conv:
   """A square `nn.Conv` with explicit symmetric padding.
 
   Args:
@@ -37,13 +38,18 @@ def conv(features: int, kernel_size: int, strides: int = 1,
     kernel_size: k, for a k×k kernel.
     strides: s, the same along H and W.
     padding: p zeros on every side; default k // 2 (size-preserving at s=1).
+    impl: how the conv is computed, 'auto' | 'xla' | 'im2col' (see
+      `cvjax.models.conv_lowering`; None: 'auto' unless a `default_impl` block
+      says otherwise). The parameters and numbers are the same for every impl.
     **kwargs: passed to `nn.Conv` (use_bias, dtype, kernel_init, name, ...).
   """
   if padding is None:
     padding = kernel_size // 2
   kwargs.setdefault('kernel_init', he_normal)
+  lowering = conv_lowering.lowering(impl, (kernel_size, kernel_size),
+                                    groups=kwargs.get('feature_group_count', 1))
   return nn.Conv(features, (kernel_size, kernel_size), (strides, strides),
-                 padding=sym(padding), **kwargs)
+                 padding=sym(padding), conv_general_dilated=lowering, **kwargs)
 
 
 class MaxPool(nn.Module):
