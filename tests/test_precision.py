@@ -14,7 +14,7 @@ import pytest
 
 import cvjax
 from cvjax import models
-from cvjax.models import cifar_resnet, resnet, resnext
+from cvjax.models import cifar_resnet, resnet, resnext, senet
 from cvjax.errors import Preempted, TrainingDiverged, UserError
 from cvjax.train import TrainConfig, fit, loop, optim, steps
 from cvjax.train.checkpoint import Checkpoints
@@ -352,6 +352,7 @@ def test_fit_fp16_survives_skipped_overflow_steps_but_stops_on_a_nan_loss(real_m
 # a functools.partial, 1×1-conv shortcuts): the two ways blocks reach `remat_block`.
 REMAT_NETS = {
     'cifar_resnet8': functools.partial(cifar_resnet.CifarResNet, depth=8, num_classes=10),
+    'se_cifar_resnet8': functools.partial(senet.SECifarResNet, depth=8, num_classes=10),
     'resnext_tiny': functools.partial(
         resnet.ResNet, stage_sizes=(1, 1), num_filters=16, num_classes=10,
         block_cls=functools.partial(resnext.ResNeXtBottleneck, cardinality=4, base_width=16)),
@@ -373,7 +374,12 @@ def test_remat_gives_identical_gradients_and_bn_statistics(name):
     return jax.jit(jax.grad(loss, has_aux=True))(variables['params'])
 
   (g0, u0), (g1, u1) = grads(plain), grads(remat)
-  assert _equal(g0, g1) and _equal(u0, u1)   # bit for bit on XLA:CPU
+  if name.startswith('se_'):  # the recomputed SE reduction fuses differently: last-bit noise
+    assert max(jax.tree.leaves(jax.tree.map(
+        lambda a, b: float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(a))), g0, g1))) < 1e-5
+    assert _equal(u0, u1)
+  else:
+    assert _equal(g0, g1) and _equal(u0, u1)   # bit for bit on XLA:CPU
 
 
 # --- Bad input.
@@ -392,9 +398,8 @@ def test_bad_precision_settings_name_the_value(changes, message):
 
 def test_remat_is_offered_exactly_for_models_that_recompute_their_blocks():
   offered = loop.remat_models()
-  assert {'resnet20', 'resnet50', 'resnext50_32x4d', 'se_resnet50'} <= set(offered)
-  # SE-ResNet-20 has the field (inherited) but its own __call__ ignores it.
-  assert 'se_resnet20' not in offered and 'lenet5' not in offered
+  assert {'resnet20', 'resnet50', 'resnext50_32x4d', 'se_resnet50', 'se_resnet20'} <= set(offered)
+  assert 'lenet5' not in offered and 'densenet121' not in offered
 
 
 def test_remat_on_a_model_without_blocks_and_too_large_accumulation_are_refused(real_mnist, tmp_path):

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cvjax import errors
-from cvjax.models.layers import GlobalAvgPool, conv
+from cvjax.models.layers import GlobalAvgPool, ModuleDef, batch_norm, conv
 from cvjax.models import resnet
 from cvjax.models.resnet import BasicBlock, remat_block
 
@@ -47,13 +47,10 @@ class CifarResNet(nn.Module):
       raise errors.UserError(
           f'CIFAR ResNet depth {self.depth} is not 6n + 2 (20, 32, 44, 56, 110, ...)')
     n = (self.depth - 2) // 6
-    block = remat_block(BasicBlock) if self.remat else BasicBlock
+    block = remat_block(self.block()) if self.remat else self.block()
     conv_ = partial(conv, use_bias=False, dtype=self.dtype,
                     param_dtype=self.param_dtype)
-    norm = partial(nn.BatchNorm, use_running_average=not train,
-                   momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                   axis_name=self.bn_axis_name, dtype=self.dtype,
-                   param_dtype=self.param_dtype)
+    norm = batch_norm(self, train)
 
     x = nn.relu(norm(name='bn1')(conv_(self.num_filters, 3, name='conv1')(x)))
     for i in range(3):
@@ -67,13 +64,17 @@ class CifarResNet(nn.Module):
                  param_dtype=self.param_dtype, name='fc')(x)
     return jnp.asarray(x, jnp.float32)
 
+  def block(self) -> ModuleDef:
+    """The residual block class (subclasses swap in theirs, e.g. SE-ResNet-20's)."""
+    return BasicBlock
+
 
 def rematerialises(model: nn.Module) -> bool:
   """Whether `model`, built with remat=True, recomputes its blocks (issue 6).
 
   True for `resnet.ResNet` and `CifarResNet` and subclasses that keep their
-  `__call__` (ResNeXt, SE-ResNet-50); False for a subclass with its own
-  `__call__` that has the field but not the behaviour (SE-ResNet-20).
+  `__call__` (ResNeXt, SE-ResNet-50, SE-ResNet-20); False for a subclass with
+  its own `__call__` that has the field but not the behaviour.
   """
   return type(model).__call__ in (resnet.ResNet.__call__, CifarResNet.__call__)
 

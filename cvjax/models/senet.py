@@ -20,12 +20,9 @@ from __future__ import annotations
 from functools import partial
 
 import flax.linen as nn
-import jax.numpy as jnp
 
-from cvjax import errors
 from cvjax.models import cifar_resnet, resnet
 from cvjax.models.blocks import SEBlock
-from cvjax.models.layers import GlobalAvgPool, batch_norm, conv
 
 # The ResNet blocks' shared pieces (same package).
 _shortcut = resnet._shortcut  # pylint: disable=protected-access
@@ -64,23 +61,8 @@ class SECifarResNet(cifar_resnet.CifarResNet):
   """`cifar_resnet.CifarResNet` (6n + 2 layers, 16-32-64 filters) with SE basic blocks."""
   reduction: int = 16
 
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    if (self.depth - 2) % 6 or self.depth < 8:
-      raise errors.UserError(
-          f'CIFAR ResNet depth {self.depth} is not 6n + 2 (20, 32, 44, 56, 110, ...)')
-    conv_ = partial(conv, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
-    norm = batch_norm(self, train)
-    x = nn.relu(norm(name='bn1')(conv_(self.num_filters, 3, name='conv1')(x)))
-    for i in range(3):
-      for j in range((self.depth - 2) // 6):
-        x = SEBasicBlock(self.num_filters * 2**i, conv=conv_, norm=norm, act=nn.relu,
-                         strides=2 if i > 0 and j == 0 else 1,
-                         zero_init_last_bn=self.zero_init_last_bn, shortcut=self.shortcut,
-                         reduction=self.reduction, name=f'layer{i + 1}_{j}')(x)
-    x = GlobalAvgPool(name='avgpool')(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name='fc')(x)
-    return jnp.asarray(x, jnp.float32)
+  def block(self):
+    return partial(SEBasicBlock, reduction=self.reduction)
 
 
 SEResNet50 = partial(resnet.ResNet, stage_sizes=(3, 4, 6, 3), block_cls=SEBottleneck)
