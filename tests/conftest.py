@@ -8,6 +8,10 @@ import os
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+# Keras is the parity reference on its JAX backend. Set before anything imports keras:
+# TensorFlow's lazy `tf.keras` would otherwise import it first with the TF backend,
+# and every later Keras test in that worker would fail on TF variables.
+os.environ.setdefault('KERAS_BACKEND', 'jax')
 
 import gzip  # noqa: E402
 import struct  # noqa: E402
