@@ -2,6 +2,8 @@
 
   python -m benchmarks.input_pipeline --dataset=fashion_mnist --model=lenet5 \
       --model_kwargs=activation=relu,pooling=max --batch_size=128
+  python -m benchmarks.input_pipeline --dataset=fashion_mnist --model=resnet50 --image_size=224 \
+      --augment='inception_crop|flip_lr' --batch_size=16 --batches=40 --steps=1 --repeats=3
 
 Prints the images/s that `cvjax.data.train_batches` delivers as device arrays
 (augmentation included, nothing consuming them) and the images/s the compiled
@@ -44,7 +46,9 @@ def main(argv=None) -> int:
   parser.add_argument('--batch_size', type=int, default=128)
   parser.add_argument('--image_size', type=int, default=None)
   parser.add_argument('--augment', default=None, help="default: the dataset's; '' for none")
-  parser.add_argument('--batches', type=int, default=200)
+  parser.add_argument('--batches', type=int, default=200, help='batches timed from the pipeline')
+  parser.add_argument('--steps', type=int, default=10, help='train steps per timed round')
+  parser.add_argument('--repeats', type=int, default=5, help='timed rounds of the train step')
   parser.add_argument('--data_dir', default=None)
   parser.add_argument('--json', action='store_true')
   args = parser.parse_args(argv)
@@ -59,13 +63,14 @@ def main(argv=None) -> int:
     num_classes = data.dataset_meta(args.dataset, data_dir=args.data_dir).num_classes
     feed = pipeline_rate(args.dataset, args.batch_size, image_size, channels, args.augment,
                          args.batches, args.data_dir)
-    step = cvjax_rate(args.model, image_size, args.batch_size, num_classes, steps=10,
-                      repeats=5, model_kwargs=parse_kwargs(args.model_kwargs))
+    step = cvjax_rate(args.model, image_size, args.batch_size, num_classes, steps=args.steps,
+                      repeats=args.repeats, model_kwargs=parse_kwargs(args.model_kwargs))
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   result = {'dataset': args.dataset, 'model': args.model, 'batch_size': args.batch_size,
-            'image_size': image_size, 'pipeline_images_per_second': feed,
+            'image_size': image_size, 'augment': args.augment, 'load_average': os.getloadavg(),
+            'pipeline_images_per_second': feed,
             'train_step_images_per_second': step, 'ratio': feed / step}
   if args.json:
     print(json.dumps(result))
@@ -73,7 +78,8 @@ def main(argv=None) -> int:
     print(f'{args.dataset} → {args.model} {image_size}² batch {args.batch_size}:')
     print(f'  input pipeline  {feed:10.0f} images/s')
     print(f'  train step      {step:10.0f} images/s')
-    print(f'  pipeline / step {feed / step:10.1f}×  (target ≥ 3×)')
+    print(f'  pipeline / step {feed / step:10.1f}×  (target ≥ 3×); '
+          f'load average {" ".join(f"{x:.2f}" for x in result["load_average"])}')
   return 0
 
 

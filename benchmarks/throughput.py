@@ -1,14 +1,26 @@
-"""Training throughput of cvjax against peers, measured side by side in one run.
+"""Train-step and inference throughput of cvjax against peers, measured side by side in one run.
 
-  python -m benchmarks.throughput --model=resnet50 --image_size=224 --batch_size=16 --peers=keras
-  python -m benchmarks.throughput --model=lenet5 --batch_size=256 --peers=keras --json
+  python -m benchmarks.throughput --model=resnet50 --image_size=224 --batch_size=16 --peers=keras,torch
+  python -m benchmarks.throughput --model=resnet20 --batch_size=128 --peers=keras,torch --json
+  python -m benchmarks.throughput --model=resnet50 --batch_size=16 --peers=torch --conv_impl=auto,xla
 
-Times one optimizer step (forward, backward, SGD-momentum update) on random
-data already on the device: cvjax's compiled data-parallel step (the one
-`fit` uses) and, for each peer, the same architecture in that framework.
-Prints images/s (median of --repeats timed runs of --steps steps each, after
-a warm-up that compiles) and the ratio cvjax / peer. Peers that are not
-installed, or have no equivalent model, are reported as skipped.
+What is timed, on random data already in memory:
+  train  one optimizer step: forward, backward, SGD-momentum update. cvjax: the compiled
+         data-parallel step `fit` uses; torch: torchvision's model (or the small nets in
+         benchmarks/torch_peer.py), channels_last, eager; keras: Keras 3 on the JAX
+         backend, `train_on_batch` with jit_compile.
+  infer  the forward pass in inference mode (BatchNorm on running statistics). cvjax: the
+         jitted `apply(train=False)`; torch: under `torch.no_grad()`; keras: `predict_on_batch`.
+  peak   a jitted f32 matmul (--peak_size³), the machine's practical FLOP/s ceiling for XLA.
+Every contender is compiled and warmed up first; then --repeats rounds run each contender
+for --steps calls in turn (interleaved, so a burst of load from other processes hits all
+alike) and the median round gives images/s. GFLOP/s achieved = images/s × FLOPs per image,
+from `cvjax.summary`'s multiply-adds (forward 2·MACs, train ≈ 3× forward), and their share
+of the matmul peak. Ratios > 1 mean cvjax is faster. The load average (`uptime`) before and
+after is printed with the numbers: on a shared machine compare ratios, not images/s.
+Peers that are not installed, or have no equivalent model, are reported as skipped.
+`--conv_impl=auto,xla,im2col` times several cvjax conv lowerings (see
+`cvjax.models.conv_lowering`) in the same run.
 """
 from __future__ import annotations
 
@@ -18,154 +30,235 @@ import os
 import statistics
 import sys
 import time
+from typing import Callable
 
 os.environ.setdefault('KERAS_BACKEND', 'jax')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-
-def _median_rate(run_steps, batch_size: int, steps: int, repeats: int) -> float:
-  """Median images/s over `repeats` timings of `run_steps(steps)`."""
-  run_steps(1)  # compile and warm up
-  rates = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    run_steps(steps)
-    rates.append(steps * batch_size / (time.perf_counter() - start))
-  return statistics.median(rates)
+Runner = Callable[[int], None]  # run(n): n calls, returns when they are done
+MODES = ('train', 'infer')
 
 
-def cvjax_rate(model_name: str, image_size: int, batch_size: int, num_classes: int,
-               steps: int, repeats: int, model_kwargs: dict | None = None) -> float:
+def cvjax_runners(model_name: str, image_size: int, batch_size: int, num_classes: int,
+                  model_kwargs: dict | None = None, conv_impl: str = 'auto',
+                  modes: tuple[str, ...] = MODES) -> dict[str, Runner]:
+  """{'train': run(n), 'infer': run(n)} for cvjax's compiled steps, compiled and warmed up."""
   import jax
   import numpy as np
   import optax
   from cvjax import models
+  from cvjax.models import conv_lowering
   from cvjax.train import steps as train_steps
-  from cvjax.train.state import create_train_state
+  from cvjax.train.state import create_train_state, model_variables
 
   channels = models.model_input_shape(model_name)[2]
   mesh = train_steps.make_mesh()
   model = models.get_model(model_name, num_classes=num_classes, bn_axis_name=train_steps.AXIS,
                            **(model_kwargs or {}))
-  state = jax.jit(lambda k: create_train_state(model, optax.sgd(0.01, momentum=0.9), k,
-                                               (1, image_size, image_size, channels)),
-                  out_shardings=train_steps.replicated(mesh))(jax.random.PRNGKey(0))
   rng = np.random.default_rng(0)
   batch = jax.device_put(
       {'image': rng.normal(size=(batch_size, image_size, image_size, channels)).astype(np.float32),
        'label': rng.integers(0, num_classes, batch_size).astype(np.int32)},
       train_steps.batch_sharded(mesh))
-  step = train_steps.parallel_train_step(mesh)
-  holder = [state]
+  runners = {}
+  with conv_lowering.default_impl(conv_impl):  # decided when traced: compile inside
+    state = jax.jit(lambda k: create_train_state(model, optax.sgd(0.01, momentum=0.9), k,
+                                                 (1, image_size, image_size, channels)),
+                    out_shardings=train_steps.replicated(mesh))(jax.random.PRNGKey(0))
+    if 'infer' in modes:
+      eval_model = models.get_model(model_name, num_classes=num_classes, **(model_kwargs or {}))
+      forward = jax.jit(lambda v, x: eval_model.apply(v, x, train=False))
+      # a copy: the train step donates (deletes) the state's buffers
+      variables = jax.tree.map(jax.numpy.copy, model_variables(state))
 
-  def run(n):
-    s = holder[0]
+      def infer(n: int) -> None:
+        for _ in range(n):
+          out = forward(variables, batch['image'])
+        jax.block_until_ready(out)
+
+      infer(1)
+      runners['infer'] = infer
+    if 'train' in modes:
+      step = train_steps.parallel_train_step(mesh)
+      holder = [state]
+
+      def train(n: int) -> None:
+        s = holder[0]
+        for _ in range(n):
+          s, metrics = step(s, batch)
+        jax.block_until_ready(metrics)
+        holder[0] = s
+
+      train(1)
+      runners['train'] = train
+  return runners
+
+
+def cvjax_rate(model_name: str, image_size: int, batch_size: int, num_classes: int,
+               steps: int, repeats: int, model_kwargs: dict | None = None) -> float:
+  """Median train-step images/s of cvjax alone (used by benchmarks.input_pipeline)."""
+  run = cvjax_runners(model_name, image_size, batch_size, num_classes, model_kwargs,
+                      modes=('train',))['train']
+  return steps * batch_size / interleaved_medians({'train': run}, steps, repeats)['train']
+
+
+def matmul_peak(size: int) -> tuple[Runner, float]:
+  """(run(n), FLOPs per call) for a jitted f32 [size, size] @ [size, size]."""
+  import jax
+  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jax.numpy.float32)
+  b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jax.numpy.float32)
+  matmul = jax.jit(lambda a, b: a @ b)
+
+  def run(n: int) -> None:
     for _ in range(n):
-      s, metrics = step(s, batch)
-    jax.block_until_ready(metrics)
-    holder[0] = s
+      out = matmul(a, b)
+    jax.block_until_ready(out)
 
-  return _median_rate(run, batch_size, steps, repeats)
-
-
-def _keras_model(model_name: str, image_size: int, num_classes: int):
-  import keras
-  apps = {'resnet50': keras.applications.ResNet50, 'resnet101': keras.applications.ResNet101,
-          'resnet152': keras.applications.ResNet152, 'vgg16': keras.applications.VGG16,
-          'vgg19': keras.applications.VGG19}
-  base = model_name.removesuffix('_keras')
-  if base in apps:
-    return apps[base](weights=None, input_shape=(image_size, image_size, 3),
-                      classes=num_classes, classifier_activation=None)
-  if model_name == 'lenet5':
-    layers = keras.layers
-    return keras.Sequential([
-        keras.Input((image_size, image_size, 1)),
-        layers.Conv2D(6, 5, activation='relu'), layers.MaxPooling2D(2),
-        layers.Conv2D(16, 5, activation='relu'), layers.MaxPooling2D(2),
-        layers.Conv2D(120, 5, activation='relu'), layers.Flatten(),
-        layers.Dense(84, activation='relu'), layers.Dense(num_classes)])
-  return None
+  run(1)
+  return run, 2.0 * size**3
 
 
-def keras_rate(model_name: str, image_size: int, batch_size: int, num_classes: int,
-               steps: int, repeats: int) -> float | None:
-  import keras
-  import numpy as np
-  model = _keras_model(model_name, image_size, num_classes)
-  if model is None:
-    return None
-  model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                jit_compile=True)
-  channels = model.input_shape[-1]
-  rng = np.random.default_rng(0)
-  x = rng.normal(size=(batch_size, image_size, image_size, channels)).astype(np.float32)
-  y = rng.integers(0, num_classes, batch_size).astype(np.int32)
-
-  def run(n):
-    for _ in range(n):
-      model.train_on_batch(x, y)  # returns host floats: synchronous
-
-  return _median_rate(run, batch_size, steps, repeats)
+def interleaved_medians(runners: dict[str, Runner], steps: int, repeats: int) -> dict[str, float]:
+  """Median seconds per call of each runner over `repeats` rounds of `steps` calls each,
+  the runners taking turns within every round."""
+  times = {k: [] for k in runners}
+  for _ in range(repeats):
+    for k, run in runners.items():
+      start = time.perf_counter()
+      run(steps)
+      times[k].append((time.perf_counter() - start) / steps)
+  return {k: statistics.median(v) for k, v in times.items()}
 
 
-PEERS = {'keras': keras_rate}
+def _peer_runners(peer: str):
+  if peer == 'torch':
+    from benchmarks import torch_peer
+    return torch_peer.runners
+  from benchmarks import keras_peer
+  return keras_peer.runners
+
+
+PEERS = ('keras', 'torch')
+
+
+def run_benchmark(model: str, image_size: int, batch_size: int, num_classes: int,
+                  peers: list[str], conv_impls: list[str], model_kwargs: dict,
+                  modes: tuple[str, ...], steps: int, repeats: int, peak_size: int) -> dict:
+  """Builds every contender, times them interleaved, returns the results dict (see main)."""
+  from cvjax import models, summary
+  channels = models.model_input_shape(model)[2]
+  fwd_flops = summary.summary(model, num_classes, image_size, **(
+      {'dtype': model_kwargs['dtype']} if 'dtype' in model_kwargs else {}))['flops']
+  load_before = os.getloadavg()
+  contenders, skipped = {}, {}
+  for impl in conv_impls:
+    name = 'cvjax' if len(conv_impls) == 1 else f'cvjax[{impl}]'
+    contenders[name] = cvjax_runners(model, image_size, batch_size, num_classes, model_kwargs,
+                                     impl, modes)
+  for peer in peers:
+    try:
+      found = _peer_runners(peer)(model, image_size, channels, batch_size, num_classes,
+                                  model_kwargs)
+    except ImportError as e:
+      skipped[peer] = f'not installed ({e.name})'
+      continue
+    if found is None:
+      skipped[peer] = f'no {peer} equivalent of {model} in benchmarks/{peer}_peer.py'
+    else:
+      contenders[peer] = {m: found[m] for m in modes}
+  peak_run, peak_flops = matmul_peak(peak_size)
+  flat = {(name, m): run for name, runs in contenders.items() for m, run in runs.items()}
+  flat[('peak', 'matmul')] = peak_run
+  seconds = interleaved_medians(flat, steps, repeats)
+  peak = peak_flops / seconds[('peak', 'matmul')] / 1e9
+  results = {}
+  for name, runs in contenders.items():
+    r = {}
+    for m in runs:
+      rate = batch_size / seconds[(name, m)]
+      gflops = rate * fwd_flops * (3 if m == 'train' else 1) / 1e9
+      r[m] = {'images_per_second': rate, 'gflops': gflops, 'share_of_peak': gflops / peak}
+    results[name] = r
+  ratios = {}
+  for name in results:
+    if name.startswith('cvjax'):
+      for peer in results:
+        if not peer.startswith('cvjax'):
+          ratios[f'{name}/{peer}'] = {m: results[name][m]['images_per_second'] /
+                                      results[peer][m]['images_per_second'] for m in modes}
+  return {'model': model, 'image_size': image_size, 'batch_size': batch_size,
+          'model_kwargs': model_kwargs, 'steps': steps, 'repeats': repeats,
+          'forward_gflop_per_image': fwd_flops / 1e9, 'matmul_peak_gflops': peak,
+          'peak_size': peak_size, 'load_average_before': load_before,
+          'load_average_after': os.getloadavg(), 'results': results, 'ratios': ratios,
+          'skipped': skipped}
+
+
+def format_report(r: dict) -> str:
+  load = lambda l: ' '.join(f'{x:.2f}' for x in l)
+  lines = [f'{r["model"]} {r["image_size"]}² batch {r["batch_size"]}: '
+           f'{r["forward_gflop_per_image"]:.3g} GFLOP/image forward (train ≈ 3×); '
+           f'median of {r["repeats"]} interleaved rounds of {r["steps"]} calls',
+           f'matmul peak ({r["peak_size"]}³ f32, jit): {r["matmul_peak_gflops"]:.0f} GFLOP/s; '
+           f'load average before {load(r["load_average_before"])}, '
+           f'after {load(r["load_average_after"])}',
+           f'  {"":14}{"images/s":>10} {"GFLOP/s":>8} {"of peak":>8}']
+  for name, res in r['results'].items():
+    for m, v in res.items():
+      lines.append(f'  {name:9} {m:5}{v["images_per_second"]:9.1f} {v["gflops"]:8.1f} '
+                   f'{v["share_of_peak"]:8.0%}')
+  for name, by_mode in r['ratios'].items():
+    lines.append(f'  {name}: ' + ', '.join(f'{m} {x:.2f}×' for m, x in by_mode.items()))
+  for peer, why in r['skipped'].items():
+    lines.append(f'  {peer} skipped: {why}')
+  return '\n'.join(lines)
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--model', default='resnet50')
-  parser.add_argument('--image_size', type=int, default=None)
+  parser.add_argument('--image_size', type=int, default=None, help="default: the model's")
   parser.add_argument('--batch_size', type=int, default=16)
-  parser.add_argument('--num_classes', type=int, default=1000)
-  parser.add_argument('--peers', default='keras', help='comma-separated: ' + ','.join(PEERS))
-  parser.add_argument('--steps', type=int, default=3, help='steps per timed run')
-  parser.add_argument('--repeats', type=int, default=5, help='timed runs; the median is reported')
+  parser.add_argument('--num_classes', type=int, default=None, help="default: the model's")
+  parser.add_argument('--peers', default='keras,torch', help='comma-separated: ' + ','.join(PEERS))
+  parser.add_argument('--conv_impl', default='auto',
+                      help='comma-separated cvjax conv lowerings to time: auto, xla, im2col')
+  parser.add_argument('--modes', default='train,infer')
+  parser.add_argument('--steps', type=int, default=3, help='calls per timed round')
+  parser.add_argument('--repeats', type=int, default=5, help='timed rounds; the median is reported')
+  parser.add_argument('--peak_size', type=int, default=2048)
   parser.add_argument('--model_kwargs', default='',
-                      help='cvjax model arguments, e.g. activation=relu,pooling=max (lenet5 vs the\n'
-                      'Keras LeNet, which uses relu and max-pooling)')
+                      help='cvjax model arguments, also given to the peers where they apply, '
+                      'e.g. activation=relu,pooling=max for lenet5')
   parser.add_argument('--json', action='store_true')
   args = parser.parse_args(argv)
 
   from cvjax import models
   from cvjax.errors import UserError, unknown_choice
+  from cvjax.models import conv_lowering
   from cvjax.train.config import parse_kwargs
   try:
     image_size = args.image_size or models.model_input_shape(args.model)[0]
+    num_classes = args.num_classes or models.model_num_classes(args.model)
     peers = [p for p in args.peers.split(',') if p]
     for p in peers:
       if p not in PEERS:
         raise unknown_choice('peer', p, PEERS)
-    results = {'model': args.model, 'image_size': image_size, 'batch_size': args.batch_size,
-               'cvjax': cvjax_rate(args.model, image_size, args.batch_size, args.num_classes,
-                                   args.steps, args.repeats, parse_kwargs(args.model_kwargs))}
+    modes = tuple(m for m in args.modes.split(',') if m)
+    for m in modes:
+      if m not in MODES:
+        raise unknown_choice('mode', m, MODES)
+    impls = [conv_lowering.check_impl(i) for i in args.conv_impl.split(',') if i]
+    for flag in ('batch_size', 'steps', 'repeats', 'image_size', 'peak_size'):
+      if getattr(args, flag) is not None and getattr(args, flag) < 1:
+        raise UserError(f'--{flag} must be a positive integer, got {getattr(args, flag)}')
+    result = run_benchmark(args.model, image_size, args.batch_size, num_classes, peers,
+                           impls or ['auto'], parse_kwargs(args.model_kwargs), modes,
+                           args.steps, args.repeats, args.peak_size)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  for peer in peers:
-    try:
-      rate = PEERS[peer](args.model, image_size, args.batch_size, args.num_classes,
-                         args.steps, args.repeats)
-    except ImportError as e:
-      rate, why = None, f'not installed ({e.name})'
-    else:
-      why = 'no equivalent model'
-    results[peer] = rate
-    if rate is None:
-      results[f'{peer}_skipped'] = why
-    else:
-      results[f'ratio_vs_{peer}'] = results['cvjax'] / rate
-  if args.json:
-    print(json.dumps(results))
-  else:
-    print(f'{args.model} {image_size}² batch {args.batch_size}, train step, images/s (median):')
-    print(f'  cvjax  {results["cvjax"]:9.1f}')
-    for peer in peers:
-      if results[peer] is None:
-        print(f'  {peer:6} skipped: {results[f"{peer}_skipped"]}')
-      else:
-        print(f'  {peer:6} {results[peer]:9.1f}   cvjax/{peer} = {results[f"ratio_vs_{peer}"]:.2f}×')
+  print(json.dumps(result) if args.json else format_report(result))
   return 0
 
 
