@@ -109,6 +109,7 @@ def export(workdir: str, fmt: str, out: str, *, step: int | None = None,
   import jax.numpy as jnp
 
   import cvjax
+  from cvjax.models import conv_lowering
   _check(fmt, platforms)
   if not os.path.isdir(workdir):
     raise errors.UserError(f'workdir {workdir} does not exist; give the directory of a '
@@ -120,22 +121,10 @@ def export(workdir: str, fmt: str, out: str, *, step: int | None = None,
   variables = jax.tree.map(jnp.asarray, run.variables)
   os.makedirs(out, exist_ok=True)
 
-  if fmt == 'stablehlo':
-    (b,) = jax.export.symbolic_shape('b')
-    exported = jax.export.export(jax.jit(lambda x: f(variables, x)),
-                                 platforms=tuple(platforms))(
-        jax.ShapeDtypeStruct((b, s, s, c), jnp.float32))
-    with open(os.path.join(out, 'model.jax_export'), 'wb') as fh:
-      fh.write(exported.serialize())
-    files = ['model.jax_export']
-    weight_bytes = sum(l.nbytes for l in jax.tree.leaves(variables))
-    if weight_bytes <= MLIR_TEXT_LIMIT:  # the text spells every weight out in hex
-      with open(os.path.join(out, 'model.mlir'), 'w') as fh:
-        fh.write(exported.mlir_module())
-      files.append('model.mlir')
-  else:
-    _save_savedmodel(f, variables, (s, s, c), output_name, out, platforms)
-    files = ['saved_model.pb', 'variables/']
+  # XLA's own convolutions: 'auto' would pick the matmul forms that are fast on
+  # this machine's CPU, but the exported program is meant for any of `platforms`.
+  with conv_lowering.default_impl('xla'):
+    files = _save(fmt, f, variables, (s, s, c), output_name, out, platforms)
 
   info = {
       'format': fmt,
@@ -156,6 +145,32 @@ def export(workdir: str, fmt: str, out: str, *, step: int | None = None,
   with open(os.path.join(out, INFO_FILE), 'w') as fh:
     json.dump(info, fh, indent=2)
   return info
+
+
+def _save(fmt: str, f, variables, hwc, output_name: str, out: str,
+          platforms: Sequence[str]) -> list[str]:
+  """Writes `f(variables, x)` for x float32[b, *hwc] to `out` in `fmt`; returns the files."""
+  import jax
+  import jax.numpy as jnp
+
+  s, _, c = hwc
+  if fmt == 'stablehlo':
+    (b,) = jax.export.symbolic_shape('b')
+    exported = jax.export.export(jax.jit(lambda x: f(variables, x)),
+                                 platforms=tuple(platforms))(
+        jax.ShapeDtypeStruct((b, s, s, c), jnp.float32))
+    with open(os.path.join(out, 'model.jax_export'), 'wb') as fh:
+      fh.write(exported.serialize())
+    files = ['model.jax_export']
+    weight_bytes = sum(l.nbytes for l in jax.tree.leaves(variables))
+    if weight_bytes <= MLIR_TEXT_LIMIT:  # the text spells every weight out in hex
+      with open(os.path.join(out, 'model.mlir'), 'w') as fh:
+        fh.write(exported.mlir_module())
+      files.append('model.mlir')
+  else:
+    _save_savedmodel(f, variables, hwc, output_name, out, platforms)
+    files = ['saved_model.pb', 'variables/']
+  return files
 
 
 def _save_savedmodel(f, variables, hwc, output_name: str, out: str,

@@ -29,9 +29,12 @@ How the per-layer times are obtained (also printed under the table):
    only its input and kernel), so `fwd+bwd` is not exactly forward + backward.
 5. Beside the times, XLA's own cost analysis of each compiled layer
    (`compiled.cost_analysis()['flops']`, 2 per multiply-add, some backends skip
-   padding zeros) and the MACs `cvjax.summary` counts; `GFLOP/s` is XLA's
-   FLOPs over the measured time: compute-bound convs run far faster than
-   memory-bound fully connected layers at small batch sizes.
+   padding zeros) and the MACs `cvjax.summary` counts. `GFLOP/s` is the useful
+   work over the measured time: 2 × MACs for convs and dense layers (a conv the
+   CPU computes as a banded matmul makes XLA count its multiplies by zero too,
+   see `cvjax.models.conv_lowering`), XLA's FLOPs for the rest. Compute-bound
+   convs run far faster than memory-bound fully connected layers at small
+   batch sizes.
 
 `--trace_dir` also records a `jax.profiler` trace of a few whole-model calls
 (open it with Perfetto, https://ui.perfetto.dev, or TensorBoard's profile
@@ -256,8 +259,8 @@ def profile(name: str, *, image_size: int | None = None, batch_size: int = 1,
 
   for l in layers:
     l['forward_ms'] = timer.median_ms(l.pop('_fwd'))
-    l['gflops_per_s'] = (l['xla_flops'] / l['forward_ms'] / 1e6
-                         if l['xla_flops'] and l['forward_ms'] > 0 else None)
+    work = 2 * l['macs'] or l['xla_flops']
+    l['gflops_per_s'] = work / l['forward_ms'] / 1e6 if work and l['forward_ms'] > 0 else None
     if backward:
       l['forward_backward_ms'] = timer.median_ms(l.pop('_bwd'))
 

@@ -66,17 +66,48 @@ def test_auto_plans_a_matmul_for_1x1_and_materialized_backward_on_cpu_only():
   assert conv_lowering.resolve(None, (1, 1), backend='cpu') == 'im2col+materialize'
 
 
-@pytest.mark.parametrize('k,strides,padding', [(3, 1, 1), (3, 2, 1), (1, 1, 0), (1, 2, 0)])
-def test_materialized_backward_gives_autodiff_gradients(k, strides, padding):
-  """'auto' on the CPU: same values and gradients (reverse and forward mode) as lax.conv."""
+def test_band_is_the_conv_as_a_matmul_with_a_banded_kernel():
+  """conv_band on its own (any channel count): lax.conv's numbers, value and gradients."""
+  kx, kw, kg = jax.random.split(jax.random.key(7), 3)
+  x = jax.random.normal(kx, (3, 10, 7, 5))
+  w = jax.random.normal(kw, (3, 2, 5, 4))  # a non-square kernel
+  kwargs = dict(window_strides=(2, 1), padding=((1, 2), (0, 1)))
+  ref = lambda x, w: lax.conv_general_dilated(x, w, dimension_numbers=DN, **kwargs)
+  ours = lambda x, w: conv_lowering.conv_band(x, w, **kwargs)
+  np.testing.assert_allclose(ours(x, w), ref(x, w), rtol=1e-5, atol=1e-5)
+  g = jax.random.normal(kg, ref(x, w).shape)
+  a = jax.grad(lambda x, w: jnp.vdot(g, ours(x, w)), argnums=(0, 1))(x, w)
+  b = jax.grad(lambda x, w: jnp.vdot(g, ref(x, w)), argnums=(0, 1))(x, w)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4), a, b)
+
+
+@pytest.mark.parametrize('k,strides,padding,size,channels,case', [
+    (3, 1, 1, 9, 16, None),  # XLA's conv, materialised backward
+    (3, 2, 1, 9, 16, None),
+    (1, 1, 0, 9, 16, None),  # 1×1 matmul, materialised backward
+    (1, 2, 0, 9, 16, None),
+    (5, 1, 0, 32, 1, 'band'),  # LeNet-5's C1
+    (5, 1, 0, 14, 6, 'band'),  # LeNet-5's C3
+    (3, 2, 1, 9, 4, 'band'),  # strided and padded
+    (5, 1, 0, 5, 16, 'full'),  # LeNet-5's C5: a dense layer
+    (3, 1, 1, 1, 16, 'full'),  # padding only around a 1×1 input
+    (3, 1, 1, 40, 3, None),  # too wide for the band: 42 > 8 × 3 columns
+])
+def test_auto_gives_autodiff_values_and_gradients(k, strides, padding, size, channels, case):
+  """'auto' on the CPU: same values and gradients (reverse and forward mode) as lax.conv,
+  on every path it picks for a k×k shape."""
   kx, kw, kg = jax.random.split(jax.random.key(6), 3)
-  x = jax.random.normal(kx, (2, 9, 9, 4))
-  w = jax.random.normal(kw, (k, k, 4, 32))
+  x = jax.random.normal(kx, (2, size, size, channels))
+  w = jax.random.normal(kw, (k, k, channels, 32))
   kwargs = dict(window_strides=(strides, strides), padding=((padding, padding),) * 2,
                 dimension_numbers=DN)
+  if k > 1:
+    dims = lax.conv_dimension_numbers(x.shape, w.shape, DN)
+    assert conv_lowering._small_case(x, w, **{**kwargs, 'dimension_numbers': dims}) == case
   ours = lambda x, w: conv_lowering.lowering('auto', (k, k), backend='cpu')(x, w, **kwargs)
   ref = lambda x, w: lax.conv_general_dilated(x, w, **kwargs)
-  np.testing.assert_allclose(ours(x, w), ref(x, w), rtol=1e-5, atol=1e-5)
+  # Sums of up to 400 products of unit normals: float32 rounding differs by order.
+  np.testing.assert_allclose(ours(x, w), ref(x, w), rtol=1e-5, atol=1e-4)
   g = jax.random.normal(kg, ref(x, w).shape)
   for argnums in [(0, 1), 1]:  # 1: no gradient into x (a model's first conv)
     a = jax.grad(lambda x, w: jnp.vdot(g, ours(jnp.tanh(x), w)), argnums=argnums)(x, w)

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import cvjax  # noqa: E402
-from cvjax import models, pretrained  # noqa: E402
+from cvjax import pretrained  # noqa: E402
 from cvjax.errors import UserError  # noqa: E402
 from cvjax.pretrained import common  # noqa: E402
 from cvjax.pretrained import keras as keras_weights  # noqa: E402

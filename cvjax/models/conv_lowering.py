@@ -15,7 +15,11 @@ impl:
             on a 2-core AVX-512 machine (benchmarks/NOTES.md): 1×1 convs as a matmul
             ('im2col'), k×k convs as 'xla', and for both a backward pass that reads a
             materialised copy of the conv's input (1×1: and of the output gradient).
-            Gradients are the same numbers as plain autodiff.
+            Two k×k shapes go another way, decided when the conv is called: a window
+            covering the whole padded input (LeNet's C5) is a matmul of the flattened
+            input, and few input channels on a narrow input (LeNet's C1, C3) are
+            `conv_band`'s banded matmul. Gradients are the same numbers as plain
+            autodiff, up to float32 rounding.
 
 Why the materialised copy: XLA:CPU computes a conv's weight gradient on transposed
 operands ([C, H, W, B] for an NHWC input) and fuses each transpose with the
@@ -40,6 +44,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
@@ -75,7 +80,8 @@ def check_impl(impl: str) -> str:
 def resolve(impl: str | None, kernel_size: Sequence[int], backend: str | None = None,
             groups: int = 1) -> str:
   """The plan for one conv: 'xla', 'im2col', or on the CPU under 'auto'
-  'im2col+materialize' (1×1) / 'xla+materialize' (k×k, ungrouped).
+  'im2col+materialize' (1×1) / 'xla+materialize' (k×k, ungrouped; when called, a
+  full-window or few-channel shape takes its matmul instead, see `_small_case`).
 
   impl None means the scoped default (`default_impl`, else 'auto').
   """
@@ -94,8 +100,82 @@ def lowering(impl: str | None, kernel_size: Sequence[int], backend: str | None =
   base = conv_im2col if plan.startswith('im2col') else lax.conv_general_dilated
   if not plan.endswith('+materialize'):
     return base
-  # 1×1: the output gradient too (its transposes fuse BatchNorm's backward).
-  return functools.partial(_conv_materialized_backward, base, plan.startswith('im2col'))
+  if plan.startswith('im2col'):
+    # 1×1: the output gradient too (its transposes fuse BatchNorm's backward).
+    return functools.partial(_conv_materialized_backward, base, True)
+  return _conv_auto_kxk
+
+
+def _conv_auto_kxk(lhs, rhs, *args, **kwargs):
+  """'auto' for an ungrouped k×k conv on the CPU; the shapes, known only now, pick how."""
+  case = _small_case(lhs, rhs, *args, **kwargs)
+  if case == 'full':
+    return conv_im2col(lhs, rhs, *args, **kwargs)
+  if case == 'band':
+    return conv_band(lhs, rhs, *args, **kwargs)
+  return _conv_materialized_backward(lax.conv_general_dilated, False, lhs, rhs, *args, **kwargs)
+
+
+_BAND_MAX_CHANNELS = 8  # C_in up to which a k×k conv is a banded matmul ...
+_BAND_MAX_WASTE = 8  # ... if its padded input width is at most this many kernel widths
+
+
+def _small_case(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                dimension_numbers=None, feature_group_count=1, batch_group_count=1, **_):
+  """'full' when the window covers the whole padded input (the conv is a dense layer:
+  `conv_im2col` multiplies the flattened input), 'band' for few input channels on a
+  narrow input (`conv_band`), else None. NHWC/HWIO, ungrouped, undilated only."""
+  if (lhs.ndim != 4 or feature_group_count != 1 or batch_group_count != 1
+      or any(d != 1 for d in (lhs_dilation or (1, 1)))
+      or any(d != 1 for d in (rhs_dilation or (1, 1)))
+      or dimension_numbers is None
+      or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != _NHWC):
+    return None
+  kh, kw, c, _ = rhs.shape
+  pads = _window_pads(padding, lhs.shape[1:3], (kh, kw), window_strides)
+  height, width = (lhs.shape[1 + a] + sum(pads[a]) for a in (0, 1))
+  if (height, width) == (kh, kw):
+    return 'full'
+  if c <= _BAND_MAX_CHANNELS and width <= _BAND_MAX_WASTE * kw:
+    return 'band'
+  return None
+
+
+def conv_band(lhs, rhs, window_strides, padding, precision=None, preferred_element_type=None,
+              **_):
+  """A conv as one matmul of input rows with a banded (Toeplitz) expansion of the kernel.
+
+  lhs: [B, H, W, C] (NHWC); rhs: [kh, kw, C, O] (HWIO); returns [B, H', W', O].
+  Undilated, ungrouped convs only (`_small_case` checks). With the input padded to
+  [B, Hp, Wp, C]:
+
+      rows  [B·H', kh·Wp·C]   the kh input rows under each output row, side by side
+      band  [kh·Wp·C, W'·O]   band[i, v, c, u, o] = kernel[i, v − u·sw, c, o] (0 outside)
+      out = rows @ band
+
+  Plain autodiff then gives a weight gradient that is one large matmul
+  (rowsᵀ @ dy, then a sum along the band's diagonals) and an input gradient that is
+  dy @ bandᵀ plus kh shifted row adds. For LeNet-5's convs (C_in 1 and 6) XLA:CPU's
+  own convolutions run these gradients at 4-10 GFLOP/s; the matmul runs near the
+  matmul peak although it multiplies Wp/kw times more zeros than it needs — hence
+  the limits `_BAND_MAX_CHANNELS` and `_BAND_MAX_WASTE`.
+  """
+  kh, kw, c, o = rhs.shape
+  sh, sw = window_strides
+  pads = _window_pads(padding, lhs.shape[1:3], (kh, kw), window_strides)
+  x = jnp.pad(lhs, [(0, 0), pads[0], pads[1], (0, 0)])
+  b, height, width, _ = x.shape
+  ho, wo = (height - kh) // sh + 1, (width - kw) // sw + 1
+  rows = jnp.stack([lax.slice_in_dim(x, i, i + (ho - 1) * sh + 1, sh, axis=1)
+                    for i in range(kh)], axis=2)  # [B, H', kh, Wp, C]
+  shift = np.zeros((kw, width, wo), np.float32)  # shift[j, v, u] = [v == u·sw + j]
+  for j in range(kw):
+    shift[j, np.arange(wo) * sw + j, np.arange(wo)] = 1
+  band = jnp.einsum('jvu,ijco->ivcuo', shift.astype(rhs.dtype), rhs)  # [kh, Wp, C, W', O]
+  out = lax.dot_general(rows.reshape(b * ho, kh * width * c),
+                        band.reshape(kh * width * c, wo * o), (((1,), (0,)), ((), ())),
+                        precision=precision, preferred_element_type=preferred_element_type)
+  return out.reshape(b, ho, wo, o)
 
 
 def _materialize(x):
@@ -186,6 +266,8 @@ def conv_im2col(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilati
 
   if kh == kw == 1:
     cols = view(0, 0)
+  elif (ho, wo) == (1, 1) and span == (h, w) and (dh, dw) == (1, 1):
+    cols = lhs.reshape(b, 1, 1, h * w * c)  # the window is the whole input: a dense layer
   else:  # (i, j, c) order along the last axis, as the HWIO kernel flattens
     cols = lax.concatenate([view(i, j) for i in range(kh) for j in range(kw)], 3)
   return lax.dot_general(cols, rhs.reshape(kh * kw * c, o), (((3,), (0,)), ((), ())),
