@@ -391,11 +391,14 @@ class _Head(nn.Module):
   """The base model's head alone: features float32[B, ...] -> logits float32[B, K]."""
   num_classes: int
   head: str
+  dtype: Any = jnp.float32  # compute dtype (--half_precision); the kernel stays float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     del train
-    return nn.Dense(self.num_classes, name=self.head)(x.reshape((x.shape[0], -1)))
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name=self.head)(
+        x.reshape((x.shape[0], -1)))
+    return jnp.asarray(logits, jnp.float32)
 
 
 class FeatureTask:
@@ -449,7 +452,8 @@ class FeatureTask:
       if len(head) != 1:
         raise UserError(f'task=features needs a one-module head; {config.model} has {head}')
       num_classes = int(arrays['params'][head[0]]['kernel'].shape[-1])
-      model = models.get_model(config.model, num_classes=num_classes, **config.model_kwargs)
+      from cvjax.train.loop import model_kwargs  # pylint: disable=g-import-not-at-top
+      model = models.get_model(config.model, num_classes=num_classes, **model_kwargs(config))
       variables = {k: v for k, v in arrays.items() if v}
       self._base = (model, variables, head[0], shape)
     return self._base
@@ -459,7 +463,8 @@ class FeatureTask:
     model, variables, head, shape = self.base(config)
     dim = int(np.prod(jax.eval_shape(_feature_fn(model, head), variables,
                                      jnp.zeros(shape, jnp.float32)).shape[1:]))
-    return _Head(meta.num_classes, head), (1, 1, dim, 1)
+    dtype = getattr(model, 'dtype', jnp.float32)  # --half_precision's compute dtype
+    return _Head(meta.num_classes, head, dtype=dtype), (1, 1, dim, 1)
 
   def features(self, run, split: str) -> tuple[np.ndarray, np.ndarray]:
     """float32[N, D] features and int32[N] labels of `split`, computed once."""
@@ -524,7 +529,7 @@ def _feature_fn(model: nn.Module, head: str):
 
     with nn.intercept_methods(grab):
       model.apply(variables, x, train=False)
-    return captured[0].reshape((x.shape[0], -1))
+    return jnp.asarray(captured[0].reshape((x.shape[0], -1)), jnp.float32)
   return features
 
 

@@ -229,6 +229,24 @@ def test_feature_extraction_head_and_the_assembled_model_agree_on_the_test_digit
   assert accuracy == pytest.approx(results['test_accuracy'], abs=2e-3)
 
 
+def test_feature_extraction_computes_base_and_head_in_bf16_with_half_precision(
+    source, real_mnist, tmp_path):
+  workdir, _ = source
+  config = _config(real_mnist, init_from=workdir, half_precision='bf16', num_train_steps=40,
+                   eval_every_steps=40, checkpoint_every_steps=40, eval_batch_size=200)
+  results = transfer.feature_extraction(config, str(tmp_path / 'fx'))
+  assert results['test_accuracy'] > 0.3  # chance: 0.1
+  task = transfer.FeatureTask()
+  model, variables, head, _ = task.base(config)
+  meta = task.dataset_meta(config)
+  assert task.build_model(config, meta)[0].dtype == model.dtype == 'bfloat16'
+  x = jnp.asarray(real_mnist['test_images'][:16], jnp.float32) / 255.0
+  half = transfer._feature_fn(model, head)(variables, x)
+  full = transfer._feature_fn(model.clone(dtype=jnp.float32), head)(variables, x)
+  assert half.dtype == jnp.float32  # features are kept in float32
+  assert 0 < float(jnp.abs(half - full).max()) < 0.05 * float(jnp.abs(full).max())
+
+
 @pytest.mark.parametrize('changes, message', [
     (dict(preprocessing='bgr'), r"unknown preprocessing 'bgr'; valid choices: caffe, tf, torch"),
     (dict(freeze='all_but_top'), r'write all_but_top:N'),

@@ -104,7 +104,7 @@ def build_run(config: TrainConfig) -> Run:
     raise UserError(f'num_classes={num_classes} but {config.dataset} has {meta.num_classes} '
                     'classes; leave num_classes unset to use the dataset\'s')
   model = models.get_model(config.model, num_classes=num_classes,
-                           bn_axis_name=steps.AXIS, **_model_kwargs(config))
+                           bn_axis_name=steps.AXIS, **model_kwargs(config))
   accum = config.grad_accum_steps
   if accum > 1 and config.batch_size * accum > meta.split_sizes.get('train', math.inf):
     raise UserError(f'batch_size × grad_accum_steps = {config.batch_size} × {accum} is larger '
@@ -129,7 +129,7 @@ def build_run(config: TrainConfig) -> Run:
              tx=optim.make_optimizer(config, schedule, freezer), freezer=freezer)
 
 
-def _model_kwargs(config: TrainConfig) -> dict:
+def model_kwargs(config: TrainConfig) -> dict:
   """model_kwargs plus what --half_precision and --remat ask of the model (issue 6)."""
   kwargs = dict(config.model_kwargs)
   if config.half_precision:
