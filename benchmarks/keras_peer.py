@@ -60,8 +60,24 @@ def _cifar_resnet(n: int, image_size: int, num_classes: int):
   return keras.Model(inputs, layers.Dense(num_classes)(x))
 
 
-def build_model(model_name: str, image_size: int, num_classes: int, model_kwargs: dict):
-  """The Keras model for a cvjax model name, or None when there is no equivalent here."""
+def build_model(model_name: str, image_size: int, num_classes: int, model_kwargs: dict,
+                half_precision: str | None = None):
+  """The Keras model for a cvjax model name, or None when there is no equivalent here.
+
+  half_precision='bf16': built under Keras' 'mixed_bfloat16' policy (layers compute in
+  bf16, variables stay float32); the global policy is restored afterwards.
+  """
+  import keras  # pylint: disable=g-import-not-at-top
+  previous = keras.config.dtype_policy()
+  if half_precision == 'bf16':
+    keras.config.set_dtype_policy('mixed_bfloat16')
+  try:
+    return _build(model_name, image_size, num_classes, model_kwargs)
+  finally:
+    keras.config.set_dtype_policy(previous)
+
+
+def _build(model_name: str, image_size: int, num_classes: int, model_kwargs: dict):
   import keras  # pylint: disable=g-import-not-at-top
   if model_name in APPLICATIONS:
     return getattr(keras.applications, APPLICATIONS[model_name])(
@@ -76,11 +92,12 @@ def build_model(model_name: str, image_size: int, num_classes: int, model_kwargs
 
 
 def runners(model_name: str, image_size: int, channels: int, batch_size: int, num_classes: int,
-            model_kwargs: dict) -> dict[str, Callable[[int], None]] | None:
+            model_kwargs: dict, half_precision: str | None = None
+            ) -> dict[str, Callable[[int], None]] | None:
   """{'train': run(n), 'infer': run(n)}, compiled and warmed up. ImportError without keras."""
   import keras  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  model = build_model(model_name, image_size, num_classes, model_kwargs)
+  model = build_model(model_name, image_size, num_classes, model_kwargs, half_precision)
   if model is None:
     return None
   model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),

@@ -1,6 +1,7 @@
 """SSD inference throughput with post-processing, cvjax against torchvision, in one run.
 
-  python -m benchmarks.ssd_inference --model=ssd300_vgg16 --batch_size=8 [--peers=torch] [--json]
+  python -m benchmarks.ssd_inference --model=ssd300_vgg16 --batch_size=8 [--peers=torch]
+      [--half_precision=bf16] [--json]
 
 cvjax: one compiled forward + box decoding + per-class score threshold + NMS
 (IoU 0.45) + top-200, on random 300² images already on the device. torchvision
@@ -10,7 +11,9 @@ post-processing (top-400 candidates per class, batched NMS 0.45, top-200),
 channels_last. Weights are random (speed does not depend on them) and both
 score thresholds are 0, so NMS sees its full candidate load, the worst case.
 images/s: median of --repeats timings of --steps batches each, after a warm-up
-call that compiles. Ratio > 1 means cvjax is faster.
+call that compiles. Ratio > 1 means cvjax is faster. --half_precision=bf16: cvjax's
+network computes in bfloat16 (box decoding and NMS in float32), torchvision runs under
+bf16 autocast (AMP). torch uses CUDA when it has it (synchronised before each timing ends).
 """
 from __future__ import annotations
 
@@ -37,14 +40,15 @@ def _median_rate(run, batch_size: int, steps: int, repeats: int) -> float:
 
 
 def cvjax_rate(model_name: str, batch_size: int, num_classes: int, steps: int,
-               repeats: int) -> tuple[float, int]:
+               repeats: int, half_precision: str | None = None) -> tuple[float, int]:
   """(images/s, input size) of cvjax's detector, NMS included."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from cvjax import models  # pylint: disable=g-import-not-at-top
   from cvjax.detection import postprocess  # pylint: disable=g-import-not-at-top
-  model = models.get_model(model_name, num_classes, score_threshold=0.0)
+  dtype = {'dtype': 'bfloat16'} if half_precision == 'bf16' else {}
+  model = models.get_model(model_name, num_classes, score_threshold=0.0, **dtype)
   size = models.model_input_shape(model_name)[0]
   anchors = jnp.asarray(model.default_boxes())
   variables = jax.jit(model.init)(jax.random.key(0, impl='rbg'), jnp.zeros((1, size, size, 3)))
@@ -53,7 +57,8 @@ def cvjax_rate(model_name: str, batch_size: int, num_classes: int, steps: int,
   @jax.jit
   def infer(v, x):
     locations, logits = model.apply(v, x, train=False)
-    return postprocess.detect(locations, logits, anchors, config)
+    return postprocess.detect(locations.astype(jnp.float32), logits.astype(jnp.float32),
+                              anchors, config)
 
   x = jnp.asarray(np.random.default_rng(0).uniform(size=(batch_size, size, size, 3)), jnp.float32)
 
@@ -66,25 +71,29 @@ def cvjax_rate(model_name: str, batch_size: int, num_classes: int, steps: int,
 
 
 def torch_rate(model_name: str, batch_size: int, num_classes: int, steps: int,
-               repeats: int) -> float:
+               repeats: int, half_precision: str | None = None) -> float:
   """images/s of torchvision's detector (num_classes + 1 outputs: it counts background)."""
   import torch  # pylint: disable=g-import-not-at-top
   from torchvision.models import detection  # pylint: disable=g-import-not-at-top
+  from benchmarks.torch_peer import device_and_autocast  # pylint: disable=g-import-not-at-top
+  device, autocast = device_and_autocast(half_precision)
   model = getattr(detection, TORCHVISION[model_name])(
       weights=None, weights_backbone=None, num_classes=num_classes + 1, score_thresh=0.0)
-  model = model.eval().to(memory_format=torch.channels_last)
-  images = [torch.rand(3, 300, 300) for _ in range(batch_size)]
+  model = model.eval().to(device, memory_format=torch.channels_last)
+  images = [torch.rand(3, 300, 300, device=device) for _ in range(batch_size)]
 
   def run(n):
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast():
       for _ in range(n):
         model(images)
+    if device == 'cuda':
+      torch.cuda.synchronize()
 
   return _median_rate(run, batch_size, steps, repeats)
 
 
 def measure(model_name: str, batch_size: int, num_classes: int, steps: int, repeats: int,
-            peers: list[str]) -> dict:
+            peers: list[str], half_precision: str | None = None) -> dict:
   from cvjax import models  # pylint: disable=g-import-not-at-top
   from cvjax.errors import UserError, unknown_choice  # pylint: disable=g-import-not-at-top
   detectors = models.list_models('detection')
@@ -92,10 +101,14 @@ def measure(model_name: str, batch_size: int, num_classes: int, steps: int, repe
     raise unknown_choice('detector', model_name, detectors)
   if batch_size < 1:
     raise UserError(f'--batch_size must be at least 1, got {batch_size}')
-  rate, size = cvjax_rate(model_name, batch_size, num_classes, steps, repeats)
+  if half_precision not in (None, 'bf16'):
+    raise UserError(f'--half_precision={half_precision} is not timed here; use bf16 '
+                    '(or leave it empty for float32)')
+  rate, size = cvjax_rate(model_name, batch_size, num_classes, steps, repeats, half_precision)
   import jax  # pylint: disable=g-import-not-at-top
   result = {'model': model_name, 'batch_size': batch_size, 'image_size': size,
             'num_classes': num_classes, 'device': jax.devices()[0].device_kind,
+            'half_precision': half_precision,
             'images_per_second': {'cvjax': rate}, 'ratio': {}, 'skipped': {}}
   for peer in peers:
     if peer != 'torch':
@@ -104,7 +117,8 @@ def measure(model_name: str, batch_size: int, num_classes: int, steps: int, repe
       result['skipped'][peer] = f'torchvision has no {model_name}'
       continue
     try:
-      peer_rate = torch_rate(model_name, batch_size, num_classes, steps, repeats)
+      peer_rate = torch_rate(model_name, batch_size, num_classes, steps, repeats,
+                             half_precision)
     except ImportError as e:
       result['skipped'][peer] = f'not installed ({e.name}); pip install cvjax[bench]'
       continue
@@ -121,13 +135,15 @@ def main(argv=None) -> int:
   parser.add_argument('--steps', type=int, default=3)
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--peers', default='torch', help="comma-separated: 'torch' or ''")
+  parser.add_argument('--half_precision', default='',
+                      help="'bf16': the networks compute in bfloat16 (torch: AMP autocast)")
   parser.add_argument('--json', action='store_true')
   args = parser.parse_args(argv)
   from cvjax.errors import UserError  # pylint: disable=g-import-not-at-top
   peers = [p for p in args.peers.split(',') if p]
   try:
     result = measure(args.model, args.batch_size, args.num_classes, args.steps, args.repeats,
-                     peers)
+                     peers, args.half_precision or None)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
@@ -135,7 +151,8 @@ def main(argv=None) -> int:
     print(json.dumps(result))
     return 0
   print(f'{result["model"]} batch {args.batch_size} at {result["image_size"]}², '
-        f'{args.num_classes} classes, NMS included, on {result["device"]}')
+        f'{args.num_classes} classes, NMS included, on {result["device"]}'
+        + (', bf16' if result['half_precision'] else ''))
   for name, rate in result['images_per_second'].items():
     ratio = f'  cvjax / {name} = {result["ratio"][name]:.2f}×' if name in result['ratio'] else ''
     print(f'  {name:<8} {rate:8.2f} images/s{ratio}')

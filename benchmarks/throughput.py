@@ -11,7 +11,7 @@ What is timed, on random data already in memory:
          backend, `train_on_batch` with jit_compile.
   infer  the forward pass in inference mode (BatchNorm on running statistics). cvjax: the
          jitted `apply(train=False)`; torch: under `torch.no_grad()`; keras: `predict_on_batch`.
-  peak   a jitted f32 matmul (--peak_size³), the machine's practical FLOP/s ceiling for XLA.
+  peak   a jitted matmul (--peak_size³, f32 or bf16), the practical FLOP/s ceiling for XLA.
 Every contender is compiled and warmed up first; then --repeats rounds run each contender
 for --steps calls in turn (interleaved, so a burst of load from other processes hits all
 alike) and the median round gives images/s. GFLOP/s achieved = images/s × FLOPs per image,
@@ -21,6 +21,13 @@ after is printed with the numbers: on a shared machine compare ratios, not image
 Peers that are not installed, or have no equivalent model, are reported as skipped.
 `--conv_impl=auto,xla,im2col` times several cvjax conv lowerings (see
 `cvjax.models.conv_lowering`) in the same run.
+
+`--half_precision=bf16` times mixed precision: cvjax computes in bfloat16 with float32
+params (what `fit --half_precision=bf16` does), torch runs under
+`torch.autocast(dtype=torch.bfloat16)` (AMP), Keras under the 'mixed_bfloat16' policy, and
+the peak is a bfloat16 matmul. On a GPU machine (JAX on the GPU, torch with CUDA) torch
+runs on the GPU and is synchronised before each round ends. `--peak_tflops=989` (the
+device's spec-sheet dense peak for the precision) adds MFU: achieved FLOP/s over that peak.
 """
 from __future__ import annotations
 
@@ -102,11 +109,11 @@ def cvjax_rate(model_name: str, image_size: int, batch_size: int, num_classes: i
   return steps * batch_size / interleaved_medians({'train': run}, steps, repeats)['train']
 
 
-def matmul_peak(size: int) -> tuple[Runner, float]:
-  """(run(n), FLOPs per call) for a jitted f32 [size, size] @ [size, size]."""
+def matmul_peak(size: int, dtype: str = 'float32') -> tuple[Runner, float]:
+  """(run(n), FLOPs per call) for a jitted [size, size] @ [size, size] in `dtype`."""
   import jax
-  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jax.numpy.float32)
-  b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jax.numpy.float32)
+  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), dtype)
+  b = jax.random.normal(jax.random.PRNGKey(1), (size, size), dtype)
   matmul = jax.jit(lambda a, b: a @ b)
 
   def run(n: int) -> None:
@@ -141,24 +148,31 @@ def _peer_runners(peer: str):
 PEERS = ('keras', 'torch')
 
 
+HALF_PRECISIONS = {'bf16': 'bfloat16'}
+
+
 def run_benchmark(model: str, image_size: int, batch_size: int, num_classes: int,
                   peers: list[str], conv_impls: list[str], model_kwargs: dict,
-                  modes: tuple[str, ...], steps: int, repeats: int, peak_size: int) -> dict:
+                  modes: tuple[str, ...], steps: int, repeats: int, peak_size: int,
+                  half_precision: str | None = None, peak_tflops: float | None = None) -> dict:
   """Builds every contender, times them interleaved, returns the results dict (see main)."""
+  import jax
   from cvjax import models, summary
   channels = models.model_input_shape(model)[2]
+  dtype = HALF_PRECISIONS[half_precision] if half_precision else 'float32'
+  cvjax_kwargs = {**model_kwargs, 'dtype': dtype} if half_precision else model_kwargs
   fwd_flops = summary.summary(model, num_classes, image_size, **(
-      {'dtype': model_kwargs['dtype']} if 'dtype' in model_kwargs else {}))['flops']
+      {'dtype': cvjax_kwargs['dtype']} if 'dtype' in cvjax_kwargs else {}))['flops']
   load_before = os.getloadavg()
   contenders, skipped = {}, {}
   for impl in conv_impls:
     name = 'cvjax' if len(conv_impls) == 1 else f'cvjax[{impl}]'
-    contenders[name] = cvjax_runners(model, image_size, batch_size, num_classes, model_kwargs,
+    contenders[name] = cvjax_runners(model, image_size, batch_size, num_classes, cvjax_kwargs,
                                      impl, modes)
   for peer in peers:
     try:
       found = _peer_runners(peer)(model, image_size, channels, batch_size, num_classes,
-                                  model_kwargs)
+                                  model_kwargs, half_precision=half_precision)
     except ImportError as e:
       skipped[peer] = f'not installed ({e.name})'
       continue
@@ -166,7 +180,7 @@ def run_benchmark(model: str, image_size: int, batch_size: int, num_classes: int
       skipped[peer] = f'no {peer} equivalent of {model} in benchmarks/{peer}_peer.py'
     else:
       contenders[peer] = {m: found[m] for m in modes}
-  peak_run, peak_flops = matmul_peak(peak_size)
+  peak_run, peak_flops = matmul_peak(peak_size, dtype)
   flat = {(name, m): run for name, runs in contenders.items() for m, run in runs.items()}
   flat[('peak', 'matmul')] = peak_run
   seconds = interleaved_medians(flat, steps, repeats)
@@ -178,6 +192,8 @@ def run_benchmark(model: str, image_size: int, batch_size: int, num_classes: int
       rate = batch_size / seconds[(name, m)]
       gflops = rate * fwd_flops * (3 if m == 'train' else 1) / 1e9
       r[m] = {'images_per_second': rate, 'gflops': gflops, 'share_of_peak': gflops / peak}
+      if peak_tflops:
+        r[m]['mfu'] = gflops / (peak_tflops * 1e3)
     results[name] = r
   ratios = {}
   for name in results:
@@ -186,8 +202,11 @@ def run_benchmark(model: str, image_size: int, batch_size: int, num_classes: int
         if not peer.startswith('cvjax'):
           ratios[f'{name}/{peer}'] = {m: results[name][m]['images_per_second'] /
                                       results[peer][m]['images_per_second'] for m in modes}
+  device = jax.devices()[0]
   return {'model': model, 'image_size': image_size, 'batch_size': batch_size,
           'model_kwargs': model_kwargs, 'steps': steps, 'repeats': repeats,
+          'half_precision': half_precision, 'compute_dtype': dtype, 'peak_tflops': peak_tflops,
+          'device': getattr(device, 'device_kind', str(device)), 'backend': jax.default_backend(),
           'forward_gflop_per_image': fwd_flops / 1e9, 'matmul_peak_gflops': peak,
           'peak_size': peak_size, 'load_average_before': load_before,
           'load_average_after': os.getloadavg(), 'results': results, 'ratios': ratios,
@@ -199,14 +218,16 @@ def format_report(r: dict) -> str:
   lines = [f'{r["model"]} {r["image_size"]}² batch {r["batch_size"]}: '
            f'{r["forward_gflop_per_image"]:.3g} GFLOP/image forward (train ≈ 3×); '
            f'median of {r["repeats"]} interleaved rounds of {r["steps"]} calls',
-           f'matmul peak ({r["peak_size"]}³ f32, jit): {r["matmul_peak_gflops"]:.0f} GFLOP/s; '
+           f'{r["compute_dtype"]} on {r["device"]} ({r["backend"]}); matmul peak '
+           f'({r["peak_size"]}³ {r["compute_dtype"]}, jit): {r["matmul_peak_gflops"]:.0f} GFLOP/s; '
            f'load average before {load(r["load_average_before"])}, '
            f'after {load(r["load_average_after"])}',
-           f'  {"":14}{"images/s":>10} {"GFLOP/s":>8} {"of peak":>8}']
+           f'  {"":14}{"images/s":>10} {"GFLOP/s":>8} {"of peak":>8}'
+           + (f' {"MFU":>6}' if r['peak_tflops'] else '')]
   for name, res in r['results'].items():
     for m, v in res.items():
       lines.append(f'  {name:9} {m:5}{v["images_per_second"]:9.1f} {v["gflops"]:8.1f} '
-                   f'{v["share_of_peak"]:8.0%}')
+                   f'{v["share_of_peak"]:8.0%}' + (f' {v["mfu"]:6.1%}' if 'mfu' in v else ''))
   for name, by_mode in r['ratios'].items():
     lines.append(f'  {name}: ' + ', '.join(f'{m} {x:.2f}×' for m, x in by_mode.items()))
   for peer, why in r['skipped'].items():
@@ -230,6 +251,10 @@ def main(argv=None) -> int:
   parser.add_argument('--model_kwargs', default='',
                       help='cvjax model arguments, also given to the peers where they apply, '
                       'e.g. activation=relu,pooling=max for lenet5')
+  parser.add_argument('--half_precision', default='',
+                      help="'bf16': mixed precision for every contender (torch: AMP autocast)")
+  parser.add_argument('--peak_tflops', type=float, default=None,
+                      help="the device's spec-sheet peak TFLOP/s for this precision: adds MFU")
   parser.add_argument('--json', action='store_true')
   args = parser.parse_args(argv)
 
@@ -249,12 +274,18 @@ def main(argv=None) -> int:
       if m not in MODES:
         raise unknown_choice('mode', m, MODES)
     impls = [conv_lowering.check_impl(i) for i in args.conv_impl.split(',') if i]
+    if args.half_precision and args.half_precision not in HALF_PRECISIONS:
+      raise UserError(f'--half_precision={args.half_precision} is not timed here; use bf16 '
+                      '(or leave it empty for float32)')
+    if args.peak_tflops is not None and args.peak_tflops <= 0:
+      raise UserError(f'--peak_tflops must be positive, got {args.peak_tflops}')
     for flag in ('batch_size', 'steps', 'repeats', 'image_size', 'peak_size'):
       if getattr(args, flag) is not None and getattr(args, flag) < 1:
         raise UserError(f'--{flag} must be a positive integer, got {getattr(args, flag)}')
     result = run_benchmark(args.model, image_size, args.batch_size, num_classes, peers,
                            impls or ['auto'], parse_kwargs(args.model_kwargs), modes,
-                           args.steps, args.repeats, args.peak_size)
+                           args.steps, args.repeats, args.peak_size,
+                           args.half_precision or None, args.peak_tflops)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

@@ -79,21 +79,35 @@ def build_model(model_name: str, num_classes: int, model_kwargs: dict):
   return None
 
 
+def device_and_autocast(half_precision: str | None = None):
+  """('cuda' or 'cpu', a context manager): CUDA when torch has it; bf16 AMP when asked."""
+  import torch  # pylint: disable=g-import-not-at-top
+  device = 'cuda' if torch.cuda.is_available() else 'cpu'
+  return device, lambda: torch.autocast(device, dtype=torch.bfloat16,
+                                        enabled=half_precision == 'bf16')
+
+
 def runners(model_name: str, image_size: int, channels: int, batch_size: int, num_classes: int,
-            model_kwargs: dict) -> dict[str, Callable[[int], None]] | None:
+            model_kwargs: dict, half_precision: str | None = None
+            ) -> dict[str, Callable[[int], None]] | None:
   """{'train': run(n), 'infer': run(n)}: n SGD-momentum steps / n no-grad forwards, warmed up.
 
+  On the GPU when torch has CUDA (each run waits for the device before it returns);
+  half_precision='bf16': forward and loss under bf16 autocast (AMP; the weights and the
+  optimizer stay float32, and bf16 needs no gradient scaler).
   Raises ImportError when torch or torchvision is missing.
   """
   import torch  # pylint: disable=g-import-not-at-top
   model = build_model(model_name, num_classes, model_kwargs)
   if model is None:
     return None
-  model = model.to(memory_format=torch.channels_last)
+  device, autocast = device_and_autocast(half_precision)
+  sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+  model = model.to(device, memory_format=torch.channels_last)
   gen = torch.Generator().manual_seed(0)
   x = torch.randn(batch_size, channels, image_size, image_size, generator=gen)
-  x = x.contiguous(memory_format=torch.channels_last)
-  y = torch.randint(0, num_classes, (batch_size,), generator=gen)
+  x = x.contiguous(memory_format=torch.channels_last).to(device)
+  y = torch.randint(0, num_classes, (batch_size,), generator=gen).to(device)
   opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
   loss_fn = torch.nn.CrossEntropyLoss()
 
@@ -101,14 +115,18 @@ def runners(model_name: str, image_size: int, channels: int, batch_size: int, nu
     model.train()
     for _ in range(n):
       opt.zero_grad(set_to_none=True)
-      loss_fn(model(x), y).backward()
+      with autocast():
+        loss = loss_fn(model(x), y)
+      loss.backward()
       opt.step()
+    sync()
 
   def infer(n: int) -> None:
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
       for _ in range(n):
         model(x)
+    sync()
 
   train(1)
   infer(1)

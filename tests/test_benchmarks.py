@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks import checkpoint_cost, keras_peer, throughput
+from benchmarks import checkpoint_cost, keras_peer, ssd_inference, throughput
 
 # Trainable parameters at 10 classes (cvjax's model docstrings; tests/test_models.py).
 COUNTS = {'lenet5': 61_706, 'resnet20': 269_722}
@@ -40,6 +40,8 @@ def test_torch_peers_have_cvjax_parameter_counts():
     (['--model=lenet5', '--conv_impl=fast'], "error: unknown conv impl 'fast'"),
     (['--model=lenet5', '--batch_size=0'], 'error: --batch_size must be a positive integer, got 0'),
     (['--model=lenet6'], "error: unknown model 'lenet6'"),
+    (['--model=lenet5', '--half_precision=fp16'], 'error: --half_precision=fp16 is not timed'),
+    (['--model=lenet5', '--peak_tflops=0'], 'error: --peak_tflops must be positive, got 0.0'),
 ])
 def test_throughput_bad_flags_are_one_line_errors(argv, message, capsys):
   assert throughput.main(argv) == 2
@@ -51,3 +53,60 @@ def test_checkpoint_cost_needs_more_steps_than_the_interval(capsys):
   assert checkpoint_cost.main(['--num_train_steps=50', '--every=50']) == 2
   assert capsys.readouterr().err == ('error: --every=50 must be below --num_train_steps=50 to '
                                      'save more than the final checkpoint\n')
+
+
+def test_keras_peer_in_bf16_computes_in_bfloat16_and_restores_the_global_policy():
+  import keras
+  model = keras_peer.build_model('lenet5', 32, 10, {}, half_precision='bf16')
+  dense = model.layers[-1]
+  assert dense.compute_dtype == 'bfloat16' and dense.kernel.dtype == 'float32'
+  assert keras.config.dtype_policy().name == 'float32'
+  assert keras_peer.build_model('lenet5', 32, 10, {}).layers[-1].compute_dtype == 'float32'
+
+
+def test_torch_peer_autocasts_to_bf16_only_when_asked():
+  if not importlib.util.find_spec('torch'):
+    pytest.skip('torch is an optional extra (pip install .[bench])')
+  code = ('import torch; from benchmarks import torch_peer\n'
+          'lin = torch.nn.Linear(4, 3)\n'
+          'for half in ("bf16", None):\n'
+          '  device, autocast = torch_peer.device_and_autocast(half)\n'
+          '  with autocast(): print(device, lin.to(device)(torch.ones(2, 4, device=device)).dtype)')
+  out = subprocess.run([sys.executable, '-c', code], check=True, capture_output=True, text=True,
+                       timeout=300).stdout.split()
+  assert out[1::2] == ['torch.bfloat16', 'torch.float32']
+
+
+def test_throughput_in_bf16_reports_the_compute_dtype_a_bf16_peak_and_mfu():
+  out = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.throughput', '--model=lenet5', '--batch_size=8',
+       '--steps=1', '--repeats=1', '--peers=keras', '--peak_size=256', '--half_precision=bf16',
+       '--peak_tflops=2', '--json'], check=True, capture_output=True, text=True,
+      timeout=600).stdout
+  r = json.loads(out.splitlines()[-1])
+  assert r['compute_dtype'] == 'bfloat16' and r['half_precision'] == 'bf16'
+  assert r['backend'] == 'cpu' and set(r['results']) == {'cvjax', 'keras'}
+  for res in r['results'].values():
+    for v in res.values():
+      assert v['images_per_second'] > 0
+      assert v['mfu'] == pytest.approx(v['gflops'] / 2e3)
+
+
+def test_ssd_inference_times_the_detector_with_nms_in_bf16():
+  out = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.ssd_inference', '--model=ssd128_resnet18_slim',
+       '--batch_size=2', '--steps=1', '--repeats=1', '--peers=', '--half_precision=bf16',
+       '--json'], check=True, capture_output=True, text=True, timeout=600).stdout
+  r = json.loads(out.splitlines()[-1])
+  assert r['half_precision'] == 'bf16' and r['image_size'] == 128
+  assert r['images_per_second']['cvjax'] > 0 and r['ratio'] == {}
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--model=resnet50'], "error: unknown detector 'resnet50'"),
+    (['--model=ssd300_vgg16', '--half_precision=fp16'], 'error: --half_precision=fp16 is not'),
+])
+def test_ssd_inference_bad_flags_are_one_line_errors(argv, message, capsys):
+  assert ssd_inference.main(argv) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(message) and err.count('\n') == 1
