@@ -98,8 +98,9 @@ class SEBlock(nn.Module):
     cs = self.squeeze_features or max(1, c // self.reduction)
     s = jnp.mean(x, axis=(1, 2), keepdims=True)  # squeeze: [B, 1, 1, C]
     if self.conv_form:
-      layer = lambda f, name: nn.Conv(f, (1, 1), kernel_init=self.kernel_init, dtype=self.dtype,
-                                      param_dtype=self.param_dtype, name=name)
+      layer = lambda f, name: layers.conv_general(f, 1, kernel_init=self.kernel_init,
+                                                  dtype=self.dtype, param_dtype=self.param_dtype,
+                                                  name=name)
     else:
       layer = lambda f, name: nn.Dense(f, kernel_init=self.kernel_init, dtype=self.dtype,
                                        param_dtype=self.param_dtype, name=name)
@@ -157,8 +158,9 @@ class SeparableConv(nn.Module):
     x = DepthwiseConv(c, (k, k), (s, s), padding=conv_pads(x, k, s, self.padding),
                       feature_group_count=c, use_bias=False, kernel_init=depthwise_init,
                       dtype=self.dtype, param_dtype=self.param_dtype, name='depthwise')(x)
-    return nn.Conv(self.features, (1, 1), use_bias=self.use_bias, kernel_init=layers.he_normal,
-                   dtype=self.dtype, param_dtype=self.param_dtype, name='pointwise')(x)
+    return layers.conv_general(self.features, 1, use_bias=self.use_bias,
+                               kernel_init=layers.he_normal, dtype=self.dtype,
+                               param_dtype=self.param_dtype, name='pointwise')(x)
 
 
 class DepthwiseConv(nn.Conv):

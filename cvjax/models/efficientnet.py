@@ -49,7 +49,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cvjax.models.blocks import SEBlock, StochasticDepth, conv_pads, depthwise_conv
-from cvjax.models.layers import GlobalAvgPool, batch_norm, he_normal
+from cvjax.models.layers import GlobalAvgPool, batch_norm, conv_general, he_normal
 
 # (kernel, repeats, filters_in, filters_out, expand_ratio, strides) of B0, Table 1; SE 0.25.
 B0_STAGES = ((3, 1, 32, 16, 1, 1), (3, 2, 16, 24, 6, 2), (5, 2, 24, 40, 6, 2),
@@ -98,14 +98,14 @@ class MBConv(nn.Module):
     c_in = x.shape[-1]
     y = x
     if self.expand_ratio != 1:
-      y = nn.Conv(c_in * self.expand_ratio, (1, 1), use_bias=False, kernel_init=he_normal,
+      y = conv_general(c_in * self.expand_ratio, 1, use_bias=False, kernel_init=he_normal,
                   name='expand_conv', **kw)(y)
       y = self.act(self.norm(name='expand_bn')(y))
     y = depthwise_conv(y, self.kernel_size, self.strides, 'same', name='dwconv', **kw)
     y = self.act(self.norm(name='bn')(y))
     y = SEBlock(squeeze_features=max(1, int(c_in * SE_RATIO)), act=self.act, conv_form=True,
                 kernel_init=he_normal, name='se', **kw)(y)
-    y = nn.Conv(self.filters_out, (1, 1), use_bias=False, kernel_init=he_normal,
+    y = conv_general(self.filters_out, 1, use_bias=False, kernel_init=he_normal,
                 name='project_conv', **kw)(y)
     y = self.norm(name='project_bn')(y)
     if self.strides == 1 and c_in == self.filters_out:
@@ -141,7 +141,7 @@ class EfficientNet(nn.Module):
     depth = partial(round_repeats, depth=self.depth_coefficient)
 
     s = 1 if self.small_input else 2
-    x = nn.Conv(width(32), (3, 3), (s, s), padding=conv_pads(x, 3, s, 'same'), use_bias=False,
+    x = conv_general(width(32), 3, s, padding=conv_pads(x, 3, s, 'same'), use_bias=False,
                 kernel_init=he_normal, name='stem_conv', **kw)(x)
     x = nn.swish(norm(name='stem_bn')(x))
     total = sum(depth(n) for _, n, *_ in B0_STAGES)
@@ -153,7 +153,7 @@ class EfficientNet(nn.Module):
         x = MBConv(width(f_out), k, s if j == 0 else 1, t, self.drop_connect_rate * b / total,
                    norm, name=f'block{stage + 1}{chr(ord("a") + j)}', **kw)(x, train)
         b += 1
-    x = nn.Conv(width(1280), (1, 1), use_bias=False, kernel_init=he_normal, name='top_conv',
+    x = conv_general(width(1280), 1, use_bias=False, kernel_init=he_normal, name='top_conv',
                 **kw)(x)
     x = nn.swish(norm(name='top_bn')(x))
     x = GlobalAvgPool(name='avg_pool')(x)

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 
 from cvjax.models.blocks import AvgPoolSame, MaxPoolCeil, conv_pads
 from cvjax.models.layers import (LRN, AdaptiveAvgPool, GlobalAvgPool, MaxPool,
-                                 batch_norm, flatten, he_normal)
+                                 batch_norm, conv_general, flatten, he_normal)
 
 ModuleDef = Any
 
@@ -72,7 +72,7 @@ class BasicConv(nn.Module):
   @nn.compact
   def __call__(self, x):
     k = (self.kernel_size,) * 2 if isinstance(self.kernel_size, int) else tuple(self.kernel_size)
-    x = nn.Conv(self.features, k, (self.strides,) * 2,
+    x = conv_general(self.features, k, self.strides,
                 padding=conv_pads(x, k, self.strides, self.padding),
                 use_bias=self.norm is None, kernel_init=he_normal, dtype=self.dtype,
                 param_dtype=self.param_dtype, name='conv')(x)

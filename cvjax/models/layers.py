@@ -7,7 +7,7 @@ explicit and symmetric, `((p, p), (p, p))`, like torchvision and Keras'
 would make imported weights give different numbers.
 """
 import functools
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -46,10 +46,21 @@ def conv(features: int, kernel_size: int, strides: int = 1,
   if padding is None:
     padding = kernel_size // 2
   kwargs.setdefault('kernel_init', he_normal)
-  lowering = conv_lowering.lowering(impl, (kernel_size, kernel_size),
-                                    groups=kwargs.get('feature_group_count', 1))
-  return nn.Conv(features, (kernel_size, kernel_size), (strides, strides),
-                 padding=sym(padding), conv_general_dilated=lowering, **kwargs)
+  return conv_general(features, kernel_size, strides, padding=sym(padding), impl=impl, **kwargs)
+
+
+def conv_general(features: int, kernel_size: int | Sequence[int], strides: int | Sequence[int] = 1,
+                 impl: str | None = None, **kwargs) -> nn.Conv:
+  """`nn.Conv` (any padding it takes, flax's default init) computed the `impl` way.
+
+  For the families whose convs need asymmetric 'same' padding (Keras ports) or
+  non-square kernels: the same parameters as a plain `nn.Conv`, and on the CPU the
+  fast lowerings of `cvjax.models.conv_lowering`.
+  """
+  k = (kernel_size,) * 2 if isinstance(kernel_size, int) else tuple(kernel_size)
+  s = (strides,) * 2 if isinstance(strides, int) else tuple(strides)
+  lowering = conv_lowering.lowering(impl, k, groups=kwargs.get('feature_group_count', 1))
+  return nn.Conv(features, k, s, conv_general_dilated=lowering, **kwargs)
 
 
 class MaxPool(nn.Module):

@@ -56,7 +56,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cvjax.models.blocks import conv_pads, depthwise_conv
-from cvjax.models.layers import GlobalAvgPool, batch_norm, he_normal
+from cvjax.models.layers import GlobalAvgPool, batch_norm, conv_general, he_normal
 
 # v1: (pointwise filters, stride) of dw/pw blocks 1 … 13.
 MOBILENET_V1 = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
@@ -73,7 +73,7 @@ def make_divisible(v: float, divisor: int = 8) -> int:
 
 
 def _conv(x, features, kernel, stride, padding, name, dtype, param_dtype):
-  return nn.Conv(features, (kernel, kernel), (stride, stride),
+  return conv_general(features, kernel, stride,
                  padding=conv_pads(x, kernel, stride, padding), use_bias=False,
                  kernel_init=he_normal, dtype=dtype, param_dtype=param_dtype, name=name)(x)
 
@@ -106,7 +106,7 @@ class MobileNetV1(nn.Module):
       x = nn.relu6(norm(name=f'conv_pw_{i}_bn')(x))
     x = jnp.mean(x, axis=(1, 2), keepdims=True)  # GlobalAveragePooling2D(keepdims=True)
     x = nn.Dropout(self.dropout_rate, deterministic=not train, name='dropout')(x)
-    x = nn.Conv(self.num_classes, (1, 1), name='conv_preds', **kw)(x)
+    x = conv_general(self.num_classes, 1, name='conv_preds', **kw)(x)
     return jnp.asarray(x.reshape(x.shape[0], -1), jnp.float32)
 
 
