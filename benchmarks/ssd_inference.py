@@ -47,7 +47,8 @@ def cvjax_rate(model_name: str, batch_size: int, num_classes: int, steps: int,
   import numpy as np  # pylint: disable=g-import-not-at-top
   from cvjax import models  # pylint: disable=g-import-not-at-top
   from cvjax.detection import postprocess  # pylint: disable=g-import-not-at-top
-  dtype = {'dtype': 'bfloat16'} if half_precision == 'bf16' else {}
+  from benchmarks.throughput import HALF_PRECISIONS  # pylint: disable=g-import-not-at-top
+  dtype = {'dtype': HALF_PRECISIONS[half_precision]} if half_precision else {}
   model = models.get_model(model_name, num_classes, score_threshold=0.0, **dtype)
   size = models.model_input_shape(model_name)[0]
   anchors = jnp.asarray(model.default_boxes())
@@ -101,9 +102,8 @@ def measure(model_name: str, batch_size: int, num_classes: int, steps: int, repe
     raise unknown_choice('detector', model_name, detectors)
   if batch_size < 1:
     raise UserError(f'--batch_size must be at least 1, got {batch_size}')
-  if half_precision not in (None, 'bf16'):
-    raise UserError(f'--half_precision={half_precision} is not timed here; use bf16 '
-                    '(or leave it empty for float32)')
+  from benchmarks.throughput import check_half_precision  # pylint: disable=g-import-not-at-top
+  half_precision = check_half_precision(half_precision)
   rate, size = cvjax_rate(model_name, batch_size, num_classes, steps, repeats, half_precision)
   import jax  # pylint: disable=g-import-not-at-top
   result = {'model': model_name, 'batch_size': batch_size, 'image_size': size,

@@ -151,6 +151,15 @@ PEERS = ('keras', 'torch')
 HALF_PRECISIONS = {'bf16': 'bfloat16'}
 
 
+def check_half_precision(value: str | None) -> str | None:
+  """The --half_precision value (None for float32), or a UserError naming the choices."""
+  from cvjax.errors import UserError
+  if value and value not in HALF_PRECISIONS:
+    raise UserError(f'--half_precision={value} is not timed here; use bf16 '
+                    '(or leave it empty for float32)')
+  return value or None
+
+
 def run_benchmark(model: str, image_size: int, batch_size: int, num_classes: int,
                   peers: list[str], conv_impls: list[str], model_kwargs: dict,
                   modes: tuple[str, ...], steps: int, repeats: int, peak_size: int,
@@ -274,9 +283,7 @@ def main(argv=None) -> int:
       if m not in MODES:
         raise unknown_choice('mode', m, MODES)
     impls = [conv_lowering.check_impl(i) for i in args.conv_impl.split(',') if i]
-    if args.half_precision and args.half_precision not in HALF_PRECISIONS:
-      raise UserError(f'--half_precision={args.half_precision} is not timed here; use bf16 '
-                      '(or leave it empty for float32)')
+    half_precision = check_half_precision(args.half_precision)
     if args.peak_tflops is not None and args.peak_tflops <= 0:
       raise UserError(f'--peak_tflops must be positive, got {args.peak_tflops}')
     for flag in ('batch_size', 'steps', 'repeats', 'image_size', 'peak_size'):
@@ -285,7 +292,7 @@ def main(argv=None) -> int:
     result = run_benchmark(args.model, image_size, args.batch_size, num_classes, peers,
                            impls or ['auto'], parse_kwargs(args.model_kwargs), modes,
                            args.steps, args.repeats, args.peak_size,
-                           args.half_precision or None, args.peak_tflops)
+                           half_precision, args.peak_tflops)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
