@@ -2,8 +2,8 @@
 
   python -m experiments.fcn --flagfile=experiments/configs/fcn8s_tiny_shapes.flags
 
-The dataset is generated offline on first use (about a minute, see
-cvjax.detection.shapes); results report mIoU (the main metric) and pixel accuracy.
+The dataset is generated offline on first use (see cvjax.data.shapes); results
+report mIoU (the main metric) and pixel accuracy.
 """
 from experiments import common
 

@@ -19,7 +19,7 @@ import tensorflow_datasets as tfds
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from cvjax import data
-from cvjax.data import datasets, pipeline, preprocess
+from cvjax.data import batching, datasets, download, pipeline, preprocess
 from cvjax.errors import UserError
 
 DEBIAN_FASHION = '/usr/share/datasets/fashion-mnist'
@@ -98,15 +98,16 @@ def _take(iterator, n):
 
 
 def test_import_does_no_io_and_loads_no_tensorflow():
-  code = ('import sys, cvjax.data; '
+  code = ('import sys, cvjax.data, cvjax.data.datasets, cvjax.data.batching, cvjax.data.download; '
           'print(sorted(m for m in ("tensorflow", "tensorflow_datasets") if m in sys.modules))')
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == '[]'
 
 
 def test_unknown_dataset_names_the_choices():
-  with pytest.raises(UserError, match=r"unknown dataset 'imagenet'; valid choices: cifar10, "
-                                      r"cifar100, fashion_mnist, imagenet2012, mnist, tf_flowers"):
+  with pytest.raises(UserError, match=r"unknown dataset 'imagenet'; did you mean 'imagenet2012'\? "
+                                      r"\(valid choices: cifar10, cifar100, fashion_mnist, "
+                                      r"imagenet2012, mnist, tf_flowers\)"):
     data.dataset_meta('imagenet')
 
 
@@ -242,6 +243,28 @@ def test_batch_size_must_split_over_devices_and_processes(sharding, tmp_path, mo
       data.eval_batches('mnist', global_batch_size=16, image_size=32, sharding=sharding)
 
 
+def test_device_prefetch_makes_global_arrays_in_order_and_reraises(sharding, monkeypatch):
+  source = ({'x': np.full((16, 2), step, np.float32)} for step in range(3))
+  batches = list(batching.DevicePrefetch(source, sharding, 16))
+  assert [int(b['x'][0, 0]) for b in batches] == [0, 1, 2]
+  assert batches[0]['x'].shape == (16, 2) and batches[0]['x'].sharding == sharding
+
+  def failing():
+    yield {'x': np.zeros((16,), np.float32)}
+    raise UserError('bad source')
+  it = batching.DevicePrefetch(failing(), sharding, 16)
+  next(it)
+  with pytest.raises(UserError, match='bad source'):
+    next(it)
+  with pytest.raises(StopIteration):
+    next(it)
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(jax, 'process_index', lambda: 1)
+  assert batching.process_rows(16) == slice(8, 16)
+  assert batching.epoch_seed(7, 1) != batching.epoch_seed(7, 2)
+  assert 0 <= batching.epoch_seed(-1, 0) < 2**63
+
+
 # ------------------------------------------------------------ augmentation ops
 
 
@@ -335,7 +358,7 @@ def test_normalize_gives_the_stated_mean_and_std():
 
 
 def test_unknown_op_and_bad_strings_are_user_errors():
-  with pytest.raises(UserError, match=r"unknown augmentation op 'rotat'; valid choices: .*rotate"):
+  with pytest.raises(UserError, match=r"unknown augmentation op 'rotat'; did you mean 'rotate'"):
     preprocess.build('flip_lr|rotat(10)')
   with pytest.raises(UserError, match='cannot parse op'):
     preprocess.build('rotate(10')
@@ -471,7 +494,7 @@ def test_unavailable_dataset_error_is_one_line_naming_three_ways(tmp_path):
 
 def test_download_probe_gives_up_fast_offline():
   start = time.perf_counter()
-  assert not datasets._reachable('cvjax-download-probe.invalid', 443)  # pylint: disable=protected-access
+  assert not download.reachable('cvjax-download-probe.invalid', 443)
   assert time.perf_counter() - start < 5
 
 

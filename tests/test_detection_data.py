@@ -4,7 +4,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from cvjax.detection import augment, data, shapes
+from cvjax.data import shapes
+from cvjax.detection import augment, data
 from cvjax.errors import UserError
 
 

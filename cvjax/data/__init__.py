@@ -5,9 +5,12 @@
                                 sharding=sharding, seed=0, start_step=step)
   batch = next(it)   # {'image': float32[256, 32, 32, 1], 'label': int32[256]}
 
-Modules: `datasets` (names, splits, statistics, preparing offline), `local_files`
-(building a stock TFDS dataset from raw files on disk), `preprocess` (the op
-registry), `pipeline` (train/eval iterators).
+Modules: `datasets` (names, splits, statistics: the catalogue), `prepare`
+(getting a dataset prepared, `dataset_meta`), `download` (download hosts and a
+fast reachability probe), `local_files` (building a stock TFDS dataset from raw
+files on disk), `shapes` (the `cvjax_shapes` TFDS builder), `preprocess` (the op
+registry), `batching` (process share of a global batch, device prefetch into
+global jax.Arrays, epoch seeds), `pipeline` (classification train/eval iterators).
 
 Importing this package does no I/O and loads neither TensorFlow nor TFDS: the names
 below are resolved from their modules on first use.
@@ -17,14 +20,15 @@ import importlib
 _EXPORTS = {
     'DATASETS': 'datasets',
     'DatasetMeta': 'datasets',
-    'dataset_meta': 'datasets',
+    'dataset_meta': 'prepare',
     'steps_per_epoch': 'datasets',
     'train_batches': 'pipeline',
     'eval_batches': 'pipeline',
     'preprocess_for_eval': 'pipeline',
 }
 
-_SUBMODULES = ('datasets', 'local_files', 'pipeline', 'preprocess')
+_SUBMODULES = ('batching', 'datasets', 'download', 'local_files', 'pipeline', 'prepare',
+               'preprocess', 'shapes')
 
 __all__ = sorted(_EXPORTS)
 

@@ -24,7 +24,6 @@ from etils import epath
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from cvjax.data import datasets
 from cvjax.errors import UserError
 
 
@@ -96,24 +95,29 @@ def idx_count(path: epath.PathLike) -> int:
   return int.from_bytes(header[4:8], 'big')
 
 
-def build_from_local_files(name: str, raw_dir: epath.PathLike, *, data_dir=None) -> None:
+def build_from_local_files(name: str, raw_dir: epath.PathLike, *, data_dir=None,
+                           raw_files: tuple[str, ...] = ()) -> None:
   """Builds the real TFDS dataset `name` into `data_dir` from the raw files in `raw_dir`.
 
-  Raises `UserError` naming the missing files when `raw_dir` lacks any of
-  `datasets.spec(name).raw_files`.
+  Args:
+    name: TFDS name, optionally with its config ('mnist', 'voc/2007').
+    raw_dir: directory holding the files the stock builder would download.
+    data_dir: TFDS data directory; None for TFDS's default.
+    raw_files: basenames that must be in `raw_dir`; a `UserError` names the missing
+      ones before anything is built.
   """
-  expected = datasets.spec(name).raw_files
+  base, _, config = name.partition('/')
   raw = epath.Path(raw_dir).expanduser()
-  missing = [f for f in expected if not (raw / f).exists()]
+  missing = [f for f in raw_files if not (raw / f).exists()]
   if missing:
     raise UserError(f'--raw_data_dir={raw} lacks the raw files of {name}: '
-                    f'{", ".join(missing)} (expected {", ".join(expected)})')
-  builder = local_files_builder_cls(name, raw)(data_dir=data_dir)
+                    f'{", ".join(missing)} (expected {", ".join(raw_files)})')
+  builder = local_files_builder_cls(base, raw)(config=config or None, data_dir=data_dir)
   root = epath.Path(builder.data_dir_root)
   root.mkdir(parents=True, exist_ok=True)
   start = time.perf_counter()
   # Extracted copies are scratch: keep them in a temporary folder beside the data.
-  with tempfile.TemporaryDirectory(prefix=f'{name}-extract-', dir=root) as scratch:
+  with tempfile.TemporaryDirectory(prefix=f'{base}-extract-', dir=root) as scratch:
     builder.download_and_prepare(
         download_dir=scratch,
         download_config=tfds.download.DownloadConfig(try_download_gcs=False))

@@ -21,14 +21,15 @@ Images reach the model as float32[B, S, S, C]: pixel / 255, the train augmentati
 (native size and channels), channel conversion, `fit` to S x S, and per-dataset
 `normalize` (see `datasets`). Eval skips the augmentation; `preprocess_for_eval`
 applies the same eval ops to a numpy batch.
+
+Each process builds its rows of every global batch as numpy arrays
+(`local_train_batches`, `local_eval_batches`); `cvjax.data.batching` turns them
+into global jax.Arrays on the caller's sharding.
 """
 from __future__ import annotations
 
 import itertools
 import math
-import queue
-import threading
-import weakref
 from typing import Iterator
 
 import jax
@@ -36,11 +37,12 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from cvjax.data import batching
 from cvjax.data import datasets
+from cvjax.data import prepare
 from cvjax.data import preprocess
 from cvjax.errors import UserError
 
-_PREFETCH_TO_DEVICE = 2      # batches converted to global jax.Arrays ahead of the consumer
 _STREAM_SHUFFLE_BUFFER = 10_000
 _LUMA = (0.2989, 0.5870, 0.1140)  # tf.image.rgb_to_grayscale weights
 
@@ -61,20 +63,20 @@ def train_batches(name: str, *, global_batch_size: int, image_size: int,
     start_step: index of the first batch to yield.
     augment: op string (see `preprocess`); None: the dataset's default; '': none.
     channels: the model's input channels, if different from the dataset's.
-    data_dir, raw_data_dir: see `datasets.dataset_meta`.
+    data_dir, raw_data_dir: see `prepare.dataset_meta`.
     split: logical split to train on (e.g. 'train_minus_validation').
     preprocessing: the model's input convention instead of the dataset's mean/std
-      (`PREPROCESSING`, for imported weights; issue 5).
+      (`PREPROCESSING`, for imported weights).
 
   Yields:
     {'image': float32[B, S, S, C], 'label': int32[B]}: global jax.Arrays with `sharding`.
   """
-  _local_batch_size(global_batch_size, sharding)
+  batching.local_batch_size(global_batch_size, sharding)
   source = local_train_batches(
       name, global_batch_size=global_batch_size, image_size=image_size, seed=seed,
       start_step=start_step, augment=augment, channels=channels, data_dir=data_dir,
       raw_data_dir=raw_data_dir, split=split, preprocessing=preprocessing)
-  return _DevicePrefetch(source, sharding, global_batch_size)
+  return batching.DevicePrefetch(source, sharding, global_batch_size)
 
 
 def eval_batches(name: str, *, split: str = 'test', global_batch_size: int, image_size: int,
@@ -87,11 +89,11 @@ def eval_batches(name: str, *, split: str = 'test', global_batch_size: int, imag
   last batches are padded with zero images (mask False) to the full global batch,
   so that every process yields the same number of equally shaped batches.
   """
-  _local_batch_size(global_batch_size, sharding)
+  batching.local_batch_size(global_batch_size, sharding)
   source = local_eval_batches(name, split=split, global_batch_size=global_batch_size,
                               image_size=image_size, channels=channels, data_dir=data_dir,
                               raw_data_dir=raw_data_dir, preprocessing=preprocessing)
-  return _DevicePrefetch(source, sharding, global_batch_size)
+  return batching.DevicePrefetch(source, sharding, global_batch_size)
 
 
 def preprocess_for_eval(images: np.ndarray, *, dataset: str, image_size: int,
@@ -137,7 +139,7 @@ def _normalize_stats(spec: datasets.DatasetSpec, channels: int):
   return mean * channels, std * channels
 
 
-# Input conventions of imported weights (TrainConfig.preprocessing, issue 5): they replace
+# Input conventions of imported weights (TrainConfig.preprocessing): they replace
 # the dataset's normalize. Images arrive in [0, 1], RGB.
 PREPROCESSING = {
     'caffe': 'caffe',  # Keras VGG16/19, ResNet50/101/152: BGR, 0-255, minus ImageNet means
@@ -156,7 +158,7 @@ def _eval_ops(spec, native_channels: int, image_size: int, channels: int | None,
   convert = '' if channels == native_channels else ('to_rgb' if channels == 3 else 'to_grayscale')
   mean, std = _normalize_stats(spec, channels)
   normalize = f'normalize({mean}, {std})'
-  if preprocessing is not None:  # issue 5
+  if preprocessing is not None:
     if preprocessing not in PREPROCESSING:
       raise UserError(f'unknown preprocessing {preprocessing!r}; valid choices: '
                       f'{", ".join(sorted(PREPROCESSING))}')
@@ -185,10 +187,10 @@ def local_train_batches(name: str, *, global_batch_size: int, image_size: int, s
   if start_step < 0:
     raise UserError(f'start_step must be >= 0, got {start_step}')
   spec = datasets.spec(name)
-  local = _process_share(global_batch_size)
+  local = batching.process_share(global_batch_size)
   augment = spec.default_augment if augment is None else augment
   per_example = preprocess.build(augment, image_size=image_size)  # bad ops fail fast
-  meta = datasets.dataset_meta(name, data_dir=data_dir, raw_data_dir=raw_data_dir)
+  meta = prepare.dataset_meta(name, data_dir=data_dir, raw_data_dir=raw_data_dir)
   tail = _eval_ops(spec, meta.image_shape[-1], image_size, channels, preprocessing)
   builder = tfds.builder(name, data_dir=data_dir)
   shard = tfds.split_for_jax_process(datasets.tfds_split(name, split))
@@ -196,8 +198,8 @@ def local_train_batches(name: str, *, global_batch_size: int, image_size: int, s
   context = _TrainContext(seed=seed, local=local, global_batch=global_batch_size,
                           per_example=per_example, tail=tail)
   if spec.in_memory:
-    # Multi-host (#6): the whole split, not this process's shard, so that N processes
-    # build exactly the global batches one process would (tests/test_launch.py).
+    # The whole split, not this process's shard, so that N processes build exactly
+    # the global batches one process would (tests/test_launch.py).
     return _in_memory_train(builder, datasets.tfds_split(name, split), steps, start_step,
                             context)
   return _streaming_train(builder, shard, steps, start_step, context)
@@ -269,8 +271,7 @@ def _in_memory_train(builder, split, steps, start_step, ctx: _TrainContext):
   def step_examples(step):
     epoch, step_in_epoch = step // steps, step % steps
     offset = tf.range(local, dtype=tf.int64)
-    # This process's slice of the global batch (#6: was step_in_epoch * local + offset
-    # into its own shard).
+    # This process's slice of the global batch, at its position in the epoch's order.
     index = tf.random.experimental.index_shuffle(
         ctx.position(step_in_epoch, offset), tf.stack([tf.constant(seed, tf.int64), epoch]),
         tf.constant(n - 1, tf.int64))
@@ -305,7 +306,7 @@ def _streaming_train(builder, shard, steps, start_step, ctx: _TrainContext):
   first_epoch, skip = divmod(start_step, steps)
 
   def epoch_batches(epoch: int, skip_steps: int):
-    epoch_seed = _mix(ctx.seed, epoch)
+    epoch_seed = batching.epoch_seed(ctx.seed, epoch)
     ds = builder.as_dataset(split=shard, shuffle_files=True,
                             decoders={'image': tfds.decode.SkipDecoding()},
                             read_config=_read_config(shuffle_seed=epoch_seed))
@@ -326,12 +327,6 @@ def _streaming_train(builder, shard, steps, start_step, ctx: _TrainContext):
   return generate()
 
 
-def _mix(seed: int, epoch: int) -> int:
-  """A 63-bit seed from (seed, epoch) for TFDS/tf.data shuffles (which take one int)."""
-  return int(np.random.SeedSequence([seed % 2**63, epoch]).generate_state(1, np.uint64)[0]
-             % 2**63)
-
-
 # ------------------------------------------------------------------- eval source
 
 
@@ -340,9 +335,9 @@ def local_eval_batches(name: str, *, split: str = 'test', global_batch_size: int
                        raw_data_dir=None,
                        preprocessing: str | None = None) -> Iterator[dict[str, np.ndarray]]:
   """This process's share of `eval_batches`, as numpy arrays."""
-  meta = datasets.dataset_meta(name, data_dir=data_dir, raw_data_dir=raw_data_dir)
+  meta = prepare.dataset_meta(name, data_dir=data_dir, raw_data_dir=raw_data_dir)
   spec = datasets.spec(name)
-  local = _process_share(global_batch_size)
+  local = batching.process_share(global_batch_size)
   tail = _eval_ops(spec, meta.image_shape[-1], image_size, channels, preprocessing)
   builder = tfds.builder(name, data_dir=data_dir)
   logical = datasets.tfds_split(name, split)
@@ -386,99 +381,3 @@ def _options() -> tf.data.Options:
   options = tf.data.Options()
   options.deterministic = True
   return options
-
-
-def _process_share(global_batch_size: int) -> int:
-  processes = jax.process_count()
-  if global_batch_size <= 0 or global_batch_size % processes:
-    raise UserError(f'global batch size {global_batch_size} must be a positive multiple of '
-                    f'the {processes} processes')
-  return global_batch_size // processes
-
-
-def _local_batch_size(global_batch_size: int, sharding) -> int:
-  local = _process_share(global_batch_size)
-  try:
-    sharding.shard_shape((global_batch_size,))
-  except ValueError:
-    devices = sharding.mesh.shape.get('data', sharding.mesh.size)
-    raise UserError(f'global batch size {global_batch_size} is not divisible by the '
-                    f'{devices} devices of mesh axis \'data\'; use a multiple of '
-                    f'{devices}') from None
-  return local
-
-
-_END = object()
-
-
-class _Raised:
-  def __init__(self, error):
-    self.error = error
-
-
-class _DevicePrefetch:
-  """Iterator of global jax.Arrays, converted from local numpy batches in a thread.
-
-  The thread stays `_PREFETCH_TO_DEVICE` batches ahead; it ends when the source
-  ends, on error (re-raised by `__next__`), or when this iterator is closed or
-  garbage-collected.
-  """
-
-  def __init__(self, source, sharding, global_batch_size: int):
-    self._queue = queue.Queue(maxsize=_PREFETCH_TO_DEVICE)
-    self._stop = threading.Event()
-    self._done = False
-    self._thread = threading.Thread(
-        target=_prefetch_worker, daemon=True, name='cvjax-data-prefetch',
-        args=(source, sharding, global_batch_size, self._queue, self._stop))
-    self._thread.start()
-    # Stop the thread when this iterator is collected or the interpreter exits (a
-    # daemon thread killed inside TensorFlow at exit aborts the process).
-    self._finalizer = weakref.finalize(self, _stop_worker, self._stop, self._thread)
-
-  def __iter__(self):
-    return self
-
-  def __next__(self) -> dict[str, jax.Array]:
-    if self._done:
-      raise StopIteration
-    item = self._queue.get()
-    if item is _END:
-      self._done = True
-      raise StopIteration
-    if isinstance(item, _Raised):
-      self._done = True
-      raise item.error
-    return item
-
-  def close(self):
-    self._done = True
-    self._finalizer()
-
-
-def _stop_worker(stop: threading.Event, thread: threading.Thread):
-  stop.set()
-  if thread is not threading.current_thread():
-    thread.join(timeout=10)
-
-
-def _prefetch_worker(source, sharding, global_batch_size, out: queue.Queue, stop):
-  def put(item):
-    while not stop.is_set():
-      try:
-        out.put(item, timeout=0.1)
-        return True
-      except queue.Full:
-        continue
-    return False
-
-  try:
-    for batch in source:
-      arrays = {k: jax.make_array_from_process_local_data(
-                    sharding, v, (global_batch_size,) + v.shape[1:])
-                for k, v in batch.items()}
-      if not put(arrays):
-        return
-    put(_END)
-  except BaseException as e:  # pylint: disable=broad-except
-    put(_Raised(e))

@@ -35,7 +35,9 @@ Order and resumption, as in `cvjax.data.pipeline`: batch k is a pure function of
 a stateless permutation seeded by (seed, e); VOC and COCO are streamed, file
 order and a shuffle buffer seeded by (seed, e), and a resumed run re-reads (and
 decodes) the examples of its epoch before the resume point. Augmentation of an
-example is seeded by (seed, epoch, position in the epoch).
+example is seeded by (seed, epoch, position in the epoch). Each process builds
+its rows of every batch with tf.data; `cvjax.data.batching` makes the global
+jax.Arrays.
 """
 from __future__ import annotations
 
@@ -48,7 +50,15 @@ from typing import Iterator
 
 import jax
 import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
 
+from cvjax.data import batching
+from cvjax.data import datasets
+from cvjax.data import download as download_lib
+from cvjax.data import local_files
+from cvjax.data import shapes  # noqa: F401  (registers the cvjax_shapes builder)
+from cvjax.detection import augment as aug
 from cvjax.errors import UserError, unknown_choice
 
 _STREAM_SHUFFLE_BUFFER = 2048   # encoded VOC/COCO images: ~100-200 KB each
@@ -137,24 +147,11 @@ def parse_augment(augment: str | None) -> dict[str, bool]:
 # --------------------------------------------------------------------- preparing
 
 
-def _tf():
-  from cvjax.data import datasets  # pylint: disable=g-import-not-at-top
-  return datasets.tensorflow()
-
-
-def _builder(tfds_name: str, data_dir=None):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  if tfds_name.startswith('cvjax_shapes'):
-    from cvjax.detection import shapes  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  return tfds.builder(tfds_name, data_dir=data_dir)
-
-
 @functools.lru_cache(maxsize=None)
 def _prepared(tfds_name: str, data_dir, raw_data_dir, download):
   """A builder of `tfds_name` whose data is prepared in `data_dir` (see dataset_meta)."""
-  from cvjax.data import datasets  # pylint: disable=g-import-not-at-top
-  _tf()
-  builder = _builder(tfds_name, data_dir)
+  datasets.tensorflow()
+  builder = tfds.builder(tfds_name, data_dir=data_dir)
   if builder.is_prepared():
     return builder
   root = os.fspath(builder.data_dir_root)
@@ -162,14 +159,13 @@ def _prepared(tfds_name: str, data_dir, raw_data_dir, download):
     builder.download_and_prepare()
     return builder
   if raw_data_dir is not None:
-    _build_from_raw_files(tfds_name, raw_data_dir, data_dir)
-    return _builder(tfds_name, data_dir)
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  hosts = datasets._download_hosts(tfds.builder_cls(tfds_name.split('/')[0]))  # pylint: disable=protected-access
+    local_files.build_from_local_files(tfds_name, raw_data_dir, data_dir=data_dir)
+    return tfds.builder(tfds_name, data_dir=data_dir)
+  hosts = download_lib.download_hosts(tfds.builder_cls(tfds_name.split('/')[0]))
   why = None
   if download is False:
     why = 'download is disabled'
-  elif download is None and any(not datasets._reachable(h, p) for h, p in hosts.items()):  # pylint: disable=protected-access
+  elif download is None and any(not download_lib.reachable(h, p) for h, p in hosts.items()):
     why = f'{", ".join(hosts)} cannot be reached'
   if why is None:
     try:
@@ -184,32 +180,16 @@ def _prepared(tfds_name: str, data_dir, raw_data_dir, download):
       f'original archives in DIR')
 
 
-def _build_from_raw_files(tfds_name: str, raw_data_dir: str, data_dir) -> None:
-  """The stock TFDS builder fed from local archives (cvjax.data.local_files)."""
-  import tempfile  # pylint: disable=g-import-not-at-top
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from cvjax.data import local_files  # pylint: disable=g-import-not-at-top
-  base, _, config = tfds_name.partition('/')
-  cls = local_files.local_files_builder_cls(base, raw_data_dir)
-  builder = cls(config=config or None, data_dir=data_dir)
-  root = os.fspath(builder.data_dir_root)
-  os.makedirs(root, exist_ok=True)
-  with tempfile.TemporaryDirectory(prefix=f'{base}-extract-', dir=root) as scratch:
-    builder.download_and_prepare(
-        download_dir=scratch, download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-
-
 def dataset_meta(name: str, *, data_dir=None, raw_data_dir=None, download=None):
   """Prepares detection dataset `name` (every TFDS dataset it reads) and returns a
   `cvjax.data.DatasetMeta`: num_classes (object classes, no background),
   class_names, split_sizes (logical splits), image_shape (None, None, 3).
 
-  Not prepared: cvjax_shapes is generated (a minute, offline); VOC/COCO are built
+  Not prepared: cvjax_shapes is generated (offline); VOC/COCO are built
   from `raw_data_dir` when given (the original archives, `spec(name).raw_files`),
   else downloaded by TFDS when its hosts answer (`download`: None probe first,
   True just try, False never), else a `UserError` says how to get them.
   """
-  from cvjax.data import DatasetMeta  # pylint: disable=g-import-not-at-top
   s = spec(name)
   names = sorted({t for p in s.parts.values() for t, _ in p})
   builders = {t: _prepared(t, data_dir, raw_data_dir, download) for t in names}
@@ -220,8 +200,9 @@ def dataset_meta(name: str, *, data_dir=None, raw_data_dir=None, download=None):
       sizes[split] = sum(builders[t].info.splits[expr].num_examples for t, expr in part)
     except (KeyError, ValueError):
       pass
-  return DatasetMeta(name=name, num_classes=label.num_classes, image_shape=(None, None, 3),
-                     split_sizes=sizes, class_names=tuple(label.names))
+  return datasets.DatasetMeta(name=name, num_classes=label.num_classes,
+                              image_shape=(None, None, 3), split_sizes=sizes,
+                              class_names=tuple(label.names))
 
 
 # ----------------------------------------------------------------------- parsing
@@ -234,7 +215,7 @@ def parse(example: dict, max_boxes: int, *, drop_crowd: bool = False) -> dict:
   'difficult' bool[M], 'crowd' bool[M]} with M = max_boxes (see module doc for the
   clean-up). `drop_crowd` masks out crowd boxes.
   """
-  tf = _tf()
+  datasets.tensorflow()
   objects = example['objects']
   n = tf.shape(objects['bbox'])[0]
   for value in objects.values():  # every field: the common length
@@ -263,7 +244,7 @@ def parse(example: dict, max_boxes: int, *, drop_crowd: bool = False) -> dict:
 def compact(example: dict, keys=('boxes', 'labels', 'box_mask', 'difficult', 'crowd')) -> dict:
   """Moves the masked-in boxes (and their fields) to the front, keeping their order;
   padding rows become zero."""
-  tf = _tf()
+  datasets.tensorflow()
   mask = example['box_mask']
   order = tf.argsort(tf.cast(~mask, tf.int32), stable=True)
   out = dict(example)
@@ -277,7 +258,6 @@ def compact(example: dict, keys=('boxes', 'labels', 'box_mask', 'difficult', 'cr
 
 
 def _image(example):
-  tf = _tf()
   image = example['image']
   if image.shape.rank == 3 and image.shape[-1] == 1:
     image = tf.image.grayscale_to_rgb(image)
@@ -287,7 +267,6 @@ def _image(example):
 def _unused_decoders(builder, skip_image: bool = False):
   """TFDS decoders that skip decoding what detection never reads (cvjax_shapes' masks).
   None when there is nothing to skip (tfds.testing.mock_data rejects decoders)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   keys = [k for k in ('instances', 'segmentation') if k in builder.info.features]
   if skip_image:
     keys.append('image')
@@ -298,12 +277,11 @@ def load_split(name: str, split: str, *, data_dir=None, shard_for_process: bool 
                drop_crowd: bool = False):
   """tf.data of parsed, decoded examples of logical `split` (file order):
   {'image' uint8[H, W, 3], 'image_size' int32[2], + `parse`'s fields}."""
-  tf = _tf()
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  datasets.tensorflow()
   s = spec(name)
   out = None
   for tfds_name, expr in parts(name, split):
-    builder = _builder(tfds_name, data_dir)
+    builder = tfds.builder(tfds_name, data_dir=data_dir)
     if shard_for_process:
       expr = tfds.split_for_jax_process(expr)
     ds = builder.as_dataset(split=expr, shuffle_files=False, read_config=_read_config(),
@@ -325,34 +303,26 @@ def train_batches(name: str, *, global_batch_size: int, image_size: int, shardin
                   split: str = 'train') -> Iterator[dict[str, jax.Array]]:
   """Infinite iterator of augmented training batches from batch `start_step` on,
   as global jax.Arrays with `sharding` (see module doc for the fields)."""
-  from cvjax.data import pipeline  # pylint: disable=g-import-not-at-top
-  pipeline._local_batch_size(global_batch_size, sharding)  # pylint: disable=protected-access
+  batching.local_batch_size(global_batch_size, sharding)
   source = local_train_batches(name, global_batch_size=global_batch_size,
                                image_size=image_size, seed=seed, start_step=start_step,
                                augment=augment, data_dir=data_dir,
                                raw_data_dir=raw_data_dir, split=split)
-  return pipeline._DevicePrefetch(source, sharding, global_batch_size)  # pylint: disable=protected-access
+  return batching.DevicePrefetch(source, sharding, global_batch_size)
 
 
 def local_train_batches(name: str, *, global_batch_size: int, image_size: int, seed: int,
                         start_step: int = 0, augment: str | None = None, data_dir=None,
                         raw_data_dir=None, split: str = 'train') -> Iterator[dict]:
   """This process's share of `train_batches`, as numpy arrays."""
-  tf = _tf()
-  from cvjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  datasets.tensorflow()
   if start_step < 0:
     raise UserError(f'start_step must be >= 0, got {start_step}')
   s = spec(name)
   steps_on = parse_augment(augment)
   meta = dataset_meta(name, data_dir=data_dir, raw_data_dir=raw_data_dir)
-  local = pipeline._process_share(global_batch_size)  # pylint: disable=protected-access
-  if split not in meta.split_sizes:
-    raise unknown_choice(f'split of {name}', split, meta.split_sizes)
-  steps = meta.split_sizes[split] // global_batch_size
-  if steps == 0:
-    raise UserError(f'global batch size {global_batch_size} is larger than the '
-                    f'{meta.split_sizes[split]} examples of {name} {split!r}; use a '
-                    'smaller --batch_size')
+  local = batching.process_share(global_batch_size)
+  steps = datasets.steps_per_epoch(meta, global_batch_size, split)
 
   def example_seed(epoch, position):
     """int64[..., 2] augmentation seed of the example at `position` of `epoch`."""
@@ -364,7 +334,6 @@ def local_train_batches(name: str, *, global_batch_size: int, image_size: int, s
             + jax.process_index() * local + tf.cast(offset, tf.int64))
 
   def finish(ex):
-    from cvjax.detection import augment as aug  # pylint: disable=g-import-not-at-top
     image, boxes, mask = aug.ssd_augment(
         _image(ex), ex['boxes'], ex['box_mask'], ex['seed'], size=image_size,
         photometric_distort=steps_on['photometric'], zoom_out=steps_on['zoom_out'],
@@ -394,11 +363,10 @@ def local_train_batches(name: str, *, global_batch_size: int, image_size: int, s
 def _read_encoded(name: str, split: str, data_dir) -> dict[str, np.ndarray]:
   """The whole of `split`, images still encoded: {'image' bytes[n], 'boxes', 'labels',
   'box_mask' ([n, M, ...])} (training: crowd boxes dropped)."""
-  tf = _tf()
   s = spec(name)
   arrays = []
   for tfds_name, expr in parts(name, split):
-    builder = _builder(tfds_name, data_dir)
+    builder = tfds.builder(tfds_name, data_dir=data_dir)
     ds = builder.as_dataset(split=expr, shuffle_files=False, read_config=_read_config(),
                             decoders=_unused_decoders(builder, skip_image=True))
 
@@ -415,13 +383,12 @@ def _in_memory_examples(name, split, data_dir, global_batch, steps, start_step, 
                         example_seed, position):
   """Examples of step k ≥ start_step: epoch e = k // steps visits the whole split (every
   process holds it) in a stateless permutation seeded by (seed, e)."""
-  tf = _tf()
   data = _read_encoded(name, split, data_dir)
   n = len(data['image'])
   steps = min(steps, n // global_batch)
   tensors = {k: tf.constant(v) for k, v in data.items()}
   tfds_name = parts(name, split)[0][0]
-  decode = _builder(tfds_name, data_dir).info.features['image'].decode_example
+  decode = tfds.builder(tfds_name, data_dir=data_dir).info.features['image'].decode_example
 
   def step_examples(step):
     epoch, step_in_epoch = step // steps, step % steps
@@ -447,14 +414,11 @@ def _streamed_epoch(name, split, data_dir, local, steps, epoch: int, skip_steps:
   """Epoch `epoch` of a streamed split: this process's share of each TFDS part, file
   order and a shuffle buffer seeded by (seed, epoch), parts interleaved at random in
   proportion to their sizes; the examples of the first `skip_steps` steps skipped."""
-  tf = _tf()
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from cvjax.data import pipeline  # pylint: disable=g-import-not-at-top
   s = spec(name)
-  epoch_seed = pipeline._mix(seed, epoch)  # pylint: disable=protected-access
+  epoch_seed = batching.epoch_seed(seed, epoch)
   sources, sizes = [], []
   for tfds_name, expr in parts(name, split):
-    builder = _builder(tfds_name, data_dir)
+    builder = tfds.builder(tfds_name, data_dir=data_dir)
     ds = builder.as_dataset(split=tfds.split_for_jax_process(expr), shuffle_files=True,
                             read_config=_read_config(shuffle_seed=epoch_seed),
                             decoders=_unused_decoders(builder))
@@ -480,27 +444,23 @@ def eval_batches(name: str, *, split: str = 'test', global_batch_size: int, imag
                  sharding, data_dir=None, raw_data_dir=None) -> Iterator[dict[str, jax.Array]]:
   """One pass over `split` in file order, every example exactly once, resized to S×S
   (no augmentation), the last batch padded with mask False."""
-  from cvjax.data import pipeline  # pylint: disable=g-import-not-at-top
-  pipeline._local_batch_size(global_batch_size, sharding)  # pylint: disable=protected-access
+  batching.local_batch_size(global_batch_size, sharding)
   source = local_eval_batches(name, split=split, global_batch_size=global_batch_size,
                               image_size=image_size, data_dir=data_dir,
                               raw_data_dir=raw_data_dir)
-  return pipeline._DevicePrefetch(source, sharding, global_batch_size)  # pylint: disable=protected-access
+  return batching.DevicePrefetch(source, sharding, global_batch_size)
 
 
 def local_eval_batches(name: str, *, split: str = 'test', global_batch_size: int,
                        image_size: int, data_dir=None, raw_data_dir=None) -> Iterator[dict]:
   """This process's share of `eval_batches`, as numpy arrays."""
-  tf = _tf()
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from cvjax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from cvjax.detection import augment as aug  # pylint: disable=g-import-not-at-top
+  datasets.tensorflow()
   dataset_meta(name, data_dir=data_dir, raw_data_dir=raw_data_dir)
-  local = pipeline._process_share(global_batch_size)  # pylint: disable=protected-access
+  local = batching.process_share(global_batch_size)
   ds = load_split(name, split, data_dir=data_dir)
   counts = [0] * jax.process_count()
   for tfds_name, expr in parts(name, split):
-    info = _builder(tfds_name, data_dir).info
+    info = tfds.builder(tfds_name, data_dir=data_dir).info
     for i, sub in enumerate(tfds.even_splits(expr, n=jax.process_count())):
       counts[i] += info.splits[sub].num_examples
   count_here = counts[jax.process_index()]
@@ -518,12 +478,10 @@ def local_eval_batches(name: str, *, split: str = 'test', global_batch_size: int
 
 
 def _read_config(shuffle_seed=None):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   return tfds.ReadConfig(shuffle_seed=shuffle_seed, options=_options())
 
 
 def _options():
-  tf = _tf()
   options = tf.data.Options()
   options.deterministic = True
   return options

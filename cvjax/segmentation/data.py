@@ -1,6 +1,6 @@
 """The segmentation view of `cvjax_shapes`: images and semantic masks as global batches.
 
-`cvjax_shapes` (built by `cvjax.detection.shapes`, no network needed) already
+`cvjax_shapes` (built by `cvjax.data.shapes`, no network needed) already
 stores, for every image, `segmentation`: uint8[S, S, 1], 0 background and
 label + 1 for the 6 shape classes — the masks of the very shapes its boxes
 describe. Here that becomes a K = 7 class segmentation dataset:
@@ -17,7 +17,9 @@ backgrounds are photographs). A split is decoded into memory once per process
 (6,000 × 128² × 4 bytes ≈ 0.4 GB at S = 128). Train batch k of epoch e is the
 slice k of a permutation seeded by (seed, e), flipped left-right per example
 (augment 'flip_lr', the default; '' for none) by a coin seeded by (seed, e, k):
-a pure function of the step, so a resumed run sees the same batches.
+a pure function of the step, so a resumed run sees the same batches. Each
+process builds its rows of every batch in numpy (`local_train_batches`,
+`local_eval_batches`); `cvjax.data.batching` makes the global jax.Arrays.
 """
 from __future__ import annotations
 
@@ -27,7 +29,12 @@ from typing import Iterator
 
 import jax
 import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
 
+from cvjax.data import batching
+from cvjax.data import datasets
+from cvjax.data import shapes
 from cvjax.errors import UserError
 
 DATASETS = ('cvjax_shapes', 'cvjax_shapes/tiny')
@@ -35,7 +42,6 @@ AUGMENTS = ('', 'flip_lr')
 
 
 def class_names() -> tuple[str, ...]:
-  from cvjax.detection import shapes  # pylint: disable=g-import-not-at-top
   return ('background',) + tuple(shapes.CLASSES)
 
 
@@ -54,27 +60,23 @@ def check_augment(augment: str | None) -> str:
 
 
 def prepared_builder(name: str, data_dir: str | None = None):
-  """The TFDS builder of `name`, generated on first use (about a minute for 'cvjax_shapes')."""
+  """The TFDS builder of `name`, generated offline on first use."""
   check_dataset(name)
-  from cvjax.data import datasets  # pylint: disable=g-import-not-at-top
   datasets.tensorflow()  # hides accelerators from TF before its first op
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from cvjax.detection import shapes  # noqa: F401  (registers the builder)
   builder = tfds.builder(name, data_dir=data_dir)
   builder.download_and_prepare()  # a no-op when prepared; generates offline otherwise
   return builder
 
 
-def dataset_meta(name: str, data_dir: str | None = None):
+def dataset_meta(name: str, data_dir: str | None = None) -> datasets.DatasetMeta:
   """`cvjax.data.DatasetMeta` of the segmentation dataset (num_classes = 7, background included)."""
-  from cvjax.data.datasets import DatasetMeta  # pylint: disable=g-import-not-at-top
   builder = prepared_builder(name, data_dir)
   info = builder.info
   names = class_names()
-  return DatasetMeta(name=name, num_classes=len(names),
-                     image_shape=tuple(info.features['image'].shape),
-                     split_sizes={s: info.splits[s].num_examples for s in info.splits},
-                     class_names=names)
+  return datasets.DatasetMeta(name=name, num_classes=len(names),
+                              image_shape=tuple(info.features['image'].shape),
+                              split_sizes={s: info.splits[s].num_examples for s in info.splits},
+                              class_names=names)
 
 
 @functools.lru_cache(maxsize=4)
@@ -84,7 +86,6 @@ def load_split(name: str, split: str, image_size: int,
   builder = prepared_builder(name, data_dir)
   if split not in builder.info.splits:
     raise UserError(f'{name} has no split {split!r}; it has {", ".join(builder.info.splits)}')
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   native = builder.info.features['image'].shape[0]
 
   def resize(ex):
@@ -103,61 +104,72 @@ def load_split(name: str, split: str, image_size: int,
 
 def normalize(images: np.ndarray) -> np.ndarray:
   """uint8[..., 3] → float32, (x / 255 − ImageNet mean) / std."""
-  from cvjax.data.datasets import IMAGENET_MEAN, IMAGENET_STD  # pylint: disable=g-import-not-at-top
-  return ((images.astype(np.float32) / 255 - np.asarray(IMAGENET_MEAN, np.float32))
-          / np.asarray(IMAGENET_STD, np.float32))
-
-
-def _local_slice(global_batch_size: int) -> slice:
-  processes = jax.process_count()
-  if global_batch_size % processes:
-    raise UserError(f'batch size {global_batch_size} must be a multiple of the {processes} '
-                    'processes')
-  local = global_batch_size // processes
-  return slice(jax.process_index() * local, (jax.process_index() + 1) * local)
-
-
-def _to_global(batch: dict[str, np.ndarray], sharding, global_batch_size: int):
-  return {k: jax.make_array_from_process_local_data(sharding, v,
-                                                    (global_batch_size,) + v.shape[1:])
-          for k, v in batch.items()}
+  return ((images.astype(np.float32) / 255 - np.asarray(datasets.IMAGENET_MEAN, np.float32))
+          / np.asarray(datasets.IMAGENET_STD, np.float32))
 
 
 def train_batches(name: str, *, global_batch_size: int, image_size: int, sharding, seed: int,
                   start_step: int = 0, augment: str | None = None,
                   data_dir: str | None = None) -> Iterator[dict[str, jax.Array]]:
-  """Infinite iterator of train batches from step `start_step` (see the module docstring)."""
+  """Infinite iterator of train batches from step `start_step` (see the module docstring):
+  global jax.Arrays with `sharding`."""
+  batching.local_batch_size(global_batch_size, sharding)
+  source = local_train_batches(name, global_batch_size=global_batch_size,
+                               image_size=image_size, seed=seed, start_step=start_step,
+                               augment=augment, data_dir=data_dir)
+  return batching.DevicePrefetch(source, sharding, global_batch_size)
+
+
+def local_train_batches(name: str, *, global_batch_size: int, image_size: int, seed: int,
+                        start_step: int = 0, augment: str | None = None,
+                        data_dir: str | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """This process's rows of `train_batches`, as numpy arrays."""
   augment = check_augment(augment)
+  mine = batching.process_rows(global_batch_size)
   images, masks = load_split(name, 'train', image_size, data_dir)
   n = len(images)
   steps = n // global_batch_size
   if steps == 0:
     raise UserError(f'batch size {global_batch_size} is larger than the {n} training images '
                     f'of {name}; use a smaller --batch_size')
-  mine = _local_slice(global_batch_size)
-  for step in itertools.count(start_step):
-    epoch, k = divmod(step, steps)
-    order = np.random.default_rng([seed, epoch]).permutation(n)
-    index = order[k * global_batch_size:(k + 1) * global_batch_size][mine]
-    x, y = normalize(images[index]), masks[index].astype(np.int32)
-    if augment == 'flip_lr':
-      flip = np.random.default_rng([seed, epoch, k]).random(global_batch_size)[mine] < 0.5
-      x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
-      y = np.where(flip[:, None, None], y[:, :, ::-1], y)
-    yield _to_global({'image': x, 'segmentation': y}, sharding, global_batch_size)
+
+  def generate():
+    for step in itertools.count(start_step):
+      epoch, k = divmod(step, steps)
+      order = np.random.default_rng([seed, epoch]).permutation(n)
+      index = order[k * global_batch_size:(k + 1) * global_batch_size][mine]
+      x, y = normalize(images[index]), masks[index].astype(np.int32)
+      if augment == 'flip_lr':
+        flip = np.random.default_rng([seed, epoch, k]).random(global_batch_size)[mine] < 0.5
+        x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
+        y = np.where(flip[:, None, None], y[:, :, ::-1], y)
+      yield {'image': x, 'segmentation': y}
+  return generate()
 
 
 def eval_batches(name: str, *, split: str, global_batch_size: int, image_size: int, sharding,
                  data_dir: str | None = None) -> Iterator[dict[str, jax.Array]]:
-  """Every example of `split` once, in order; the last batch padded (mask False, zero images)."""
+  """Every example of `split` once, in order; the last batch padded (mask False, zero
+  images): global jax.Arrays with `sharding`."""
+  batching.local_batch_size(global_batch_size, sharding)
+  source = local_eval_batches(name, split=split, global_batch_size=global_batch_size,
+                              image_size=image_size, data_dir=data_dir)
+  return batching.DevicePrefetch(source, sharding, global_batch_size)
+
+
+def local_eval_batches(name: str, *, split: str, global_batch_size: int, image_size: int,
+                       data_dir: str | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """This process's rows of `eval_batches`, as numpy arrays."""
+  mine = batching.process_rows(global_batch_size)
   images, masks = load_split(name, split, image_size, data_dir)
   n = len(images)
-  mine = _local_slice(global_batch_size)
-  for start in range(0, n, global_batch_size):
-    index = np.arange(start, start + global_batch_size)[mine]
-    valid = index < n
-    safe = np.minimum(index, n - 1)
-    x = np.where(valid[:, None, None, None], normalize(images[safe]), 0.0).astype(np.float32)
-    y = np.where(valid[:, None, None], masks[safe], 0).astype(np.int32)
-    yield _to_global({'image': x, 'segmentation': y, 'mask': valid}, sharding, global_batch_size)
 
+  def generate():
+    for start in range(0, n, global_batch_size):
+      index = np.arange(start, start + global_batch_size)[mine]
+      valid = index < n
+      safe = np.minimum(index, n - 1)
+      x = np.where(valid[:, None, None, None], normalize(images[safe]), 0.0).astype(np.float32)
+      y = np.where(valid[:, None, None], masks[safe], 0).astype(np.int32)
+      yield {'image': x, 'segmentation': y, 'mask': valid}
+  return generate()

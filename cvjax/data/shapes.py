@@ -20,8 +20,8 @@ Features:
 Configs: 'default' — 256², 6,000 train / 500 validation / 1,000 test;
 'tiny' — 96², 64 / 16 / 32 (tests).
 
-    import cvjax.detection.shapes  # registers the builder
-    tfds.builder('cvjax_shapes').download_and_prepare()   # ~1 min, no network
+    import cvjax.data.shapes  # registers the builder
+    tfds.builder('cvjax_shapes').download_and_prepare()   # generated here, no network
 """
 from __future__ import annotations
 
