@@ -34,12 +34,15 @@ Fashion-MNIST must be prepared (`make fashion-mnist`; any run then builds the TF
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import sys
 import time
+
+from absl import flags
+
+from cvjax import cli
 
 # One per family; the mobile and ImageNet layouts run at 32² as they are (their early strides
 # leave 1×1 maps at the end: cheap, and what the lecture means by "small images hurt them").
@@ -63,7 +66,7 @@ def static_costs(name: str) -> dict:
   """params and MACs per image at 32×32×1 (traced, no compute)."""
   from cvjax import summary
   from cvjax.models import get_model, vit
-  model = get_model(name, NUM_CLASSES)
+  model = get_model(name, NUM_CLASSES)  # the counts do not depend on conv_impl
   s = summary.summarize(model, (1, *IMAGE))
   macs = s['macs_per_example']
   if isinstance(model, vit.ViT):  # Q·Kᵀ and A·V are not layers
@@ -71,12 +74,12 @@ def static_costs(name: str) -> dict:
   return {'params': s['total_params'], 'macs': macs}
 
 
-def inference_rate(name: str, batch: int, repeats: int) -> float:
+def inference_rate(name: str, batch: int, repeats: int, conv_impl: str = 'auto') -> float:
   """Median images/s of the compiled eval-mode forward pass on random inputs."""
   import jax
   import numpy as np
   from cvjax.models import get_model
-  model = get_model(name, NUM_CLASSES)
+  model = get_model(name, NUM_CLASSES, conv_impl=conv_impl)
   x = jax.numpy.asarray(np.random.default_rng(0).normal(size=(batch, *IMAGE)), np.float32)
   variables = jax.jit(model.init)(jax.random.key(0), x[:1])
   forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
@@ -96,7 +99,7 @@ def bn_options(name: str) -> dict:
 
 
 def short_run(name: str, *, steps: int, batch_size: int, learning_rate: float, seed: int,
-              eval_examples: int, data_dir: str | None) -> dict:
+              eval_examples: int, data_dir: str | None, conv_impl: str = 'auto') -> dict:
   """Trains `name` on Fashion-MNIST for `steps` steps; accuracy on the first test images.
 
   The library's own pieces, on one device: `create_train_state`, the pure
@@ -108,17 +111,20 @@ def short_run(name: str, *, steps: int, batch_size: int, learning_rate: float, s
   import optax
   from cvjax import data
   from cvjax.models import get_model
+  from cvjax.tasks import get_task
   from cvjax.train import steps as train_steps
   from cvjax.train.state import create_train_state
   mesh = train_steps.make_mesh(1)
   sharding = train_steps.batch_sharded(mesh)
-  model = get_model(name, NUM_CLASSES, **bn_options(name))
+  task = get_task('classification')
+  model = get_model(name, NUM_CLASSES, conv_impl=conv_impl, **bn_options(name))
   tx = optax.adam(optax.cosine_decay_schedule(learning_rate, steps))
   # rbg keys: XLA:CPU compiles threefry's initialisation of a large model slowly.
   state = jax.jit(functools.partial(create_train_state, model, tx, input_shape=(1, *IMAGE)))(
       jax.random.key(seed, impl='rbg'))
-  step = jax.jit(functools.partial(train_steps.train_step, axis_name=None), donate_argnums=0)
-  evaluate = jax.jit(functools.partial(train_steps.eval_step, axis_name=None))
+  step = jax.jit(functools.partial(train_steps.train_step, task=task, axis_name=None),
+                 donate_argnums=0)
+  evaluate = jax.jit(functools.partial(train_steps.eval_step, task=task, axis_name=None))
   batches = data.train_batches('fashion_mnist', global_batch_size=batch_size,
                                image_size=IMAGE[0], sharding=sharding, seed=seed, augment='',
                                data_dir=data_dir)
@@ -187,63 +193,70 @@ def scatter(rows: list[dict], path: str, args) -> None:
   plt.close(fig)
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m benchmarks.compare_models',
-                                   description=__doc__.splitlines()[0])
-  parser.add_argument('--models', default=','.join(DEFAULT_MODELS),
-                      help='comma-separated registered classification models')
-  parser.add_argument('--train_steps', type=int, default=100)
-  parser.add_argument('--batch_size', type=int, default=64)
-  parser.add_argument('--learning_rate', type=float, default=2e-3)
-  parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--eval_examples', type=int, default=2000,
-                      help='test images scored (the first ones of the split, in order)')
-  parser.add_argument('--infer_batch', type=int, default=256)
-  parser.add_argument('--repeats', type=int, default=5)
-  parser.add_argument('--data_dir', default=None, help='TFDS data_dir (default: TFDS\'s)')
-  parser.add_argument('--out_dir', default='docs/images')
-  parser.add_argument('--json', action='store_true', help='also print the rows as JSON')
-  args = parser.parse_args(argv)
+FLAGS = flags.FlagValues()
+flags.DEFINE_string('models', ','.join(DEFAULT_MODELS),
+                    'Comma-separated registered classification models.', flag_values=FLAGS)
+flags.DEFINE_integer('train_steps', 100, 'Training steps per model.', flag_values=FLAGS)
+flags.DEFINE_integer('batch_size', 64, 'Training images per step.', flag_values=FLAGS)
+flags.DEFINE_float('learning_rate', 2e-3, 'Adam peak learning rate.', flag_values=FLAGS)
+flags.DEFINE_integer('seed', 0, 'Initialisation and data-order seed.', flag_values=FLAGS)
+flags.DEFINE_integer('eval_examples', 2000,
+                     'Test images scored (the first ones of the split, in order).',
+                     flag_values=FLAGS)
+flags.DEFINE_integer('infer_batch', 256, 'Images per timed inference call.', flag_values=FLAGS)
+flags.DEFINE_integer('repeats', 5, 'Timed inference runs; the median is reported.',
+                     flag_values=FLAGS)
+flags.DEFINE_string('data_dir', None, "TFDS data_dir (default: TFDS's).", flag_values=FLAGS)
+flags.DEFINE_string('out_dir', 'docs/images', 'Where the table and the plot go.',
+                    flag_values=FLAGS)
+flags.DEFINE_string('conv_impl', 'auto', 'cvjax conv impl of every model: auto or xla.',
+                    flag_values=FLAGS)
+flags.DEFINE_boolean('json', False, 'Also print the rows as JSON.', flag_values=FLAGS)
 
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+def run(f: flags.FlagValues) -> int:
   from cvjax.errors import UserError, unknown_choice
-  from cvjax.models import list_models
-  try:
-    names = [m for m in args.models.split(',') if m]
-    for n in names:
-      if n not in list_models():
-        raise unknown_choice('model', n, list_models())
-    for flag in ('train_steps', 'batch_size', 'infer_batch', 'repeats', 'eval_examples'):
-      if getattr(args, flag) < 1:
-        raise UserError(f'--{flag} must be a positive integer, got {getattr(args, flag)}')
-    if not names:
-      raise UserError('--models is empty; name at least one model')
-    rows = []
-    for n in names:
-      start = time.time()
-      row = {'model': n, **static_costs(n),
-             'images_per_second': inference_rate(n, args.infer_batch, args.repeats)}
-      row.update(short_run(n, steps=args.train_steps, batch_size=args.batch_size,
-                           learning_rate=args.learning_rate, seed=args.seed,
-                           eval_examples=args.eval_examples, data_dir=args.data_dir))
-      row['total_seconds'] = time.time() - start
-      rows.append(row)
-      print(f"{n:24s} params {row['params']:>10,}  MACs {_fmt_count(row['macs']):>8}  "
-            f"{row['images_per_second']:8.0f} img/s  accuracy {row['accuracy']:.4f}  "
-            f"({row['total_seconds']:.0f} s)", flush=True)
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  os.makedirs(args.out_dir, exist_ok=True)
-  table = os.path.join(args.out_dir, 'model_comparison.md')
-  with open(table, 'w') as f:
-    f.write(markdown(rows, args))
-  plot = os.path.join(args.out_dir, 'model_comparison.png')
-  scatter(rows, plot, args)
+  from cvjax.models import CONV_IMPLS, list_models
+  names = [m for m in f.models.split(',') if m]
+  for n in names:
+    if n not in list_models():
+      raise unknown_choice('model', n, list_models())
+  for flag in ('train_steps', 'batch_size', 'infer_batch', 'repeats', 'eval_examples'):
+    if f[flag].value < 1:
+      raise UserError(f'--{flag} must be a positive integer, got {f[flag].value}')
+  if not names:
+    raise UserError('--models is empty; name at least one model')
+  if f.conv_impl not in CONV_IMPLS:
+    raise unknown_choice('conv impl', f.conv_impl, CONV_IMPLS)
+  rows = []
+  for n in names:
+    start = time.time()
+    row = {'model': n, **static_costs(n),
+           'images_per_second': inference_rate(n, f.infer_batch, f.repeats, f.conv_impl)}
+    row.update(short_run(n, steps=f.train_steps, batch_size=f.batch_size,
+                         learning_rate=f.learning_rate, seed=f.seed,
+                         eval_examples=f.eval_examples, data_dir=f.data_dir,
+                         conv_impl=f.conv_impl))
+    row['total_seconds'] = time.time() - start
+    rows.append(row)
+    print(f"{n:24s} params {row['params']:>10,}  MACs {_fmt_count(row['macs']):>8}  "
+          f"{row['images_per_second']:8.0f} img/s  accuracy {row['accuracy']:.4f}  "
+          f"({row['total_seconds']:.0f} s)", flush=True)
+  os.makedirs(f.out_dir, exist_ok=True)
+  table = os.path.join(f.out_dir, 'model_comparison.md')
+  with open(table, 'w') as out:
+    out.write(markdown(rows, f))
+  plot = os.path.join(f.out_dir, 'model_comparison.png')
+  scatter(rows, plot, f)
   print(f'wrote {table} and {plot}')
-  if args.json:
+  if f.json:
     print(json.dumps(rows))
   return 0
+
+
+def main(argv=None) -> int:
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  return cli.main(run, FLAGS, argv, doc=__doc__)
 
 
 if __name__ == '__main__':

@@ -19,8 +19,9 @@ from `cvjax.summary`'s multiply-adds (forward 2·MACs, train ≈ 3× forward), a
 of the matmul peak. Ratios > 1 mean cvjax is faster. The load average (`uptime`) before and
 after is printed with the numbers: on a shared machine compare ratios, not images/s.
 Peers that are not installed, or have no equivalent model, are reported as skipped.
-`--conv_impl=auto,xla,im2col` times several cvjax conv lowerings (see
-`cvjax.models.conv_lowering`) in the same run.
+`--conv_impl=auto,xla` times cvjax's conv impls side by side (`get_model(conv_impl=...)`);
+the internal names of `cvjax.models.conv_lowering` time single CPU lowerings, e.g.
+`--conv_impl=cpu,cpu-band,xla` (every CPU lowering; all but the banded matmul; none).
 
 `--half_precision=bf16` times mixed precision: cvjax computes in bfloat16 with float32
 params (what `fit --half_precision=bf16` does), torch runs under
@@ -31,13 +32,16 @@ device's spec-sheet dense peak for the precision) adds MFU: achieved FLOP/s over
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import sys
 import time
 from typing import Callable
+
+from absl import flags
+
+from cvjax import cli
 
 os.environ.setdefault('KERAS_BACKEND', 'jax')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -54,50 +58,51 @@ def cvjax_runners(model_name: str, image_size: int, batch_size: int, num_classes
   import numpy as np
   import optax
   from cvjax import models
-  from cvjax.models import conv_lowering
+  from cvjax.tasks import get_task
   from cvjax.train import steps as train_steps
   from cvjax.train.state import create_train_state, model_variables
 
-  channels = models.model_input_shape(model_name)[2]
+  info = models.model_info(model_name)
+  channels = info.input_shape[2]
   mesh = train_steps.make_mesh()
-  model = models.get_model(model_name, num_classes=num_classes, bn_axis_name=train_steps.AXIS,
-                           **(model_kwargs or {}))
+  build = lambda **kw: models.get_model(model_name, num_classes=num_classes, conv_impl=conv_impl,
+                                        **(model_kwargs or {}), **kw)
+  model = build(**({'bn_axis_name': train_steps.AXIS} if info.batch_norm else {}))
   rng = np.random.default_rng(0)
   batch = jax.device_put(
       {'image': rng.normal(size=(batch_size, image_size, image_size, channels)).astype(np.float32),
        'label': rng.integers(0, num_classes, batch_size).astype(np.int32)},
       train_steps.batch_sharded(mesh))
   runners = {}
-  with conv_lowering.default_impl(conv_impl):  # decided when traced: compile inside
-    state = jax.jit(lambda k: create_train_state(model, optax.sgd(0.01, momentum=0.9), k,
-                                                 (1, image_size, image_size, channels)),
-                    out_shardings=train_steps.replicated(mesh))(jax.random.PRNGKey(0))
-    if 'infer' in modes:
-      eval_model = models.get_model(model_name, num_classes=num_classes, **(model_kwargs or {}))
-      forward = jax.jit(lambda v, x: eval_model.apply(v, x, train=False))
-      # a copy: the train step donates (deletes) the state's buffers
-      variables = jax.tree.map(jax.numpy.copy, model_variables(state))
+  state = jax.jit(lambda k: create_train_state(model, optax.sgd(0.01, momentum=0.9), k,
+                                               (1, image_size, image_size, channels)),
+                  out_shardings=train_steps.replicated(mesh))(jax.random.PRNGKey(0))
+  if 'infer' in modes:
+    eval_model = build()
+    forward = jax.jit(lambda v, x: eval_model.apply(v, x, train=False))
+    # a copy: the train step donates (deletes) the state's buffers
+    variables = jax.tree.map(jax.numpy.copy, model_variables(state))
 
-      def infer(n: int) -> None:
-        for _ in range(n):
-          out = forward(variables, batch['image'])
-        jax.block_until_ready(out)
+    def infer(n: int) -> None:
+      for _ in range(n):
+        out = forward(variables, batch['image'])
+      jax.block_until_ready(out)
 
-      infer(1)
-      runners['infer'] = infer
-    if 'train' in modes:
-      step = train_steps.parallel_train_step(mesh)
-      holder = [state]
+    infer(1)
+    runners['infer'] = infer
+  if 'train' in modes:
+    step = train_steps.parallel_train_step(mesh, get_task('classification'))
+    holder = [state]
 
-      def train(n: int) -> None:
-        s = holder[0]
-        for _ in range(n):
-          s, metrics = step(s, batch)
-        jax.block_until_ready(metrics)
-        holder[0] = s
+    def train(n: int) -> None:
+      s = holder[0]
+      for _ in range(n):
+        s, metrics = step(s, batch)
+      jax.block_until_ready(metrics)
+      holder[0] = s
 
-      train(1)
-      runners['train'] = train
+    train(1)
+    runners['train'] = train
   return runners
 
 
@@ -244,60 +249,68 @@ def format_report(r: dict) -> str:
   return '\n'.join(lines)
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--model', default='resnet50')
-  parser.add_argument('--image_size', type=int, default=None, help="default: the model's")
-  parser.add_argument('--batch_size', type=int, default=16)
-  parser.add_argument('--num_classes', type=int, default=None, help="default: the model's")
-  parser.add_argument('--peers', default='keras,torch', help='comma-separated: ' + ','.join(PEERS))
-  parser.add_argument('--conv_impl', default='auto',
-                      help='comma-separated cvjax conv lowerings to time: auto, xla, im2col')
-  parser.add_argument('--modes', default='train,infer')
-  parser.add_argument('--steps', type=int, default=3, help='calls per timed round')
-  parser.add_argument('--repeats', type=int, default=5, help='timed rounds; the median is reported')
-  parser.add_argument('--peak_size', type=int, default=2048)
-  parser.add_argument('--model_kwargs', default='',
-                      help='cvjax model arguments, also given to the peers where they apply, '
-                      'e.g. activation=relu,pooling=max for lenet5')
-  parser.add_argument('--half_precision', default='',
-                      help="'bf16': mixed precision for every contender (torch: AMP autocast)")
-  parser.add_argument('--peak_tflops', type=float, default=None,
-                      help="the device's spec-sheet peak TFLOP/s for this precision: adds MFU")
-  parser.add_argument('--json', action='store_true')
-  args = parser.parse_args(argv)
+FLAGS = flags.FlagValues()
+flags.DEFINE_string('model', 'resnet50', 'Registered cvjax model.', flag_values=FLAGS)
+flags.DEFINE_integer('image_size', None, "Input height and width; default: the model's.",
+                     flag_values=FLAGS)
+flags.DEFINE_integer('batch_size', 16, 'Images per call.', flag_values=FLAGS)
+flags.DEFINE_integer('num_classes', None, "Default: the model's.", flag_values=FLAGS)
+flags.DEFINE_string('peers', 'keras,torch', 'Comma-separated: ' + ','.join(PEERS),
+                    flag_values=FLAGS)
+flags.DEFINE_string('conv_impl', 'auto',
+                    'Comma-separated cvjax conv impls to time: auto, xla (and the internal '
+                    'names of cvjax.models.conv_lowering, e.g. cpu-band).', flag_values=FLAGS)
+flags.DEFINE_string('modes', 'train,infer', 'Comma-separated: ' + ','.join(MODES),
+                    flag_values=FLAGS)
+flags.DEFINE_integer('steps', 3, 'Calls per timed round.', flag_values=FLAGS)
+flags.DEFINE_integer('repeats', 5, 'Timed rounds; the median is reported.', flag_values=FLAGS)
+flags.DEFINE_integer('peak_size', 2048, 'Side of the matmul that gives the peak.',
+                     flag_values=FLAGS)
+flags.DEFINE_string('model_kwargs', '',
+                    'cvjax model arguments, also given to the peers where they apply, '
+                    'e.g. activation=relu,pooling=max for lenet5.', flag_values=FLAGS)
+flags.DEFINE_string('half_precision', '',
+                    "'bf16': mixed precision for every contender (torch: AMP autocast).",
+                    flag_values=FLAGS)
+flags.DEFINE_float('peak_tflops', None,
+                   "The device's spec-sheet peak TFLOP/s for this precision: adds MFU.",
+                   flag_values=FLAGS)
+flags.DEFINE_boolean('json', False, 'Print the results as one JSON object.', flag_values=FLAGS)
 
+
+def run(f: flags.FlagValues) -> int:
   from cvjax import models
   from cvjax.errors import UserError, unknown_choice
   from cvjax.models import conv_lowering
   from cvjax.train.config import parse_kwargs
-  try:
-    image_size = args.image_size or models.model_input_shape(args.model)[0]
-    num_classes = args.num_classes or models.model_num_classes(args.model)
-    peers = [p for p in args.peers.split(',') if p]
-    for p in peers:
-      if p not in PEERS:
-        raise unknown_choice('peer', p, PEERS)
-    modes = tuple(m for m in args.modes.split(',') if m)
-    for m in modes:
-      if m not in MODES:
-        raise unknown_choice('mode', m, MODES)
-    impls = [conv_lowering.check_impl(i) for i in args.conv_impl.split(',') if i]
-    half_precision = check_half_precision(args.half_precision)
-    if args.peak_tflops is not None and args.peak_tflops <= 0:
-      raise UserError(f'--peak_tflops must be positive, got {args.peak_tflops}')
-    for flag in ('batch_size', 'steps', 'repeats', 'image_size', 'peak_size'):
-      if getattr(args, flag) is not None and getattr(args, flag) < 1:
-        raise UserError(f'--{flag} must be a positive integer, got {getattr(args, flag)}')
-    result = run_benchmark(args.model, image_size, args.batch_size, num_classes, peers,
-                           impls or ['auto'], parse_kwargs(args.model_kwargs), modes,
-                           args.steps, args.repeats, args.peak_size,
-                           half_precision, args.peak_tflops)
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  print(json.dumps(result) if args.json else format_report(result))
+  image_size = f.image_size or models.model_input_shape(f.model)[0]
+  num_classes = f.num_classes or models.model_num_classes(f.model)
+  peers = [p for p in f.peers.split(',') if p]
+  for p in peers:
+    if p not in PEERS:
+      raise unknown_choice('peer', p, PEERS)
+  modes = tuple(m for m in f.modes.split(',') if m)
+  for m in modes:
+    if m not in MODES:
+      raise unknown_choice('mode', m, MODES)
+  impls = [i for i in f.conv_impl.split(',') if i]
+  for i in impls:
+    conv_lowering.resolve(i)
+  half_precision = check_half_precision(f.half_precision)
+  if f.peak_tflops is not None and f.peak_tflops <= 0:
+    raise UserError(f'--peak_tflops must be positive, got {f.peak_tflops}')
+  for flag in ('batch_size', 'steps', 'repeats', 'image_size', 'peak_size'):
+    if f[flag].value is not None and f[flag].value < 1:
+      raise UserError(f'--{flag} must be a positive integer, got {f[flag].value}')
+  result = run_benchmark(f.model, image_size, f.batch_size, num_classes, peers,
+                         impls or ['auto'], parse_kwargs(f.model_kwargs), modes,
+                         f.steps, f.repeats, f.peak_size, half_precision, f.peak_tflops)
+  print(json.dumps(result) if f.json else format_report(result))
   return 0
+
+
+def main(argv=None) -> int:
+  return cli.main(run, FLAGS, argv, doc=__doc__)
 
 
 if __name__ == '__main__':

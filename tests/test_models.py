@@ -4,6 +4,7 @@ Shapes and counts come from `jax.eval_shape` (no compute); only small models
 (LeNet-5, ResNet-20, AlexNet at 67²) run for real.
 """
 import collections
+import dataclasses
 import functools
 import math
 import os
@@ -16,7 +17,7 @@ import optax
 import pytest
 
 from cvjax import errors
-from cvjax.models import (get_model, list_models, model_input_shape,
+from cvjax.models import (ModelInfo, get_model, list_models, model_info, model_input_shape,
                           model_options)
 from cvjax.models import cifar_resnet, layers, resnet
 
@@ -71,11 +72,11 @@ def test_model_input_shape_is_the_natural_hwc(name, shape):
   assert model_input_shape(name) == shape
 
 
-def test_unknown_model_raises_user_error_listing_valid_names():
+def test_unknown_model_raises_user_error_naming_the_closest_names():
   with pytest.raises(errors.UserError) as e:
     get_model('resnet51')
   assert "'resnet51'" in str(e.value)
-  assert 'resnet50' in str(e.value) and 'lenet5' in str(e.value)
+  assert 'did you mean' in str(e.value) and "'resnet50'" in str(e.value)
   with pytest.raises(errors.UserError):
     model_input_shape('resnet51')
 
@@ -89,10 +90,18 @@ def test_unknown_option_raises_user_error_listing_valid_options():
     get_model('lenet5', dtype='float33')
 
 
-@pytest.mark.parametrize('name', list_models())
-def test_every_model_takes_dtype_param_dtype_and_passes_bn_axis_name(name):
-  assert {'dtype', 'param_dtype', 'bn_axis_name'} <= set(model_options(name))
-  model = get_model(name, 7, dtype='bfloat16', bn_axis_name='data')
+@pytest.mark.slow
+@pytest.mark.parametrize('name', list_models(None))
+def test_every_model_takes_dtype_param_dtype_conv_impl_and_bn_axis_name_iff_it_has_bn(name):
+  info = model_info(name)
+  assert {'dtype', 'param_dtype', 'conv_impl'} <= set(model_options(name))
+  assert ('bn_axis_name' in model_options(name)) == info.batch_norm
+  if not info.batch_norm:
+    with pytest.raises(errors.UserError, match=f"model '{name}' has no option 'bn_axis_name'"):
+      get_model(name, bn_axis_name='data')
+  model = get_model(name, 7, dtype='bfloat16', conv_impl='auto',
+                    **({'bn_axis_name': 'data'} if info.batch_norm else {}))
+  assert model.conv_impl == ('cpu' if jax.default_backend() == 'cpu' else 'xla')  # resolved
   axis_names = set()
 
   def record(next_fun, args, kwargs, context):
@@ -101,18 +110,51 @@ def test_every_model_takes_dtype_param_dtype_and_passes_bn_axis_name(name):
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(record):
-    logits, variables = _trace(model, (2, *model_input_shape(name)))
-  assert logits.shape == (2, 7) and logits.dtype == jnp.float32
+    outputs, variables = _trace(model, (2, *info.input_shape))
+  if info.task == 'classification':
+    assert outputs.shape == (2, 7) and outputs.dtype == jnp.float32
   # the trainer syncs BN statistics over its 'data' mesh axis through this
-  assert axis_names == ({'data'} if 'batch_stats' in variables else set())
+  assert axis_names == ({'data'} if info.batch_norm else set())
+  assert ('batch_stats' in variables) == info.batch_norm
   assert {x.dtype for x in jax.tree.leaves(variables['params'])} == {jnp.dtype('float32')}
 
 
-def test_family_options_exist():
-  assert 'zero_init_last_bn' in model_options('resnet50')
-  assert 'zero_init_last_bn' in model_options('resnet20')
-  assert 'batch_norm' in model_options('vgg16')
-  assert {'activation', 'pooling'} <= set(model_options('lenet5'))
+def test_model_info_is_declared_and_frozen():
+  info = model_info('resnet20')
+  assert info == ModelInfo(task='classification', input_shape=(32, 32, 3), num_classes=10,
+                           supports_remat=True, batch_norm=True)
+  assert model_info('lenet5') == ModelInfo('classification', (32, 32, 1), 10, False, False)
+  assert model_info('ssd300_vgg16').task == 'detection' and not model_info('ssd300_vgg16').batch_norm
+  assert model_info('fcn8s_tiny').task == 'segmentation' and model_info('fcn8s_tiny').batch_norm
+  assert (model_info('vgg16').batch_norm, model_info('vgg16_bn').batch_norm) == (False, True)
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    info.num_classes = 3
+  with pytest.raises(errors.UserError, match="unknown model 'resnet51'"):
+    model_info('resnet51')
+
+
+@pytest.mark.parametrize('name', list_models(None))
+def test_supports_remat_is_the_remat_option(name):
+  assert model_info(name).supports_remat == ('remat' in model_options(name))
+
+
+@pytest.mark.parametrize('name', ['resnet20', 'se_resnet20'])
+def test_remat_recomputes_the_blocks_in_the_gradient(name):
+  def jaxpr(remat):
+    model = get_model(name, 10, remat=remat)
+    x = jnp.zeros((2, 32, 32, 3))
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    loss = lambda p, stats: model.apply({'params': p, 'batch_stats': stats}, x, train=True,
+                                        mutable=['batch_stats'])[0].sum()
+    return str(jax.make_jaxpr(jax.grad(loss))(variables['params'], variables['batch_stats']))
+  remat = lambda text: 'remat2[' in text or 'checkpoint[' in text  # jax.checkpoint's primitive
+  assert remat(jaxpr(True)) and not remat(jaxpr(False))
+
+
+def test_conv_impl_is_checked_and_resolved_once_when_built():
+  assert get_model('lenet5', 10).conv_impl == 'xla'  # the default for direct use
+  with pytest.raises(errors.UserError, match="unknown conv impl 'fast'; choose one of auto, xla"):
+    get_model('lenet5', 10, conv_impl='fast')
 
 
 # --- parameter counts --------------------------------------------------------

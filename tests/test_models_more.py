@@ -1,17 +1,18 @@
-"""Issue 7's model families: published counts, Keras layer parity, shapes, modes, layers, FCN.
+"""The later model families: published counts, Keras layer parity, shapes, modes, layers, FCN.
 
 Counts and shapes come from `jax.eval_shape` (no compute), cached per (model,
 size) so the count and shape tests share one trace. Keras references are
 built shape-only under `keras.StatelessScope`; the Keras -> cvjax mapping is
 the library's (`cvjax.pretrained.keras_layers`), checked here on every tensor's
 name and shape, and on outputs by the parity tests, which convert random Keras
-weights and compare logits on small images.
+weights and compare logits on small images, with every conv impl.
 """
 import collections
 import functools
 import math
 import os
 import re
+import types
 
 import flax.linen as nn
 from flax import traverse_util
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 
 from cvjax import errors
-from cvjax.models import get_model, list_models, model_input_shape, model_options
+from cvjax.models import CONV_IMPLS, get_model, list_models, model_input_shape, model_options
 from cvjax.models import blocks, efficientnet, fcn, inception, registry, vit
 from cvjax.pretrained import keras_layers
 from cvjax.segmentation import metrics
@@ -75,7 +76,8 @@ def test_new_models_are_registered_by_task():
 
 
 def test_family_options():
-  assert {'aux_logits', 'batch_norm', 'small_input'} <= set(model_options('googlenet'))
+  assert {'aux_logits', 'small_input'} <= set(model_options('googlenet'))
+  assert 'batch_norm' not in model_options('googlenet')  # googlenet / _torchvision: two models
   assert {'alpha', 'small_input'} <= set(model_options('mobilenet_v2'))
   assert {'drop_connect_rate', 'small_input'} <= set(model_options('efficientnet_b3'))
   assert {'dropout_rate', 'attention_dropout_rate'} <= set(model_options('vit_b16'))
@@ -117,6 +119,7 @@ def test_published_parameter_counts(name, params, stats, reference):
   assert got_stats == (stats or 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('variant', range(8))
 def test_efficientnet_counts_match_keras_b0_to_b7(variant):
   params, stats = _counts(f'efficientnet_b{variant}')
@@ -234,22 +237,30 @@ PARITY = [
 ]
 
 
-@pytest.mark.parametrize('name, keras_name, size, kwargs', PARITY,
-                         ids=['mobilenet_v1', 'xception', 'inception_v3', 'densenet121'])
-def test_keras_weights_give_keras_outputs(name, keras_name, size, kwargs):
+@functools.lru_cache(maxsize=1)  # the conv_impl cases of one model share it
+def _keras_reference(name, keras_name, size, kwargs_items):
+  """(Keras model, its random weight values, input x, Keras' logits for x)."""
   keras = _keras()
   with keras.StatelessScope(initialize_variables=False):  # no initialisers: fast
     ref = getattr(keras.applications, keras_name)(
         weights=None, input_shape=(size, size, 3), classes=7, classifier_activation=None,
-        **kwargs)
+        **dict(kwargs_items))
   values = _random_keras_values(ref)
   x = np.random.default_rng(1).uniform(0, 1, (2, size, size, 3)).astype(np.float32)
   trainable = [values[w.path] for w in ref.trainable_variables]
   others = [values[w.path] if w.path in values else np.zeros(w.shape, w.dtype)  # + a dropout seed
             for w in ref.non_trainable_variables]
   keras_forward = jax.jit(lambda t, n, x: ref.stateless_call(t, n, x, training=False)[0])
-  want = np.asarray(keras_forward(trainable, others, x))  # compiled: 10× faster than eager
-  model = get_model(name, 7, **kwargs)
+  return ref, values, x, np.asarray(keras_forward(trainable, others, x))  # compiled: 10× faster
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('conv_impl', CONV_IMPLS)
+@pytest.mark.parametrize('name, keras_name, size, kwargs', PARITY,
+                         ids=['mobilenet_v1', 'xception', 'inception_v3', 'densenet121'])
+def test_keras_weights_give_keras_outputs(name, keras_name, size, kwargs, conv_impl):
+  ref, values, x, want = _keras_reference(name, keras_name, size, tuple(sorted(kwargs.items())))
+  model = get_model(name, 7, conv_impl=conv_impl, **kwargs)
   variables = _copy_keras_weights(name, ref, values, size, **kwargs)
   got = jax.jit(functools.partial(model.apply, train=False))(variables, jnp.asarray(x))
   assert np.abs(want).max() > 0.1 and not np.allclose(want[0], want[1], rtol=1e-2)  # not degenerate
@@ -258,6 +269,7 @@ def test_keras_weights_give_keras_outputs(name, keras_name, size, kwargs):
 
 # --- shapes -----------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name, sizes', [
     ('googlenet', (224, 160)), ('googlenet_cifar', (32, 64)), ('inception_v3', (299, 75)),
     ('xception', (299, 71)), ('se_resnet50', (224, 96)), ('resnext50_32x4d', (224, 128)),
@@ -492,22 +504,22 @@ def test_miou_on_hand_made_masks():
 
 
 def _seg_task():
-  from cvjax.train import tasks
+  from cvjax import tasks
   return tasks.get_task('segmentation')
 
 
-def test_segmentation_task_is_registered_lazily_and_its_loss_is_per_pixel_ce():
+def test_segmentation_task_is_registered_and_its_loss_is_per_pixel_ce():
   task = _seg_task()
   assert task.name == 'segmentation' and task.main_metric == 'miou'
   labels = jnp.array([[[0, 1], [2, 255]]])
   uniform = jnp.zeros((1, 2, 2, 3))
-  loss, m = task.loss(uniform, {'segmentation': labels})
+  loss, m = task.loss(uniform, {'segmentation': labels}, None, None)
   assert float(loss) == pytest.approx(np.log(3), rel=1e-6)  # the 255 pixel is ignored
   sure = 20.0 * jax.nn.one_hot(jnp.array([[[0, 1], [2, 0]]]), 3)
-  loss, m = task.loss(sure, {'segmentation': labels})
+  loss, m = task.loss(sure, {'segmentation': labels}, None, None)
   assert float(loss) < 1e-6 and float(m['accuracy']) == 1.0
   wrong = 20.0 * jax.nn.one_hot(jnp.array([[[1, 1], [2, 0]]]), 3)
-  assert float(task.loss(wrong, {'segmentation': labels})[0]) == pytest.approx(20 / 3, rel=1e-4)
+  assert float(task.loss(wrong, {'segmentation': labels}, None, None)[0]) == pytest.approx(20 / 3, rel=1e-4)
 
 
 def test_segmentation_eval_sums_ignore_padding_examples():
@@ -515,8 +527,8 @@ def test_segmentation_eval_sums_ignore_padding_examples():
   labels = jnp.array([[[0, 1], [1, 1]], [[2, 2], [2, 2]]])
   logits = 10.0 * jax.nn.one_hot(jnp.array([[[0, 1], [0, 1]], [[0, 0], [0, 0]]]), 3)
   sums, _ = task.eval_outputs(logits, {'segmentation': labels,
-                                       'mask': jnp.array([True, False])})
-  ev = task.evaluator()
+                                       'mask': jnp.array([True, False])}, None)
+  ev = task.evaluator(None)
   ev.update(jax.device_get(sums), {})
   result = ev.result()
   assert result['count'] == 1
@@ -562,8 +574,10 @@ def test_shapes_segmentation_batches(shapes_data_dir):
     data.check_augment('pad_crop(4)')
 
 
+@pytest.mark.slow
 def test_fcn_trains_on_shapes_through_the_one_loop(shapes_data_dir, tmp_path):
-  from cvjax.train import TrainConfig, fit
+  from cvjax.tasks import fit
+  from cvjax.train import TrainConfig
   config = TrainConfig(task='segmentation', model='fcn8s_tiny', dataset='cvjax_shapes/tiny',
                        image_size=64, data_dir=shapes_data_dir, batch_size=16,
                        num_train_steps=8, optimizer='adam', learning_rate=3e-3,
@@ -576,7 +590,7 @@ def test_fcn_trains_on_shapes_through_the_one_loop(shapes_data_dir, tmp_path):
 
 # --- experiments and the comparison ---------------------------------------------------
 
-def _issue7_flagfiles():
+def _family_flagfiles():
   root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       'experiments', 'configs')
   files = {}
@@ -588,10 +602,10 @@ def _issue7_flagfiles():
   return files
 
 
-def test_issue7_flagfiles_state_their_command_and_use_known_flags_and_models():
+def test_family_flagfiles_state_their_command_and_use_known_flags_and_models():
   import dataclasses
   from cvjax.train.config import TrainConfig, parse_kwargs
-  files = _issue7_flagfiles()
+  files = _family_flagfiles()
   assert len(files) >= 20  # each family on CIFAR-sized inputs and on ImageNet, plus FCN
   known = {f.name for f in dataclasses.fields(TrainConfig)} | {'workdir'}
   datasets = collections.Counter()
@@ -612,13 +626,14 @@ def test_compare_models_rejects_bad_input_and_writes_table_and_plot(tmp_path, ca
   assert compare_models.main(['--models=resnet51']) == 2
   assert capsys.readouterr().err.startswith("error: unknown model 'resnet51'")
   assert compare_models.main(['--models=lenet5', '--train_steps=0']) == 2
+  assert compare_models.main(['--models=lenet5', '--conv_impl=fast']) == 2
+  assert capsys.readouterr().err.splitlines()[-1].startswith("error: unknown conv impl 'fast'")
   rows = [{'model': 'lenet5', 'params': 61_706, 'macs': 416_520, 'images_per_second': 9000.0,
            'accuracy': 0.81, 'train_seconds': 12.0},
           {'model': 'vit_tiny_cifar', 'params': 1_800_394, 'macs': 120e6,
            'images_per_second': 300.0, 'accuracy': 0.78, 'train_seconds': 200.0}]
-  args = compare_models.argparse.Namespace(train_steps=300, batch_size=128, learning_rate=2e-3,
-                                           seed=0, infer_batch=256, repeats=5,
-                                           eval_examples=2000)
+  args = types.SimpleNamespace(train_steps=300, batch_size=128, learning_rate=2e-3, seed=0,
+                               infer_batch=256, repeats=5, eval_examples=2000)
   table = compare_models.markdown(rows, args)
   assert '| lenet5 | LeNet | 61,706 | 416.52K | 9,000 | 0.8100 | 12 |' in table
   compare_models.scatter(rows, str(tmp_path / 'plot.png'), args)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import pytest
 
 from cvjax import errors, summary
-from cvjax.models import conv_lowering, get_model, model_input_shape
+from cvjax.models import get_model, model_input_shape
 
 
 def _hwc(layer):
@@ -120,11 +120,10 @@ def test_xla_cost_analysis_agrees_roughly():
   # XLA counts 2 FLOPs per multiply-add but skips those against padding zeros
   # and adds elementwise ops, so it is a sanity check, not the reference.
   for name, tolerance in [('lenet5', 0.03), ('resnet18', 0.10)]:
-    model = get_model(name, 10)
+    model = get_model(name, 10, conv_impl='xla')  # XLA's convolutions, not the CPU's forms
     x = jax.ShapeDtypeStruct((1, *model_input_shape(name)), jnp.float32)
     variables = jax.eval_shape(model.init, jax.random.key(0), x)
-    with conv_lowering.default_impl('xla'):  # XLA's convolutions, not the CPU's matmul forms
-      xla = jax.jit(model.apply).lower(variables, x).cost_analysis()['flops']
+    xla = jax.jit(model.apply).lower(variables, x).cost_analysis()['flops']
     ours = summary.summarize(model, x.shape)['flops']
     assert abs(xla - ours) / ours < tolerance, (name, xla, ours)
 
@@ -172,7 +171,7 @@ def test_cli_unknown_model_is_one_line_on_stderr_with_exit_code_2():
 
 
 def test_backward_memory_remat_keeps_a_fraction_of_the_activations_and_scales_with_batch():
-  """Issue 6: remat keeps each block's input, not its inside (traced; no compilation)."""
+  """remat keeps each block's input, not its inside (traced; no compilation)."""
   one = summary.backward_memory('resnet20', batch_size=1, compiled=False)
   four = summary.backward_memory('resnet20', batch_size=4, compiled=False)
   assert one['remat'] and one['xla_temp_bytes'] is None

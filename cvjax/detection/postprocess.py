@@ -18,16 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from cvjax.detection import boxes as box_ops
-
-
-@dataclasses.dataclass(frozen=True)
-class PostprocessConfig:
-  """torchvision's SSD defaults: score_thresh 0.01, nms_thresh 0.45,
-  detections_per_img 200, topk_candidates 400."""
-  score_threshold: float = 0.01
-  nms_threshold: float = 0.45
-  max_detections: int = 200
-  candidates_per_class: int = 400
+from cvjax.models.ssd import PostprocessConfig  # noqa: F401  (re-exported: the model owns its settings)
 
 
 def nms(boxes: jax.Array, valid: jax.Array, threshold: float) -> jax.Array:

@@ -32,11 +32,11 @@ class AlexNet(nn.Module):
   dropout_rate: float = 0.5
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
-  bn_axis_name: str | None = None  # accepted and ignored: no BatchNorm
+  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv_ = partial(conv, dtype=self.dtype, param_dtype=self.param_dtype)
+    conv_ = partial(conv, impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype)
     dense = partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
     dropout = partial(nn.Dropout, self.dropout_rate, deterministic=not train)
 
@@ -67,11 +67,11 @@ class AlexNetTorchvision(nn.Module):
   dropout_rate: float = 0.5
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
-  bn_axis_name: str | None = None  # accepted and ignored: no BatchNorm
+  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv_ = partial(conv, dtype=self.dtype, param_dtype=self.param_dtype)
+    conv_ = partial(conv, impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype)
     dense = partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
     dropout = partial(nn.Dropout, self.dropout_rate, deterministic=not train)
 

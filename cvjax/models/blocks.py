@@ -1,4 +1,4 @@
-"""Building blocks the later model families share (issue 7).
+"""Building blocks the later model families share.
 
 The lecture's named layers, each a small module with its shapes in the docstring:
   SEBlock          squeeze-and-excitation (Hu et al. 2018): GAP → dense C/r → ReLU →
@@ -6,7 +6,7 @@ The lecture's named layers, each a small module with its shapes in the docstring
   DepthPool        max over groups of k consecutive channels: [B,H,W,C] → [B,H,W,C/k].
   GlobalAvgPool    re-exported from `layers`: mean over H and W, [B,H,W,C] → [B,C].
   GlobalMaxPool    max over H and W, [B,H,W,C] → [B,C].
-  DepthwiseConv    one k×k filter per channel (MobileNet, EfficientNet), fast on CPU.
+  DepthwiseConv    one k×k filter per channel (MobileNet, EfficientNet).
   SeparableConv    depthwise k×k conv then pointwise 1×1 (Xception, Keras `SeparableConv2D`).
   StochasticDepth  drops a residual branch for a whole example in training
                    (EfficientNet's "drop connect", Keras `Dropout(noise_shape=(None,1,1,1))`).
@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from cvjax import errors
-from cvjax.models import layers
+from cvjax.models import conv_lowering, layers
 from cvjax.models.layers import GlobalAvgPool  # noqa: F401  (re-exported: the lecture's GAP)
 
 Array = Any
@@ -89,6 +89,7 @@ class SEBlock(nn.Module):
   gate: Callable = nn.sigmoid
   conv_form: bool = False
   kernel_init: Callable = nn.initializers.lecun_normal()
+  conv_impl: str = 'xla'  # resolved conv lowering (conv_form), see conv_lowering
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -98,9 +99,9 @@ class SEBlock(nn.Module):
     cs = self.squeeze_features or max(1, c // self.reduction)
     s = jnp.mean(x, axis=(1, 2), keepdims=True)  # squeeze: [B, 1, 1, C]
     if self.conv_form:
-      layer = lambda f, name: layers.conv_general(f, 1, kernel_init=self.kernel_init,
-                                                  dtype=self.dtype, param_dtype=self.param_dtype,
-                                                  name=name)
+      layer = lambda f, name: layers.conv_general(f, 1, impl=self.conv_impl,
+                                                  kernel_init=self.kernel_init, dtype=self.dtype,
+                                                  param_dtype=self.param_dtype, name=name)
     else:
       layer = lambda f, name: nn.Dense(f, kernel_init=self.kernel_init, dtype=self.dtype,
                                        param_dtype=self.param_dtype, name=name)
@@ -148,6 +149,7 @@ class SeparableConv(nn.Module):
   strides: int = 1
   padding: Any = 'same'
   use_bias: bool = False
+  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -157,8 +159,9 @@ class SeparableConv(nn.Module):
     k, s = self.kernel_size, self.strides
     x = DepthwiseConv(c, (k, k), (s, s), padding=conv_pads(x, k, s, self.padding),
                       feature_group_count=c, use_bias=False, kernel_init=depthwise_init,
-                      dtype=self.dtype, param_dtype=self.param_dtype, name='depthwise')(x)
-    return layers.conv_general(self.features, 1, use_bias=self.use_bias,
+                      impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype,
+                      name='depthwise')(x)
+    return layers.conv_general(self.features, 1, impl=self.conv_impl, use_bias=self.use_bias,
                                kernel_init=layers.he_normal, dtype=self.dtype,
                                param_dtype=self.param_dtype, name='pointwise')(x)
 
@@ -168,12 +171,13 @@ class DepthwiseConv(nn.Conv):
 
   x [B, H, W, C] → [B, H', W', C]; kernel [k, k, 1, C] as `nn.Conv` has it (so
   `cvjax.summary` counts its k²·C MACs per output pixel). `padding` must be
-  explicit pairs. On CPU it is computed as the sum of k² shifted copies of the
-  padded input, each scaled per channel by one kernel tap: the same numbers,
-  but XLA:CPU runs grouped convolutions, and above all their gradients, 10-50×
-  slower (measured: a 3×3/s2 layer on 128×16×16×96, 1.34 s vs 0.10 s per
-  gradient). Elsewhere it is the grouped `lax` convolution.
+  explicit pairs. `impl` (a resolved conv impl) with the 'depthwise' lowering
+  computes it as the sum of k² shifted copies of the padded input, each scaled
+  per channel by one kernel tap (the same numbers: XLA:CPU's grouped
+  convolutions, and above all their gradients, are slow); otherwise it is the
+  grouped `lax` convolution.
   """
+  impl: str = 'xla'
 
   @nn.compact
   def __call__(self, x):
@@ -185,7 +189,7 @@ class DepthwiseConv(nn.Conv):
     kernel = self.param('kernel', self.kernel_init, (kh, kw, 1, c), self.param_dtype)
     dtype = self.dtype or x.dtype
     x, kernel = x.astype(dtype), kernel.astype(dtype)
-    if jax.default_backend() == 'cpu':
+    if 'depthwise' in conv_lowering.lowerings(self.impl):
       xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
       ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
       y = sum(xp[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw, :] * kernel[i, j, 0]
@@ -200,7 +204,7 @@ class DepthwiseConv(nn.Conv):
 
 
 def depthwise_conv(x: Array, kernel_size: int, strides: int = 1, padding: Any = 'same', *,
-                   name: str, dtype=jnp.float32, param_dtype=jnp.float32,
+                   name: str, impl: str = 'xla', dtype=jnp.float32, param_dtype=jnp.float32,
                    use_bias: bool = False) -> Array:
   """Depthwise k×k conv (one filter per channel, Keras `DepthwiseConv2D`): [B,H,W,C] → [B,H',W',C].
 
@@ -210,7 +214,7 @@ def depthwise_conv(x: Array, kernel_size: int, strides: int = 1, padding: Any = 
   c, k, s = x.shape[-1], kernel_size, strides
   return DepthwiseConv(c, (k, k), (s, s), padding=conv_pads(x, k, s, padding),
                        feature_group_count=c, use_bias=use_bias, kernel_init=depthwise_init,
-                       dtype=dtype, param_dtype=param_dtype, name=name)(x)
+                       impl=impl, dtype=dtype, param_dtype=param_dtype, name=name)(x)
 
 
 class StochasticDepth(nn.Module):

@@ -23,7 +23,6 @@ import jax.numpy as jnp
 
 from cvjax import errors
 from cvjax.models.layers import GlobalAvgPool, ModuleDef, batch_norm, conv
-from cvjax.models import resnet
 from cvjax.models.resnet import BasicBlock, remat_block
 
 
@@ -37,6 +36,7 @@ class CifarResNet(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   bn_axis_name: str | None = None
+  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   remat: bool = False  # recompute each block in the backward pass (less memory)
@@ -48,7 +48,7 @@ class CifarResNet(nn.Module):
           f'CIFAR ResNet depth {self.depth} is not 6n + 2 (20, 32, 44, 56, 110, ...)')
     n = (self.depth - 2) // 6
     block = remat_block(self.block()) if self.remat else self.block()
-    conv_ = partial(conv, use_bias=False, dtype=self.dtype,
+    conv_ = partial(conv, use_bias=False, impl=self.conv_impl, dtype=self.dtype,
                     param_dtype=self.param_dtype)
     norm = batch_norm(self, train)
 
@@ -67,16 +67,6 @@ class CifarResNet(nn.Module):
   def block(self) -> ModuleDef:
     """The residual block class (subclasses swap in theirs, e.g. SE-ResNet-20's)."""
     return BasicBlock
-
-
-def rematerialises(model: nn.Module) -> bool:
-  """Whether `model`, built with remat=True, recomputes its blocks (issue 6).
-
-  True for `resnet.ResNet` and `CifarResNet` and subclasses that keep their
-  `__call__` (ResNeXt, SE-ResNet-50, SE-ResNet-20); False for a subclass with
-  its own `__call__` that has the field but not the behaviour.
-  """
-  return type(model).__call__ in (resnet.ResNet.__call__, CifarResNet.__call__)
 
 
 ResNet20 = partial(CifarResNet, depth=20)

@@ -1,46 +1,41 @@
-"""How a 2-D convolution is computed: XLA's convolution, or patches × kernel as one matmul.
+"""How a 2-D convolution is computed: XLA's convolution, or forms that are faster on XLA:CPU.
 
-`nn.Conv` calls whatever `conv_general_dilated` it is given with
-`lax.conv_general_dilated`'s arguments; `lowering(impl, kernel_size)` returns such
-a function. The parameters (`kernel` [kh, kw, C_in, C_out], `bias`) are the same
-for every impl, so checkpoints and imported weights do not care.
+A model holds its choice as a field (`conv_impl`), resolved once when it is built
+(`cvjax.models.get_model`); `lowering(impl, kernel_size, groups)` then gives each conv
+a drop-in for `lax.conv_general_dilated` (what `nn.Conv` calls). The parameters
+(`kernel` [kh, kw, C_in, C_out], `bias`) and their names are the same for every impl,
+so checkpoints and imported weights do not care.
 
-impl:
-  'xla'     `lax.conv_general_dilated`: XLA's convolution op, plain autodiff.
-  'im2col'  gather the kh·kw shifted (strided, dilated) views of the padded input
-            into x_col [B, H', W', kh·kw·C_in] and contract it with the kernel
-            reshaped to [kh·kw·C_in, C_out] in one `dot_general`; a 1×1 conv is just
-            the (strided) input times the kernel, no copy. Plain autodiff.
-  'auto'    on other backends than the CPU: 'xla'. On the CPU, what measured fastest
-            on a 2-core AVX-512 machine (benchmarks/NOTES.md): 1×1 convs as a matmul
-            ('im2col'), k×k convs as 'xla', and for both a backward pass that reads a
-            materialised copy of the conv's input (1×1: and of the output gradient).
-            Two k×k shapes go another way, decided when the conv is called: a window
-            covering the whole padded input (LeNet's C5) is a matmul of the flattened
-            input, and few input channels on a narrow input (LeNet's C1, C3) are
-            `conv_band`'s banded matmul. Gradients are the same numbers as plain
-            autodiff, up to float32 rounding.
+impl, as a model option (`CONV_IMPLS`):
+  'xla'   `lax.conv_general_dilated`: XLA's convolution op, plain autodiff.
+  'auto'  'cpu' when `jax.default_backend()` is 'cpu' at construction, else 'xla'.
+Resolved (a model's field): 'xla', or 'cpu' = every lowering of `CPU_LOWERINGS`:
+  matmul1x1    a 1×1 conv is the (strided) input times the [C_in, C_out] kernel
+               (`conv_1x1`).
+  materialize  the backward pass of an ungrouped conv reads a materialised copy of
+               its input (1×1: and of the output gradient), see below.
+  band         few input channels on a narrow input (LeNet's C1, C3): one banded
+               matmul (`conv_band`).
+  depthwise    `blocks.DepthwiseConv` as a sum of k² per-channel scaled shifted
+               copies of the input instead of a grouped convolution.
+Grouped convs otherwise stay XLA's. Values and gradients are autodiff's, up to
+float32 rounding. Benchmarks time one lowering's share with internal names:
+'cpu-band' (every CPU lowering but `band`; several: 'cpu-band-depthwise') and
+'xla+band' (XLA's convs plus `band` alone); `get_model` takes them too.
 
 Why the materialised copy: XLA:CPU computes a conv's weight gradient on transposed
 operands ([C, H, W, B] for an NHWC input) and fuses each transpose with the
 elementwise ops that produced the operand (BatchNorm, ReLU, residual additions,
 recomputed back to the previous conv), so the transposing loop reads a dozen arrays
-in a cache-hostile order: half of a ResNet-20 train step went there. A matmul is
-never fused with the ops producing its operands, so `_materialize` (an identity
-matmul on groups of 16 values, exact for finite numbers) makes the transpose read
-one array. `lax.optimization_barrier` would say this directly, but XLA:CPU removes
-barriers before it fuses.
-
-'im2col' falls back to 'xla' where it does not apply: grouped or batch-grouped
-convs, input (transposed-conv) dilation, or layouts other than NHWC input / HWIO
-kernel / NHWC output (what `nn.Conv` uses). 'auto' leaves grouped convs plain 'xla'.
+in a cache-hostile order. A matmul is never fused with the ops producing its
+operands, so `_materialize` (an identity matmul on groups of 16 values, exact for
+finite numbers) makes the transpose read one array. `lax.optimization_barrier` would
+say this directly, but XLA:CPU removes barriers before it fuses.
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -50,95 +45,84 @@ from jax.custom_derivatives import SymbolicZero
 
 from cvjax import errors
 
-IMPLS = ('auto', 'xla', 'im2col')
-_DEFAULT: contextvars.ContextVar[str] = contextvars.ContextVar('cvjax_conv_impl', default='auto')
+CONV_IMPLS = ('auto', 'xla')
+CPU_LOWERINGS = ('matmul1x1', 'materialize', 'band', 'depthwise')
 _GROUP = 16  # values per identity matmul in `_materialize`
+_BAND_MAX_CHANNELS = 8  # C_in up to which a k×k conv is a banded matmul ...
+_BAND_MAX_WASTE = 8  # ... if its padded input width is at most this many kernel widths
+_NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
+                                 out_spec=(0, 3, 1, 2))
 
 
-@contextlib.contextmanager
-def default_impl(impl: str) -> Iterator[None]:
-  """Within the block, convs built by `cvjax.models.layers.conv` without an explicit
-  `impl` use this one (benchmarks compare lowerings of a whole model this way).
+def resolve(impl: str) -> str:
+  """The concrete impl of a model built now: 'auto' → 'cpu' on the CPU backend, else 'xla'.
 
-  The choice is made when the model is traced: wrap the first call of a jitted
-  function (its compilation), not later calls, which reuse the compiled program.
+  Concrete names ('xla', 'cpu', the benchmarks' 'cpu-band', 'xla+band', ...)
+  come back as they are. Raises UserError for an unknown name.
   """
-  check_impl(impl)
-  token = _DEFAULT.set(impl)
-  try:
-    yield
-  finally:
-    _DEFAULT.reset(token)
-
-
-def check_impl(impl: str) -> str:
-  if impl not in IMPLS:
-    raise errors.UserError(f'unknown conv impl {impl!r}; choose one of {", ".join(IMPLS)}')
+  if impl == 'auto':
+    return 'cpu' if jax.default_backend() == 'cpu' else 'xla'
+  lowerings(impl)
   return impl
 
 
-def resolve(impl: str | None, kernel_size: Sequence[int], backend: str | None = None,
-            groups: int = 1) -> str:
-  """The plan for one conv: 'xla', 'im2col', or on the CPU under 'auto'
-  'im2col+materialize' (1×1) / 'xla+materialize' (k×k, ungrouped; when called, a
-  full-window or few-channel shape takes its matmul instead, see `_small_case`).
+@functools.lru_cache(maxsize=None)
+def lowerings(impl: str) -> frozenset[str]:
+  """The CPU lowerings a concrete impl turns on: 'xla' none, 'cpu' all of `CPU_LOWERINGS`,
+  'cpu-a-b' all but a and b, 'xla+a+b' only a and b."""
+  if impl == 'auto':
+    raise ValueError("conv impl 'auto' is resolved when the model is built "
+                     '(cvjax.models.get_model does it); a layer got it unresolved')
+  unknown = errors.UserError(f'unknown conv impl {impl!r}; choose one of {", ".join(CONV_IMPLS)}')
+  if not isinstance(impl, str):
+    raise unknown
+  base, sep, rest = impl.partition('-') if impl.startswith('cpu') else impl.partition('+')
+  names = rest.split(sep) if sep else []
+  if base not in ('xla', 'cpu') or any(n not in CPU_LOWERINGS for n in names) or (sep and not names):
+    raise unknown
+  return frozenset(CPU_LOWERINGS) - set(names) if base == 'cpu' else frozenset(names)
 
-  impl None means the scoped default (`default_impl`, else 'auto').
-  """
-  impl = check_impl(_DEFAULT.get() if impl is None else impl)
-  if impl != 'auto':
-    return impl
-  if (backend or jax.default_backend()) != 'cpu' or groups != 1:
-    return 'xla'
-  return ('im2col' if all(k == 1 for k in kernel_size) else 'xla') + '+materialize'
 
-
-def lowering(impl: str | None, kernel_size: Sequence[int], backend: str | None = None,
-             groups: int = 1) -> Callable[..., Any]:
-  """A drop-in for `lax.conv_general_dilated` following `resolve`'s plan."""
-  plan = resolve(impl, kernel_size, backend, groups)
-  base = conv_im2col if plan.startswith('im2col') else lax.conv_general_dilated
-  if not plan.endswith('+materialize'):
-    return base
-  if plan.startswith('im2col'):
+def lowering(impl: str, kernel_size: Sequence[int], groups: int = 1) -> Callable[..., Any]:
+  """A drop-in for `lax.conv_general_dilated` computing a conv the concrete `impl`'s way."""
+  on = lowerings(impl)
+  if groups != 1 or not on & {'matmul1x1', 'materialize', 'band'}:
+    return lax.conv_general_dilated
+  if all(k == 1 for k in kernel_size):
+    base = conv_1x1 if 'matmul1x1' in on else lax.conv_general_dilated
+    if 'materialize' not in on:
+      return base
     # 1×1: the output gradient too (its transposes fuse BatchNorm's backward).
     return functools.partial(_conv_materialized_backward, base, True)
-  return _conv_auto_kxk
+  return functools.partial(_conv_kxk, on)
 
 
-def _conv_auto_kxk(lhs, rhs, *args, **kwargs):
-  """'auto' for an ungrouped k×k conv on the CPU; the shapes, known only now, pick how."""
-  case = _small_case(lhs, rhs, *args, **kwargs)
-  if case == 'full':
-    return conv_im2col(lhs, rhs, *args, **kwargs)
-  if case == 'band':
+def _conv_kxk(on: frozenset[str], lhs, rhs, *args, **kwargs):
+  """An ungrouped k×k conv; its shapes, known only when it is called, pick how."""
+  if 'band' in on and _is_band(lhs, rhs, *args, **kwargs):
     return conv_band(lhs, rhs, *args, **kwargs)
-  return _conv_materialized_backward(lax.conv_general_dilated, False, lhs, rhs, *args, **kwargs)
+  if 'materialize' in on:
+    return _conv_materialized_backward(lax.conv_general_dilated, False, lhs, rhs, *args, **kwargs)
+  return lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
 
 
-_BAND_MAX_CHANNELS = 8  # C_in up to which a k×k conv is a banded matmul ...
-_BAND_MAX_WASTE = 8  # ... if its padded input width is at most this many kernel widths
+def _is_nhwc(lhs, rhs, dimension_numbers) -> bool:
+  return (lhs.ndim == 4 and dimension_numbers is not None
+          and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC)
 
 
-def _small_case(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                dimension_numbers=None, feature_group_count=1, batch_group_count=1, **_):
-  """'full' when the window covers the whole padded input (the conv is a dense layer:
-  `conv_im2col` multiplies the flattened input), 'band' for few input channels on a
-  narrow input (`conv_band`), else None. NHWC/HWIO, ungrouped, undilated only."""
-  if (lhs.ndim != 4 or feature_group_count != 1 or batch_group_count != 1
-      or any(d != 1 for d in (lhs_dilation or (1, 1)))
-      or any(d != 1 for d in (rhs_dilation or (1, 1)))
-      or dimension_numbers is None
-      or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != _NHWC):
-    return None
+def _is_band(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+             dimension_numbers=None, feature_group_count=1, batch_group_count=1, **_) -> bool:
+  """Whether `conv_band` takes this conv: few input channels on a narrow input,
+  NHWC/HWIO, ungrouped, undilated."""
+  if (not _is_nhwc(lhs, rhs, dimension_numbers) or feature_group_count != 1
+      or batch_group_count != 1 or any(d != 1 for d in (lhs_dilation or (1, 1)))
+      or any(d != 1 for d in (rhs_dilation or (1, 1)))):
+    return False
   kh, kw, c, _ = rhs.shape
   pads = _window_pads(padding, lhs.shape[1:3], (kh, kw), window_strides)
-  height, width = (lhs.shape[1 + a] + sum(pads[a]) for a in (0, 1))
-  if (height, width) == (kh, kw):
-    return 'full'
-  if c <= _BAND_MAX_CHANNELS and width <= _BAND_MAX_WASTE * kw:
-    return 'band'
-  return None
+  width = lhs.shape[2] + sum(pads[1])
+  return c <= _BAND_MAX_CHANNELS and width <= _BAND_MAX_WASTE * kw
 
 
 def conv_band(lhs, rhs, window_strides, padding, precision=None, preferred_element_type=None,
@@ -146,7 +130,7 @@ def conv_band(lhs, rhs, window_strides, padding, precision=None, preferred_eleme
   """A conv as one matmul of input rows with a banded (Toeplitz) expansion of the kernel.
 
   lhs: [B, H, W, C] (NHWC); rhs: [kh, kw, C, O] (HWIO); returns [B, H', W', O].
-  Undilated, ungrouped convs only (`_small_case` checks). With the input padded to
+  Undilated, ungrouped convs only (`_is_band` checks). With the input padded to
   [B, Hp, Wp, C]:
 
       rows  [B·H', kh·Wp·C]   the kh input rows under each output row, side by side
@@ -155,10 +139,9 @@ def conv_band(lhs, rhs, window_strides, padding, precision=None, preferred_eleme
 
   Plain autodiff then gives a weight gradient that is one large matmul
   (rowsᵀ @ dy, then a sum along the band's diagonals) and an input gradient that is
-  dy @ bandᵀ plus kh shifted row adds. For LeNet-5's convs (C_in 1 and 6) XLA:CPU's
-  own convolutions run these gradients at 4-10 GFLOP/s; the matmul runs near the
-  matmul peak although it multiplies Wp/kw times more zeros than it needs — hence
-  the limits `_BAND_MAX_CHANNELS` and `_BAND_MAX_WASTE`.
+  dy @ bandᵀ plus kh shifted row adds, where XLA:CPU's own gradient convolutions are
+  slow for few input channels. The matmul multiplies Wp/kw times more zeros than it
+  needs, hence the limits `_BAND_MAX_CHANNELS` and `_BAND_MAX_WASTE`.
   """
   kh, kw, c, o = rhs.shape
   sh, sw = window_strides
@@ -217,10 +200,6 @@ def _conv_materialized_backward(base, materialize_cotangent: bool, lhs, rhs, *ar
   return conv(lhs, rhs)
 
 
-_NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
-                                 out_spec=(0, 3, 1, 2))
-
-
 def _window_pads(padding, size: Sequence[int], window: Sequence[int],
                  strides: Sequence[int]) -> list[tuple[int, int]]:
   if isinstance(padding, str):
@@ -228,47 +207,27 @@ def _window_pads(padding, size: Sequence[int], window: Sequence[int],
   return [tuple(p) for p in padding]
 
 
-def conv_im2col(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                dimension_numbers=None, feature_group_count: int = 1,
-                batch_group_count: int = 1, precision=None, preferred_element_type=None):
-  """`lax.conv_general_dilated` computed as x_col [B, H', W', kh·kw·C] @ kernel [kh·kw·C, O].
+def conv_1x1(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+             dimension_numbers=None, feature_group_count: int = 1, batch_group_count: int = 1,
+             precision=None, preferred_element_type=None):
+  """A 1×1 `lax.conv_general_dilated` as one matmul: the (padded, strided) input
+  [B, H', W', C] times the kernel [C, O].
 
-  lhs: [B, H, W, C] (NHWC); rhs: [kh, kw, C, O] (HWIO); returns [B, H', W', O].
-  Unsupported cases (see the module docstring) go to `lax.conv_general_dilated`.
+  lhs: [B, H, W, C] (NHWC); rhs: [1, 1, C, O] (HWIO); returns [B, H', W', O].
+  Other kernels, grouped convs, input dilation and other layouts go to
+  `lax.conv_general_dilated`.
   """
   args = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
               dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
               batch_group_count=batch_group_count, precision=precision,
               preferred_element_type=preferred_element_type)
-  fallback = functools.partial(lax.conv_general_dilated, lhs, rhs, window_strides, padding, **args)
-  if lhs.ndim != 4 or feature_group_count != 1 or batch_group_count != 1:
-    return fallback()
-  if lhs_dilation is not None and any(d != 1 for d in lhs_dilation):
-    return fallback()
-  if dimension_numbers is None or (
-      lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != _NHWC):
-    return fallback()
-
-  kh, kw, c, o = rhs.shape
-  sh, sw = window_strides
-  dh, dw = rhs_dilation or (1, 1)
-  span = ((kh - 1) * dh + 1, (kw - 1) * dw + 1)  # the dilated window
-  pads = _window_pads(padding, lhs.shape[1:3], span, window_strides)
+  if (rhs.shape[:2] != (1, 1) or feature_group_count != 1 or batch_group_count != 1
+      or any(d != 1 for d in (lhs_dilation or (1, 1)))
+      or not _is_nhwc(lhs, rhs, dimension_numbers)):
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **args)
+  pads = _window_pads(padding, lhs.shape[1:3], (1, 1), window_strides)
   if any(p != (0, 0) for p in pads):
     lhs = jnp.pad(lhs, [(0, 0), pads[0], pads[1], (0, 0)])
-  b, h, w, _ = lhs.shape
-  ho, wo = (h - span[0]) // sh + 1, (w - span[1]) // sw + 1
-
-  def view(i: int, j: int):  # input pixels under kernel tap (i, j), for every output pixel
-    start = (0, i * dh, j * dw, 0)
-    return lax.slice(lhs, start, (b, start[1] + (ho - 1) * sh + 1, start[2] + (wo - 1) * sw + 1, c),
-                     (1, sh, sw, 1))
-
-  if kh == kw == 1:
-    cols = view(0, 0)
-  elif (ho, wo) == (1, 1) and span == (h, w) and (dh, dw) == (1, 1):
-    cols = lhs.reshape(b, 1, 1, h * w * c)  # the window is the whole input: a dense layer
-  else:  # (i, j, c) order along the last axis, as the HWIO kernel flattens
-    cols = lax.concatenate([view(i, j) for i in range(kh) for j in range(kw)], 3)
-  return lax.dot_general(cols, rhs.reshape(kh * kw * c, o), (((3,), (0,)), ((), ())),
+  x = lhs[:, ::window_strides[0], ::window_strides[1], :]
+  return lax.dot_general(x, rhs.reshape(rhs.shape[2:]), (((3,), (0,)), ((), ())),
                          precision=precision, preferred_element_type=preferred_element_type)

@@ -87,6 +87,7 @@ class DenseNet(nn.Module):
   bn_momentum: float = 0.99
   bn_epsilon: float = 1.001e-5
   bn_axis_name: str | None = None
+  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -94,7 +95,8 @@ class DenseNet(nn.Module):
   def __call__(self, x, train: bool = False):
     choose('DenseNet stem', self.stem, {'imagenet': 0, 'cifar': 0})
     norm = batch_norm(self, train)
-    conv_ = partial(conv, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
+    conv_ = partial(conv, use_bias=False, impl=self.conv_impl, dtype=self.dtype,
+                    param_dtype=self.param_dtype)
 
     if self.stem == 'imagenet':
       x = nn.relu(norm(name='conv1_bn')(conv_(64, 7, 2, name='conv1_conv')(x)))

@@ -89,24 +89,26 @@ class MBConv(nn.Module):
   drop_rate: float
   norm: Any
   act: Any = nn.swish
+  conv_impl: str = 'xla'
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    impl = self.conv_impl
     c_in = x.shape[-1]
     y = x
     if self.expand_ratio != 1:
-      y = conv_general(c_in * self.expand_ratio, 1, use_bias=False, kernel_init=he_normal,
-                  name='expand_conv', **kw)(y)
+      y = conv_general(c_in * self.expand_ratio, 1, impl=impl, use_bias=False,
+                       kernel_init=he_normal, name='expand_conv', **kw)(y)
       y = self.act(self.norm(name='expand_bn')(y))
-    y = depthwise_conv(y, self.kernel_size, self.strides, 'same', name='dwconv', **kw)
+    y = depthwise_conv(y, self.kernel_size, self.strides, 'same', name='dwconv', impl=impl, **kw)
     y = self.act(self.norm(name='bn')(y))
     y = SEBlock(squeeze_features=max(1, int(c_in * SE_RATIO)), act=self.act, conv_form=True,
-                kernel_init=he_normal, name='se', **kw)(y)
-    y = conv_general(self.filters_out, 1, use_bias=False, kernel_init=he_normal,
-                name='project_conv', **kw)(y)
+                kernel_init=he_normal, conv_impl=impl, name='se', **kw)(y)
+    y = conv_general(self.filters_out, 1, impl=impl, use_bias=False, kernel_init=he_normal,
+                     name='project_conv', **kw)(y)
     y = self.norm(name='project_bn')(y)
     if self.strides == 1 and c_in == self.filters_out:
       y = StochasticDepth(self.drop_rate, name='drop')(y, deterministic=not train)
@@ -130,6 +132,7 @@ class EfficientNet(nn.Module):
   bn_momentum: float = 0.99
   bn_epsilon: float = 1e-3
   bn_axis_name: str | None = None
+  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -141,8 +144,8 @@ class EfficientNet(nn.Module):
     depth = partial(round_repeats, depth=self.depth_coefficient)
 
     s = 1 if self.small_input else 2
-    x = conv_general(width(32), 3, s, padding=conv_pads(x, 3, s, 'same'), use_bias=False,
-                kernel_init=he_normal, name='stem_conv', **kw)(x)
+    x = conv_general(width(32), 3, s, padding=conv_pads(x, 3, s, 'same'), impl=self.conv_impl,
+                     use_bias=False, kernel_init=he_normal, name='stem_conv', **kw)(x)
     x = nn.swish(norm(name='stem_bn')(x))
     total = sum(depth(n) for _, n, *_ in B0_STAGES)
     b = 0
@@ -151,10 +154,11 @@ class EfficientNet(nn.Module):
         s = 1
       for j in range(depth(n)):
         x = MBConv(width(f_out), k, s if j == 0 else 1, t, self.drop_connect_rate * b / total,
-                   norm, name=f'block{stage + 1}{chr(ord("a") + j)}', **kw)(x, train)
+                   norm, conv_impl=self.conv_impl, name=f'block{stage + 1}{chr(ord("a") + j)}',
+                   **kw)(x, train)
         b += 1
-    x = conv_general(width(1280), 1, use_bias=False, kernel_init=he_normal, name='top_conv',
-                **kw)(x)
+    x = conv_general(width(1280), 1, impl=self.conv_impl, use_bias=False, kernel_init=he_normal,
+                     name='top_conv', **kw)(x)
     x = nn.swish(norm(name='top_bn')(x))
     x = GlobalAvgPool(name='avg_pool')(x)
     x = nn.Dropout(self.dropout_rate, deterministic=not train, name='top_dropout')(x)

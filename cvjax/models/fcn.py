@@ -44,7 +44,7 @@ import numpy as np
 
 from cvjax import errors
 from cvjax.models import resnet, vgg
-from cvjax.models.layers import MaxPool, batch_norm, choose, conv
+from cvjax.models.layers import MaxPool, batch_norm, choose, conv, conv_general
 
 _RESNETS = {
     'resnet10': ((1, 1, 1, 1), resnet.BasicBlock),
@@ -99,12 +99,14 @@ class FCN(nn.Module):
   dropout_rate: float = 0.5
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
-  bn_axis_name: str | None = None
+  bn_axis_name: str | None = None  # ResNet backbones: cross-device BN statistics
+  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   def _vgg(self, x, train):
-    conv3 = partial(conv, kernel_size=3, dtype=self.dtype, param_dtype=self.param_dtype)
+    conv3 = partial(conv, kernel_size=3, impl=self.conv_impl, dtype=self.dtype,
+                    param_dtype=self.param_dtype)
     feats = []
     for s, filters in enumerate(vgg.CFG_D, start=1):
       for i, f in enumerate(filters, start=1):
@@ -112,17 +114,18 @@ class FCN(nn.Module):
       x = MaxPool(2, 2, name=f'block{s}_pool')(x)
       feats.append(x)
     drop = partial(nn.Dropout, self.dropout_rate, deterministic=not train)
-    x = nn.relu(conv(self.fc_features, 7, dtype=self.dtype, param_dtype=self.param_dtype,
-                     name='fc6')(x))
+    x = nn.relu(conv(self.fc_features, 7, impl=self.conv_impl, dtype=self.dtype,
+                     param_dtype=self.param_dtype, name='fc6')(x))
     x = drop(name='drop6')(x)
-    x = nn.relu(conv(self.fc_features, 1, dtype=self.dtype, param_dtype=self.param_dtype,
-                     name='fc7')(x))
+    x = nn.relu(conv(self.fc_features, 1, impl=self.conv_impl, dtype=self.dtype,
+                     param_dtype=self.param_dtype, name='fc7')(x))
     x = drop(name='drop7')(x)
     return feats[2], feats[3], x
 
   def _resnet(self, x, train):
     stages, block_cls = _RESNETS[self.backbone]
-    conv_ = partial(conv, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
+    conv_ = partial(conv, use_bias=False, impl=self.conv_impl, dtype=self.dtype,
+                    param_dtype=self.param_dtype)
     norm = batch_norm(self, train)
     x = nn.relu(norm(name='bn1')(conv_(self.width, 7, 2, name='conv1')(x)))
     x = MaxPool(3, 2, padding=1, name='maxpool')(x)
@@ -145,8 +148,9 @@ class FCN(nn.Module):
           f'use e.g. --image_size={max(32, round(h / 32) * 32)}')
     pool3, pool4, top = (self._vgg if self.backbone == 'vgg16' else self._resnet)(x, train)
 
-    score = partial(nn.Conv, self.num_classes, (1, 1), kernel_init=nn.initializers.zeros,
-                    dtype=self.dtype, param_dtype=self.param_dtype)
+    score = partial(conv_general, self.num_classes, 1, impl=self.conv_impl,
+                    kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                    param_dtype=self.param_dtype)
     up = partial(Upsample, dtype=self.dtype, param_dtype=self.param_dtype)
     y = score(name='score_fr')(top)                                         # H/32
     if self.skips == 0:

@@ -66,6 +66,7 @@ class BasicConv(nn.Module):
   strides: int = 1
   padding: Any = 0
   norm: ModuleDef | None = None
+  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -73,9 +74,9 @@ class BasicConv(nn.Module):
   def __call__(self, x):
     k = (self.kernel_size,) * 2 if isinstance(self.kernel_size, int) else tuple(self.kernel_size)
     x = conv_general(self.features, k, self.strides,
-                padding=conv_pads(x, k, self.strides, self.padding),
-                use_bias=self.norm is None, kernel_init=he_normal, dtype=self.dtype,
-                param_dtype=self.param_dtype, name='conv')(x)
+                     padding=conv_pads(x, k, self.strides, self.padding), impl=self.conv_impl,
+                     use_bias=self.norm is None, kernel_init=he_normal, dtype=self.dtype,
+                     param_dtype=self.param_dtype, name='conv')(x)
     if self.norm is not None:
       x = self.norm(name='bn')(x)
     return nn.relu(x)
@@ -159,7 +160,8 @@ class GoogLeNet(nn.Module):
   dropout_rate: float = 0.4
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-3
-  bn_axis_name: str | None = None
+  bn_axis_name: str | None = None  # with batch_norm: cross-device BN statistics
+  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -168,7 +170,8 @@ class GoogLeNet(nn.Module):
     norm = None
     if self.batch_norm:
       norm = batch_norm(self, train)
-    conv = partial(BasicConv, norm=norm, dtype=self.dtype, param_dtype=self.param_dtype)
+    conv = partial(BasicConv, norm=norm, conv_impl=self.conv_impl, dtype=self.dtype,
+                   param_dtype=self.param_dtype)
     inception = partial(InceptionV1, conv=conv, branch3_kernel=self.branch3_kernel)
     aux = partial(InceptionAux, self.num_classes, conv, dtype=self.dtype,
                   param_dtype=self.param_dtype)
@@ -348,13 +351,14 @@ class InceptionV3(nn.Module):
   bn_momentum: float = 0.99
   bn_epsilon: float = 1e-3
   bn_axis_name: str | None = None
+  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     norm = batch_norm(self, train, use_scale=False)
-    c = partial(BasicConv, norm=norm, padding='same', dtype=self.dtype,
+    c = partial(BasicConv, norm=norm, padding='same', conv_impl=self.conv_impl, dtype=self.dtype,
                 param_dtype=self.param_dtype)
 
     x = c(32, 3, 2, padding='valid', name='stem_conv1')(x)

@@ -30,7 +30,7 @@ def sym(p: int) -> tuple[tuple[int, int], tuple[int, int]]:
 
 
 def conv(features: int, kernel_size: int, strides: int = 1,
-         padding: int | None = None, impl: str | None = None, **kwargs) -> nn.Conv:
+         padding: int | None = None, impl: str = 'xla', **kwargs) -> nn.Conv:
   """A square `nn.Conv` with explicit symmetric padding.
 
   Args:
@@ -38,9 +38,8 @@ def conv(features: int, kernel_size: int, strides: int = 1,
     kernel_size: k, for a k×k kernel.
     strides: s, the same along H and W.
     padding: p zeros on every side; default k // 2 (size-preserving at s=1).
-    impl: how the conv is computed, 'auto' | 'xla' | 'im2col' (see
-      `cvjax.models.conv_lowering`; None: 'auto' unless a `default_impl` block
-      says otherwise). The parameters and numbers are the same for every impl.
+    impl: how the conv is computed, a resolved impl ('xla', 'cpu'; see
+      `cvjax.models.conv_lowering`). The parameters and numbers are the same for every impl.
     **kwargs: passed to `nn.Conv` (use_bias, dtype, kernel_init, name, ...).
   """
   if padding is None:
@@ -50,12 +49,11 @@ def conv(features: int, kernel_size: int, strides: int = 1,
 
 
 def conv_general(features: int, kernel_size: int | Sequence[int], strides: int | Sequence[int] = 1,
-                 impl: str | None = None, **kwargs) -> nn.Conv:
+                 impl: str = 'xla', **kwargs) -> nn.Conv:
   """`nn.Conv` (any padding it takes, flax's default init) computed the `impl` way.
 
   For the families whose convs need asymmetric 'same' padding (Keras ports) or
-  non-square kernels: the same parameters as a plain `nn.Conv`, and on the CPU the
-  fast lowerings of `cvjax.models.conv_lowering`.
+  non-square kernels: the same parameters as a plain `nn.Conv`.
   """
   k = (kernel_size,) * 2 if isinstance(kernel_size, int) else tuple(kernel_size)
   s = (strides,) * 2 if isinstance(strides, int) else tuple(strides)

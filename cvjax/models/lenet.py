@@ -31,13 +31,13 @@ class LeNet5(nn.Module):
   pooling: str = 'avg'  # 'avg' (paper) | 'max'
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
-  bn_axis_name: str | None = None  # accepted and ignored: no BatchNorm
+  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     act = choose('activation', self.activation, {'tanh': jnp.tanh, 'relu': nn.relu})
     pool = choose('pooling', self.pooling, {'avg': AvgPool, 'max': MaxPool})
-    conv5x5 = partial(conv, kernel_size=5, padding=0, dtype=self.dtype,
+    conv5x5 = partial(conv, kernel_size=5, padding=0, impl=self.conv_impl, dtype=self.dtype,
                       param_dtype=self.param_dtype)
     dense = partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
 

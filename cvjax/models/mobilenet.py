@@ -72,10 +72,10 @@ def make_divisible(v: float, divisor: int = 8) -> int:
   return new_v + divisor if new_v < 0.9 * v else new_v
 
 
-def _conv(x, features, kernel, stride, padding, name, dtype, param_dtype):
-  return conv_general(features, kernel, stride,
-                 padding=conv_pads(x, kernel, stride, padding), use_bias=False,
-                 kernel_init=he_normal, dtype=dtype, param_dtype=param_dtype, name=name)(x)
+def _conv(x, features, kernel, stride, padding, name, impl, dtype, param_dtype):
+  return conv_general(features, kernel, stride, padding=conv_pads(x, kernel, stride, padding),
+                      impl=impl, use_bias=False, kernel_init=he_normal, dtype=dtype,
+                      param_dtype=param_dtype, name=name)(x)
 
 
 class MobileNetV1(nn.Module):
@@ -87,13 +87,14 @@ class MobileNetV1(nn.Module):
   bn_momentum: float = 0.99
   bn_epsilon: float = 1e-3
   bn_axis_name: str | None = None
+  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     norm = batch_norm(self, train)
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = dict(impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype)
 
     stride = 1 if self.small_input else 2
     x = _conv(x, int(32 * self.alpha), 3, stride, 'same', 'conv1', **kw)
@@ -119,12 +120,13 @@ class InvertedResidual(nn.Module):
   expansion: int
   strides: int
   norm: Any
+  conv_impl: str = 'xla'
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = dict(impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype)
     c = x.shape[-1]
     y = x
     if self.expansion != 1:
@@ -147,13 +149,14 @@ class MobileNetV2(nn.Module):
   bn_momentum: float = 0.999
   bn_epsilon: float = 1e-3
   bn_axis_name: str | None = None
+  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     norm = batch_norm(self, train)
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = dict(impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype)
 
     x = _conv(x, make_divisible(32 * self.alpha), 3, 1 if self.small_input else 2, 'same',
               'Conv1', **kw)
@@ -164,10 +167,12 @@ class MobileNetV2(nn.Module):
         s = 1
       for i in range(n):
         x = InvertedResidual(make_divisible(int(c * self.alpha)), t, s if i == 0 else 1, norm,
-                             name=f'block_{block}' if block else 'expanded_conv', **kw)(x)
+                             self.conv_impl, self.dtype, self.param_dtype,
+                             name=f'block_{block}' if block else 'expanded_conv')(x)
         block += 1
     last = make_divisible(1280 * self.alpha) if self.alpha > 1.0 else 1280
     x = nn.relu6(norm(name='Conv_1_bn')(_conv(x, last, 1, 1, 'valid', 'Conv_1', **kw)))
     x = GlobalAvgPool(name='avg_pool')(x)
-    x = nn.Dense(self.num_classes, name='predictions', **kw)(x)
+    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                 name='predictions')(x)
     return jnp.asarray(x, jnp.float32)

@@ -1,4 +1,4 @@
-"""Model names → constructors, natural input shapes and class counts.
+"""Model names → constructors and what each model is (`ModelInfo`), declared here.
 
 The names are stable: configs, checkpoints and weight converters refer to them.
 """
@@ -10,133 +10,178 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cvjax import errors
-from cvjax.models import alexnet, cifar_resnet, lenet, resnet, ssd, vgg
-from cvjax.models import (densenet, efficientnet, fcn, inception, mobilenet, resnext,  # issue 7
+from cvjax.models import alexnet, cifar_resnet, conv_lowering, lenet, resnet, ssd, vgg
+from cvjax.models import (densenet, efficientnet, fcn, inception, mobilenet, resnext,
                           senet, vit, xception)
 
 _IMAGENET = (224, 224, 3)
 _CIFAR = (32, 32, 3)
+TASKS = ('classification', 'detection', 'segmentation')
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+  """What a registered model is, without building it.
+
+  task: 'classification' (logits [B, N]), 'detection' (locations, logits) or
+    'segmentation' (per-pixel logits [B, H, W, N]).
+  input_shape: the natural input (H, W, C).
+  num_classes: classes of the dataset it was designed for (detection: object
+    classes, without the background logit; segmentation: with the background).
+  supports_remat: takes `remat=True` (recompute each residual block in the backward pass).
+  batch_norm: has BatchNorm, so it takes `bn_axis_name` (cross-device statistics);
+    models without it do not accept that option.
+  """
+  task: str
+  input_shape: tuple[int, int, int]
+  num_classes: int
+  supports_remat: bool = False
+  batch_norm: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
   builder: Callable[..., nn.Module]
-  input_shape: tuple[int, int, int]  # natural (H, W, C)
-  num_classes: int  # classes of the dataset it was designed for
-  task: str = 'classification'  # detection models (issue 4) return (locations, logits)
+  info: ModelInfo
 
 
-_MODELS: dict[str, ModelSpec] = {
-    'lenet5': ModelSpec(lenet.LeNet5, (32, 32, 1), 10),
-    'alexnet': ModelSpec(alexnet.AlexNet, (227, 227, 3), 1000),
-    'alexnet_torchvision': ModelSpec(alexnet.AlexNetTorchvision, _IMAGENET, 1000),
-    'resnet18': ModelSpec(resnet.ResNet18, _IMAGENET, 1000),
-    'resnet34': ModelSpec(resnet.ResNet34, _IMAGENET, 1000),
-    'resnet50': ModelSpec(resnet.ResNet50, _IMAGENET, 1000),
-    'resnet101': ModelSpec(resnet.ResNet101, _IMAGENET, 1000),
-    'resnet152': ModelSpec(resnet.ResNet152, _IMAGENET, 1000),
-    'resnet50_keras': ModelSpec(resnet.ResNet50Keras, _IMAGENET, 1000),
-    'resnet101_keras': ModelSpec(resnet.ResNet101Keras, _IMAGENET, 1000),
-    'resnet152_keras': ModelSpec(resnet.ResNet152Keras, _IMAGENET, 1000),
-    'resnet20': ModelSpec(cifar_resnet.ResNet20, _CIFAR, 10),
-    'resnet32': ModelSpec(cifar_resnet.ResNet32, _CIFAR, 10),
-    'resnet44': ModelSpec(cifar_resnet.ResNet44, _CIFAR, 10),
-    'resnet56': ModelSpec(cifar_resnet.ResNet56, _CIFAR, 10),
-    'resnet110': ModelSpec(cifar_resnet.ResNet110, _CIFAR, 10),
-}
-for _depth, _vgg in [(11, vgg.VGG11), (13, vgg.VGG13), (16, vgg.VGG16), (19, vgg.VGG19)]:
-  _MODELS[f'vgg{_depth}'] = ModelSpec(_vgg, _IMAGENET, 1000)
-  _MODELS[f'vgg{_depth}_bn'] = ModelSpec(functools.partial(_vgg, batch_norm=True), _IMAGENET, 1000)
-  _MODELS[f'vgg{_depth}_cifar'] = ModelSpec(functools.partial(_vgg, head='gap'), _CIFAR, 10)
-  _MODELS[f'vgg{_depth}_bn_cifar'] = ModelSpec(
-      functools.partial(_vgg, head='gap', batch_norm=True), _CIFAR, 10)
+_MODELS: dict[str, ModelSpec] = {}
 
-# Detection (issue 4): SSD, num_classes = object classes (VOC's 20; +1 background logit).
-_MODELS.update({
-    'ssd300_vgg16': ModelSpec(ssd.SSD300VGG16, (300, 300, 3), 20, 'detection'),
-    'ssd512_vgg16': ModelSpec(ssd.SSD512VGG16, (512, 512, 3), 20, 'detection'),
-    'ssd300_resnet50': ModelSpec(ssd.SSD300ResNet50, (300, 300, 3), 20, 'detection'),
-    'ssd128_resnet18_slim': ModelSpec(ssd.SSD128ResNet18Slim, (128, 128, 3), 20, 'detection'),
-})
 
-# Issue 7: the later families, one file each (references and counts in their docstrings).
+def _add(name: str, builder: Callable[..., nn.Module], input_shape: tuple[int, int, int],
+         num_classes: int, *, task: str = 'classification', remat: bool = False,
+         bn: bool = True) -> None:
+  _MODELS[name] = ModelSpec(builder, ModelInfo(task, input_shape, num_classes, remat, bn))
+
+
 _P = functools.partial
-_MODELS.update({
-    'googlenet': ModelSpec(inception.GoogLeNet, _IMAGENET, 1000),
-    'googlenet_torchvision': ModelSpec(inception.GoogLeNetTorchvision, _IMAGENET, 1000),
-    'googlenet_cifar': ModelSpec(_P(inception.GoogLeNetTorchvision, small_input=True), _CIFAR, 10),
-    'inception_v3': ModelSpec(inception.InceptionV3, (299, 299, 3), 1000),
-    'xception': ModelSpec(xception.Xception, (299, 299, 3), 1000),
-    'se_resnet50': ModelSpec(senet.SEResNet50, _IMAGENET, 1000),
-    'se_resnet20': ModelSpec(senet.SEResNet20, _CIFAR, 10),
-    'resnext50_32x4d': ModelSpec(resnext.ResNeXt50_32x4d, _IMAGENET, 1000),
-    'densenet121': ModelSpec(densenet.DenseNet121, _IMAGENET, 1000),
-    'densenet169': ModelSpec(densenet.DenseNet169, _IMAGENET, 1000),
-    'densenet201': ModelSpec(densenet.DenseNet201, _IMAGENET, 1000),
-    'densenet_bc100_cifar': ModelSpec(densenet.DenseNetBC100, _CIFAR, 10),
-    'mobilenet_v1': ModelSpec(mobilenet.MobileNetV1, _IMAGENET, 1000),
-    'mobilenet_v1_cifar': ModelSpec(_P(mobilenet.MobileNetV1, small_input=True), _CIFAR, 10),
-    'mobilenet_v2': ModelSpec(mobilenet.MobileNetV2, _IMAGENET, 1000),
-    'mobilenet_v2_cifar': ModelSpec(_P(mobilenet.MobileNetV2, small_input=True), _CIFAR, 10),
-    'efficientnet_b0': ModelSpec(efficientnet.EfficientNetB0, (224, 224, 3), 1000),
-    'efficientnet_b1': ModelSpec(efficientnet.EfficientNetB1, (240, 240, 3), 1000),
-    'efficientnet_b2': ModelSpec(efficientnet.EfficientNetB2, (260, 260, 3), 1000),
-    'efficientnet_b3': ModelSpec(efficientnet.EfficientNetB3, (300, 300, 3), 1000),
-    'efficientnet_b4': ModelSpec(efficientnet.EfficientNetB4, (380, 380, 3), 1000),
-    'efficientnet_b5': ModelSpec(efficientnet.EfficientNetB5, (456, 456, 3), 1000),
-    'efficientnet_b6': ModelSpec(efficientnet.EfficientNetB6, (528, 528, 3), 1000),
-    'efficientnet_b7': ModelSpec(efficientnet.EfficientNetB7, (600, 600, 3), 1000),
-    'efficientnet_b0_cifar': ModelSpec(_P(efficientnet.EfficientNetB0, small_input=True), _CIFAR, 10),
-    'vit_b16': ModelSpec(vit.ViT_B16, _IMAGENET, 1000),
-    'vit_ti16': ModelSpec(vit.ViT_Ti16, _IMAGENET, 1000),
-    'vit_tiny_cifar': ModelSpec(vit.ViT_TinyCifar, _CIFAR, 10),
-    # Segmentation: per-pixel logits [B, H, W, K], K includes the background.
-    'fcn32s_vgg16': ModelSpec(fcn.FCN32sVGG16, _IMAGENET, 21, 'segmentation'),
-    'fcn16s_vgg16': ModelSpec(fcn.FCN16sVGG16, _IMAGENET, 21, 'segmentation'),
-    'fcn8s_vgg16': ModelSpec(fcn.FCN8sVGG16, _IMAGENET, 21, 'segmentation'),
-    'fcn8s_resnet18': ModelSpec(fcn.FCN8sResNet18, _IMAGENET, 21, 'segmentation'),
-    'fcn8s_resnet50': ModelSpec(fcn.FCN8sResNet50, _IMAGENET, 21, 'segmentation'),
-    'fcn8s_tiny': ModelSpec(fcn.FCN8sTiny, (128, 128, 3), 7, 'segmentation'),
-})
+
+_add('lenet5', lenet.LeNet5, (32, 32, 1), 10, bn=False)
+_add('alexnet', alexnet.AlexNet, (227, 227, 3), 1000, bn=False)
+_add('alexnet_torchvision', alexnet.AlexNetTorchvision, _IMAGENET, 1000, bn=False)
+for _name, _resnet in [('resnet18', resnet.ResNet18), ('resnet34', resnet.ResNet34),
+                       ('resnet50', resnet.ResNet50), ('resnet101', resnet.ResNet101),
+                       ('resnet152', resnet.ResNet152), ('resnet50_keras', resnet.ResNet50Keras),
+                       ('resnet101_keras', resnet.ResNet101Keras),
+                       ('resnet152_keras', resnet.ResNet152Keras)]:
+  _add(_name, _resnet, _IMAGENET, 1000, remat=True)
+for _depth in (20, 32, 44, 56, 110):
+  _add(f'resnet{_depth}', getattr(cifar_resnet, f'ResNet{_depth}'), _CIFAR, 10, remat=True)
+for _depth, _vgg in [(11, vgg.VGG11), (13, vgg.VGG13), (16, vgg.VGG16), (19, vgg.VGG19)]:
+  _add(f'vgg{_depth}', _P(_vgg, batch_norm=False), _IMAGENET, 1000, bn=False)
+  _add(f'vgg{_depth}_bn', _P(_vgg, batch_norm=True), _IMAGENET, 1000)
+  _add(f'vgg{_depth}_cifar', _P(_vgg, head='gap', batch_norm=False), _CIFAR, 10, bn=False)
+  _add(f'vgg{_depth}_bn_cifar', _P(_vgg, head='gap', batch_norm=True), _CIFAR, 10)
+
+# Detection: SSD, num_classes = object classes (VOC's 20; +1 background logit).
+_add('ssd300_vgg16', ssd.SSD300VGG16, (300, 300, 3), 20, task='detection', bn=False)
+_add('ssd512_vgg16', ssd.SSD512VGG16, (512, 512, 3), 20, task='detection', bn=False)
+_add('ssd300_resnet50', ssd.SSD300ResNet50, (300, 300, 3), 20, task='detection')
+_add('ssd128_resnet18_slim', ssd.SSD128ResNet18Slim, (128, 128, 3), 20, task='detection')
+
+# The later families, one file each (references and counts in their docstrings).
+_add('googlenet', _P(inception.GoogLeNet, batch_norm=False), _IMAGENET, 1000, bn=False)
+_add('googlenet_torchvision', inception.GoogLeNetTorchvision, _IMAGENET, 1000)
+_add('googlenet_cifar', _P(inception.GoogLeNetTorchvision, small_input=True), _CIFAR, 10)
+_add('inception_v3', inception.InceptionV3, (299, 299, 3), 1000)
+_add('xception', xception.Xception, (299, 299, 3), 1000)
+_add('se_resnet50', senet.SEResNet50, _IMAGENET, 1000, remat=True)
+_add('se_resnet20', senet.SEResNet20, _CIFAR, 10, remat=True)
+_add('resnext50_32x4d', resnext.ResNeXt50_32x4d, _IMAGENET, 1000, remat=True)
+_add('densenet121', densenet.DenseNet121, _IMAGENET, 1000)
+_add('densenet169', densenet.DenseNet169, _IMAGENET, 1000)
+_add('densenet201', densenet.DenseNet201, _IMAGENET, 1000)
+_add('densenet_bc100_cifar', densenet.DenseNetBC100, _CIFAR, 10)
+_add('mobilenet_v1', mobilenet.MobileNetV1, _IMAGENET, 1000)
+_add('mobilenet_v1_cifar', _P(mobilenet.MobileNetV1, small_input=True), _CIFAR, 10)
+_add('mobilenet_v2', mobilenet.MobileNetV2, _IMAGENET, 1000)
+_add('mobilenet_v2_cifar', _P(mobilenet.MobileNetV2, small_input=True), _CIFAR, 10)
+for _variant, _size in zip('01234567', (224, 240, 260, 300, 380, 456, 528, 600)):
+  _add(f'efficientnet_b{_variant}', getattr(efficientnet, f'EfficientNetB{_variant}'),
+       (_size, _size, 3), 1000)
+_add('efficientnet_b0_cifar', _P(efficientnet.EfficientNetB0, small_input=True), _CIFAR, 10)
+_add('vit_b16', vit.ViT_B16, _IMAGENET, 1000, bn=False)
+_add('vit_ti16', vit.ViT_Ti16, _IMAGENET, 1000, bn=False)
+_add('vit_tiny_cifar', vit.ViT_TinyCifar, _CIFAR, 10, bn=False)
+# Segmentation: per-pixel logits [B, H, W, K], K includes the background.
+for _name, _fcn, _shape, _classes, _bn in [
+    ('fcn32s_vgg16', fcn.FCN32sVGG16, _IMAGENET, 21, False),
+    ('fcn16s_vgg16', fcn.FCN16sVGG16, _IMAGENET, 21, False),
+    ('fcn8s_vgg16', fcn.FCN8sVGG16, _IMAGENET, 21, False),
+    ('fcn8s_resnet18', fcn.FCN8sResNet18, _IMAGENET, 21, True),
+    ('fcn8s_resnet50', fcn.FCN8sResNet50, _IMAGENET, 21, True),
+    ('fcn8s_tiny', fcn.FCN8sTiny, (128, 128, 3), 7, True)]:
+  _add(_name, _fcn, _shape, _classes, task='segmentation', bn=_bn)
 
 
 def list_models(task: str | None = 'classification') -> list[str]:
-  """Registered model names of `task` ('classification', 'detection'; None: all), sorted."""
-  return sorted(n for n, s in _MODELS.items() if task is None or s.task == task)
-
-
-def model_task(name: str) -> str:
-  """The task a model is built for: 'classification' or 'detection'."""
-  return _spec(name).task
+  """Registered model names of `task` (one of `TASKS`; None: all), sorted."""
+  return sorted(n for n, s in _MODELS.items() if task is None or s.info.task == task)
 
 
 def _spec(name: str) -> ModelSpec:
   if name not in _MODELS:
-    raise errors.unknown_choice('model', name, list_models(None))
+    raise errors.unknown_choice('model', name, list_models(None),
+                                listing='cvjax.models.list_models(None) lists them')
   return _MODELS[name]
 
 
+def model_info(name: str) -> ModelInfo:
+  """What model `name` is (task, natural input, classes, remat, BatchNorm); builds nothing.
+
+  Raises:
+    UserError: unknown name.
+  """
+  return _spec(name).info
+
+
+def model_task(name: str) -> str:
+  """The task a model is built for: 'classification', 'detection' or 'segmentation'."""
+  return model_info(name).task
+
+
+def model_input_shape(name: str) -> tuple[int, int, int]:
+  """The model's natural input (H, W, C), e.g. (224, 224, 3) for resnet50."""
+  return model_info(name).input_shape
+
+
+def model_num_classes(name: str) -> int:
+  """Classes of the dataset the model was designed for (e.g. 10 or 1000)."""
+  return model_info(name).num_classes
+
+
 def model_options(name: str) -> list[str]:
-  """The keyword arguments `get_model(name, ...)` accepts besides num_classes."""
-  builder = _spec(name).builder
-  cls, fixed = builder, {}
-  if isinstance(builder, functools.partial):
-    cls, fixed = builder.func, builder.keywords
+  """The keyword arguments `get_model(name, ...)` accepts besides num_classes, sorted.
+
+  Every model takes `conv_impl`, `dtype` and `param_dtype`; `bn_axis_name`
+  (and `bn_momentum`, `bn_epsilon`) only models with BatchNorm
+  (`model_info(name).batch_norm`); `remat` only those with `supports_remat`.
+  """
+  spec = _spec(name)
+  cls, fixed = spec.builder, {}
+  while isinstance(cls, functools.partial):
+    cls, fixed = cls.func, {**cls.keywords, **fixed}
   fields = {f.name for f in dataclasses.fields(cls)}
-  return sorted(fields - {'parent', 'name', 'num_classes'} - set(fixed))
+  hidden = {'parent', 'name', 'num_classes'} | set(fixed)
+  if not spec.info.batch_norm:  # a class shared with BN variants (VGG, FCN, SSD, GoogLeNet)
+    hidden |= {'bn_axis_name', 'bn_momentum', 'bn_epsilon'}
+  return sorted(fields - hidden)
 
 
-def get_model(name: str, num_classes: int = 1000, **kwargs) -> nn.Module:
+def get_model(name: str, num_classes: int = 1000, conv_impl: str = 'xla', **kwargs) -> nn.Module:
   """The module called `name`, unbound: use it as `model.init` / `model.apply`.
 
   Called as `model.apply(variables, x, train=False)` with x float32[B, H, W, C]
-  (see `model_input_shape`), it returns logits float32[B, num_classes].
+  (see `model_input_shape`), a classifier returns logits float32[B, num_classes].
+  conv_impl: one of `CONV_IMPLS`, resolved here, once ('auto' → the CPU
+  lowerings when `jax.default_backend()` is 'cpu' now, else 'xla'); the model
+  holds the result as its `conv_impl` field. Parameters do not depend on it.
   kwargs are the model's options (`model_options(name)`): every model takes
-  `dtype`, `param_dtype` (a dtype or its name, e.g. 'bfloat16') and
-  `bn_axis_name` (ignored by models without BatchNorm).
+  `dtype` and `param_dtype` (a dtype or its name, e.g. 'bfloat16'); models with
+  BatchNorm take `bn_axis_name`.
 
   Raises:
-    UserError: unknown name, unknown option or unknown dtype.
+    UserError: unknown name, option, conv impl or dtype.
   """
   options = model_options(name)
   unknown = sorted(set(kwargs) - set(options))
@@ -151,14 +196,5 @@ def get_model(name: str, num_classes: int = 1000, **kwargs) -> nn.Module:
       except TypeError:
         raise errors.UserError(
             f'unknown {key} {kwargs[key]!r}; use e.g. float32, bfloat16, float16') from None
-  return _spec(name).builder(num_classes=num_classes, **kwargs)
-
-
-def model_input_shape(name: str) -> tuple[int, int, int]:
-  """The model's natural input (H, W, C), e.g. (224, 224, 3) for resnet50."""
-  return _spec(name).input_shape
-
-
-def model_num_classes(name: str) -> int:
-  """Classes of the dataset the model was designed for (10 or 1000)."""
-  return _spec(name).num_classes
+  return _spec(name).builder(num_classes=num_classes, conv_impl=conv_lowering.resolve(conv_impl),
+                             **kwargs)

@@ -38,7 +38,7 @@ def remat_block(block_cls):
 
   A rematerialised block keeps only its input for the backward pass and
   recomputes its inside there: the same numbers and parameter names, less
-  activation memory, one more forward pass of compute (issue 6).
+  activation memory, one more forward pass of compute.
   """
   if isinstance(block_cls, partial):
     return partial(nn.remat(block_cls.func), *block_cls.args, **block_cls.keywords)
@@ -123,6 +123,7 @@ class ResNet(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   bn_axis_name: str | None = None
+  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   remat: bool = False  # recompute each block in the backward pass (less memory)
@@ -130,7 +131,7 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     block_cls = remat_block(self.block_cls) if self.remat else self.block_cls
-    conv_ = partial(conv, use_bias=self.conv_bias, dtype=self.dtype,
+    conv_ = partial(conv, use_bias=self.conv_bias, impl=self.conv_impl, dtype=self.dtype,
                     param_dtype=self.param_dtype)
     norm = partial(nn.BatchNorm, use_running_average=not train,
                    momentum=self.bn_momentum, epsilon=self.bn_epsilon,

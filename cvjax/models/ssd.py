@@ -36,16 +36,14 @@ SSD300-ResNet50 follows NVIDIA's SSD300 v1.1 (DeepLearningExamples): torchvision
 ResNet-50 up to layer3 with layer3's stride set to 1 (38×38×1024), extra blocks
 1×1 → BN → ReLU → 3×3 → BN → ReLU (channels 512, 512, 256, 256, 256), SSD300's anchors.
 
-ssd128_resnet18_slim, the CPU model: torchvision's ResNet-18 at a quarter of the
+ssd128_resnet18_slim, the small model: torchvision's ResNet-18 at a quarter of the
 width (stages of 16, 32, 64, 128 channels) on 128² inputs; heads on layer2,
 layer3, layer4 and two BN extra blocks, maps 16, 8, 4, 2, 1 → 1,524 default
 boxes, scales 0.1, 0.2, 0.43, 0.66, 0.89 (+1.12): the paper's rule (s_min 0.2,
-s_max 0.9) with the first map at s_min / 2, as SSD300 puts conv4_3. It exists
-because SSD300-VGG16 (31.4 GMACs per image) cannot train in 30 minutes on two
-CPU cores; this one (0.061 GMACs, 1.4M params for 20 classes) keeps SSD's
-mechanisms — multi-scale maps, per-map 3×3 heads, default boxes, matching,
-MultiBox loss, NMS — and BatchNorm lets it train from scratch. (Half width,
-32-256 channels, costs 2.6× more per image on CPU for no gain within 30 min.)
+s_max 0.9) with the first map at s_min / 2, as SSD300 puts conv4_3. At 0.061
+GMACs per image (SSD300-VGG16: 31.4) and 1.4M params for 20 classes it keeps
+SSD's mechanisms — multi-scale maps, per-map 3×3 heads, default boxes, matching,
+MultiBox loss, NMS — and BatchNorm lets it train from scratch.
 
 Parameters for 20 classes: ssd300_vgg16 26,285,486 (35,641,826 with torchvision's
 91 COCO columns, its documented count), ssd512_vgg16 27,188,676, ssd300_resnet50
@@ -62,13 +60,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cvjax.detection.anchors import AnchorSpec, default_boxes
-from cvjax.detection.postprocess import PostprocessConfig
 from cvjax.models import resnet
+from cvjax.models.anchors import AnchorSpec, default_boxes
 from cvjax.models.layers import MaxPool, conv
 from cvjax.models.vgg import CFG_D
 
 ModuleDef = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class PostprocessConfig:
+  """torchvision's SSD defaults: score_thresh 0.01, nms_thresh 0.45,
+  detections_per_img 200, topk_candidates 400."""
+  score_threshold: float = 0.01
+  nms_threshold: float = 0.45
+  max_detections: int = 200
+  candidates_per_class: int = 400
+
 
 # torchvision's SSD init for everything it adds to VGG: Xavier-uniform, zero bias.
 xavier = nn.initializers.xavier_uniform()
@@ -154,6 +162,7 @@ class VGGFeatures(nn.Module):
   extras: Sequence[Extra] = SSD300_EXTRAS
   batch_norm: bool = False
   bn_axis_name: str | None = None
+  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -162,8 +171,8 @@ class VGGFeatures(nn.Module):
     norm = _norms(self, train)
 
     def conv_relu(x, features, kernel, name, stride=1, padding=None, dilation=1, init=None):
-      x = conv(features, kernel, stride, padding, name=name, kernel_dilation=dilation,
-               dtype=self.dtype, param_dtype=self.param_dtype,
+      x = conv(features, kernel, stride, padding, impl=self.conv_impl, name=name,
+               kernel_dilation=dilation, dtype=self.dtype, param_dtype=self.param_dtype,
                **({'kernel_init': init} if init else {}))(x)
       if self.batch_norm:
         x = norm(name=f'{name}_bn')(x)
@@ -208,12 +217,13 @@ class ResNetFeatures(nn.Module):
   num_filters: int = 64
   extras: Sequence[Extra] = RESNET_EXTRAS
   bn_axis_name: str | None = None
+  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False) -> list[jax.Array]:
-    conv_ = functools.partial(conv, use_bias=False, dtype=self.dtype,
+    conv_ = functools.partial(conv, use_bias=False, impl=self.conv_impl, dtype=self.dtype,
                               param_dtype=self.param_dtype)
     norm = _norms(self, train)
     x = nn.relu(norm(name='bn1')(conv_(self.num_filters, 7, 2, name='conv1')(x)))
@@ -252,13 +262,14 @@ class SSD(nn.Module):
   nms_threshold: float = 0.45
   max_detections: int = 200
   candidates_per_class: int = 400
-  bn_axis_name: str | None = None
+  bn_axis_name: str | None = None  # backbones with BatchNorm: cross-device statistics
+  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   def _backbone(self, **kwargs) -> nn.Module:
-    return self.backbone(bn_axis_name=self.bn_axis_name, dtype=self.dtype,
-                         param_dtype=self.param_dtype, **kwargs)
+    return self.backbone(bn_axis_name=self.bn_axis_name, conv_impl=self.conv_impl,
+                         dtype=self.dtype, param_dtype=self.param_dtype, **kwargs)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -269,8 +280,8 @@ class SSD(nn.Module):
     if len(features) != self.anchor_spec.num_maps:
       raise ValueError(f'the backbone gives {len(features)} feature maps for a '
                        f'{x.shape[1]}² input, the anchors expect {self.anchor_spec.num_maps}')
-    head = functools.partial(conv, kernel_size=3, kernel_init=xavier, dtype=self.dtype,
-                             param_dtype=self.param_dtype)
+    head = functools.partial(conv, kernel_size=3, impl=self.conv_impl, kernel_init=xavier,
+                             dtype=self.dtype, param_dtype=self.param_dtype)
     batch, columns = x.shape[0], self.num_classes + 1
     locations, logits = [], []
     for k, (f, n) in enumerate(zip(features, self.anchor_spec.boxes_per_location())):

@@ -38,14 +38,15 @@ class VGG(nn.Module):
   dropout_rate: float = 0.5
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
-  bn_axis_name: str | None = None
+  bn_axis_name: str | None = None  # with batch_norm: cross-device BN statistics
+  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     choose('VGG head', self.head, {'imagenet': 0, 'gap': 0})
-    conv3x3 = partial(conv, kernel_size=3, dtype=self.dtype,
+    conv3x3 = partial(conv, kernel_size=3, impl=self.conv_impl, dtype=self.dtype,
                       param_dtype=self.param_dtype)
     norm = batch_norm(self, train)
     dense = partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)

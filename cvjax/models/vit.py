@@ -14,8 +14,7 @@
       ViT-Tiny CIFAR  4  192    6   3      384     1,796,362 at 10 classes, 32² (65 tokens)
 
 LayerNorm eps 1e-6, exact (erf) GELU, position embeddings N(0, 0.02²), class
-token and head zero-initialised (§3.1 / Appendix B.1.1). No BatchNorm
-(`bn_axis_name` is accepted and ignored). Dropout (`dropout_rate`, after the
+token and head zero-initialised (§3.1 / Appendix B.1.1). No BatchNorm. Dropout (`dropout_rate`, after the
 embeddings, the attention output and both MLP layers; `attention_dropout_rate`
 on the attention weights) uses the 'dropout' rng; torchvision's default is 0.
 
@@ -40,6 +39,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from cvjax.models.layers import conv_general
 
 
 def attention_macs(image_size: int, patch_size: int, hidden_size: int, depth: int) -> int:
@@ -122,7 +123,7 @@ class ViT(nn.Module):
   num_classes: int = 1000
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
-  bn_axis_name: str | None = None  # accepted and ignored: no BatchNorm
+  conv_impl: str = 'xla'  # resolved conv lowering (the patch embedding), see conv_lowering
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -130,8 +131,8 @@ class ViT(nn.Module):
   def __call__(self, x, train: bool = False):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     p, d = self.patch_size, self.hidden_size
-    x = nn.Conv(d, (p, p), (p, p), padding='VALID', name='embedding',
-                kernel_init=nn.initializers.lecun_normal(), **kw)(x)
+    x = conv_general(d, p, p, padding='VALID', impl=self.conv_impl, name='embedding',
+                     kernel_init=nn.initializers.lecun_normal(), **kw)(x)
     b, gh, gw, _ = x.shape
     x = x.reshape(b, gh * gw, d)
     cls = self.param('cls', nn.initializers.zeros, (1, 1, d), self.param_dtype)

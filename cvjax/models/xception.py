@@ -45,14 +45,17 @@ class Xception(nn.Module):
   bn_momentum: float = 0.99
   bn_epsilon: float = 1e-3
   bn_axis_name: str | None = None
+  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     norm = batch_norm(self, train)
-    conv_ = partial(conv, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
-    sep = partial(SeparableConv, dtype=self.dtype, param_dtype=self.param_dtype)
+    conv_ = partial(conv, use_bias=False, impl=self.conv_impl, dtype=self.dtype,
+                    param_dtype=self.param_dtype)
+    sep = partial(SeparableConv, conv_impl=self.conv_impl, dtype=self.dtype,
+                  param_dtype=self.param_dtype)
 
     def sep_bn(x, f, name):
       return norm(name=f'{name}_bn')(sep(f, name=name)(x))
