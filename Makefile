@@ -1,5 +1,7 @@
 # Two entry points (see README): `make demo` trains the default LeNet-5 on real
-# Fashion-MNIST; `make test` runs the test suite. Both create .venv themselves.
+# Fashion-MNIST; `make test` runs the whole test suite (what CI runs). Both create .venv
+# themselves. `make test-fast` is the edit loop: the lint step and every test not
+# marked slow.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,7 +9,7 @@ STAMP := $(VENV)/.cvjax-installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test setup fashion-mnist clean
+.PHONY: demo test test-fast lint setup fashion-mnist clean
 
 setup: $(STAMP)
 
@@ -27,8 +29,16 @@ fashion-mnist:
 demo: setup fashion-mnist
 	$(PY) -m experiments.lenet
 
-test: setup fashion-mnist
+# The layering (import-linter contracts in pyproject.toml) and pyflakes/bugbear.
+lint: setup
+	$(VENV)/bin/ruff check cvjax experiments launch benchmarks tests
+	$(VENV)/bin/lint-imports
+
+test: lint fashion-mnist
 	$(PY) -m pytest -q -n 2 tests
+
+test-fast: lint fashion-mnist
+	$(PY) -m pytest -q -n 2 -m "not slow" tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,121 +1,108 @@
 """Flags shared by every experiment, and the wrapper that runs one.
 
-An experiment module is a dict of defaults plus `common.main(DEFAULTS)`;
-everything else lives in the library (`cvjax.train.fit`). Flags mirror
-`cvjax.train.TrainConfig` field for field.
+An experiment module is a dict of defaults plus `common.main(DEFAULTS)`; everything
+else lives in the library (`cvjax.tasks.fit`). The flags are generated from
+`cvjax.train.TrainConfig`'s fields and their help (one flag per field, same name), so
+a new config field is a new flag with nothing written here.
 
-Bad input (unknown model/dataset/op, impossible batch size, missing files)
-ends with one `error: ...` line on stderr and exit status 2, no traceback.
+Bad input (unknown model/dataset/op, impossible batch size, missing files, a flag
+that does not parse) ends with one `error: ...` line on stderr and exit status 2, no
+traceback. `--helpshort` lists the experiment's flags.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
+import types
+import typing
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow only reads data here
 
 from absl import app, flags, logging  # noqa: E402
 
+from cvjax import cli  # noqa: E402
 from cvjax.errors import Preempted, UserError  # noqa: E402
-from cvjax.train.config import (OPTIMIZERS, PREPROCESSINGS, SCHEDULES, TrainConfig,  # noqa: E402
-                                parse_kwargs)
+from cvjax.train.config import TrainConfig, parse_kwargs  # noqa: E402
 
 FLAGS = flags.FLAGS
-_BASE = TrainConfig()
 
 
-def _define_flags() -> None:
-  f = flags
-  f.DEFINE_string('workdir', None, 'Run directory (default: runs/<model>_<dataset>). '
-                  'A workdir with checkpoints is resumed.')
-  f.DEFINE_string('task', _BASE.task, 'classification (more tasks register themselves).')
-  f.DEFINE_string('model', _BASE.model, 'Model name; `python -m cvjax.summary --help` lists them.')
-  f.DEFINE_string('model_kwargs', '', 'Extra model arguments, e.g. "activation=relu,pooling=max".')
-  f.DEFINE_string('dataset', _BASE.dataset, 'TFDS dataset name (mnist, fashion_mnist, cifar10, '
-                  'cifar100, tf_flowers, imagenet2012).')
-  f.DEFINE_integer('image_size', None, 'Model input size; default: the model\'s natural size.')
-  f.DEFINE_string('augment', None, 'Train augmentation ops, e.g. "pad_crop(4)|flip_lr"; '
-                  'default: the dataset\'s; "" for none.')
-  f.DEFINE_string('eval_split', _BASE.eval_split, 'Split evaluated during training.')
-  f.DEFINE_string('data_dir', None, 'TFDS data_dir (default: TFDS\'s).')
-  f.DEFINE_string('raw_data_dir', None, 'Directory with a dataset\'s original raw files, used to '
-                  'build the TFDS dataset offline.')
-  f.DEFINE_integer('batch_size', _BASE.batch_size, 'Global batch size (all devices).')
-  f.DEFINE_integer('eval_batch_size', None, 'Global eval batch size (default: batch_size).')
-  f.DEFINE_float('num_epochs', _BASE.num_epochs, 'Training length in epochs.')
-  f.DEFINE_integer('num_train_steps', None, 'Training length in steps; overrides num_epochs.')
-  f.DEFINE_enum('optimizer', _BASE.optimizer, OPTIMIZERS, 'Optimizer.')
-  f.DEFINE_float('learning_rate', _BASE.learning_rate, 'Peak learning rate.')
-  f.DEFINE_float('momentum', _BASE.momentum, 'Momentum for momentum/nesterov.')
-  f.DEFINE_enum('schedule', _BASE.schedule, SCHEDULES, 'Learning-rate schedule.')
-  f.DEFINE_float('warmup_epochs', _BASE.warmup_epochs, 'Linear warmup length in epochs.')
-  f.DEFINE_list('decay_epochs', [], 'Epochs at which the step schedule decays.')
-  f.DEFINE_float('decay_factor', _BASE.decay_factor, 'Step schedule multiplier.')
-  f.DEFINE_float('weight_decay', _BASE.weight_decay, 'L2 weight decay on kernels.')
-  f.DEFINE_float('label_smoothing', _BASE.label_smoothing, 'Label smoothing.')
-  f.DEFINE_float('grad_clip_norm', None, 'Clip gradients to this global norm.')
-  f.DEFINE_integer('seed', _BASE.seed, 'Seed for init, data order, augmentation and dropout.')
-  f.DEFINE_integer('log_every_steps', _BASE.log_every_steps, 'Training metrics interval.')
-  f.DEFINE_integer('eval_every_steps', None, 'Evaluation interval (default: each epoch).')
-  f.DEFINE_integer('checkpoint_every_steps', None, 'Checkpoint interval (default: each epoch).')
-  f.DEFINE_integer('keep_checkpoints', _BASE.keep_checkpoints, 'Newest checkpoints kept '
-                   '(the best one is kept too).')
-  f.DEFINE_integer('early_stopping_patience', None, 'Stop after this many evaluations '
-                   'without improvement.')
-  f.DEFINE_string('early_stopping_metric', None, 'Eval metric watched by early stopping '
-                  '(default: the task\'s main metric, e.g. accuracy; "loss" is minimised).')
-  f.DEFINE_integer('num_devices', None, 'Use only the first N devices (default: all).')
-  # Transfer learning and imported weights (issue 5; see cvjax.transfer).
-  f.DEFINE_string('init_from', None, 'Workdir (e.g. from `python -m cvjax.convert`) whose '
-                  'params/BN statistics with matching path and shape start a fresh run.')
-  f.DEFINE_string('init_exclude', None, 'Not taken from --init_from: "head" or a regex on '
-                  'param paths (re-initialised instead).')
-  f.DEFINE_string('freeze', '', 'Frozen params: all_but_head, all_but_top:N (top N stages '
-                  'train), or a regex on param paths such as "^(conv1|bn1|layer1)".')
-  f.DEFINE_string('preprocessing', '', 'Input convention of imported weights: '
-                  f'{", ".join(PREPROCESSINGS)} (caffe: Keras VGG/ResNet; torch: torchvision); '
-                  '"" (default): the dataset\'s mean/std.')
-  # Mixed precision and memory (issue 6).
-  f.DEFINE_string('half_precision', None, 'Compute in bf16 or fp16 (params, optimizer state, '
-                  'BN statistics, logits and loss stay float32; fp16 adds dynamic loss '
-                  'scaling). Default: float32.')
-  f.DEFINE_integer('grad_accum_steps', _BASE.grad_accum_steps, 'Average the gradients of K '
-                   'micro-batches of --batch_size per optimizer step (effective batch '
-                   'batch_size × K; steps, epochs and schedules count optimizer steps).')
-  f.DEFINE_bool('remat', _BASE.remat, 'Recompute residual blocks in the backward pass: less '
-                'activation memory, ~1/3 more compute (ResNet family).')
-  f.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of process 0.')
-  f.DEFINE_integer('num_processes', None, 'Multi-process: number of processes.')
-  f.DEFINE_integer('process_id', None, 'Multi-process: this process\'s index.')
+def _main_module() -> str:
+  """The module name absl files `--helpshort` flags under: the program being run."""
+  return sys.argv[0] if sys.argv and sys.argv[0] else 'experiments'
+
+
+def _flag_kind(annotation) -> tuple[type, bool]:
+  """(base type, optional) of a TrainConfig field annotation such as 'int | None'."""
+  hint = eval(annotation, {'Any': typing.Any}) if isinstance(annotation, str) else annotation  # pylint: disable=eval-used
+  args = typing.get_args(hint)
+  optional = isinstance(hint, types.UnionType) and type(None) in args
+  if optional:
+    hint = next(a for a in args if a is not type(None))
+  return typing.get_origin(hint) or hint, optional
+
+
+def define_config_flags(module_name: str | None = None) -> None:
+  """One absl flag per TrainConfig field: same name, the field's default and help."""
+  module_name = module_name or _main_module()
+  base = TrainConfig()
+  for field in dataclasses.fields(TrainConfig):
+    kind, _ = _flag_kind(field.type)
+    default = getattr(base, field.name)
+    helptext = field.metadata.get('help', '')
+    choices = field.metadata.get('choices')
+    common = dict(flag_values=FLAGS, module_name=module_name)
+    if kind is dict:
+      flags.DEFINE_string(field.name, '', helptext, **common)
+    elif kind is tuple:
+      flags.DEFINE_list(field.name, [str(v) for v in default], helptext, **common)
+    elif kind is bool:
+      flags.DEFINE_bool(field.name, default, helptext, **common)
+    elif kind is int:
+      flags.DEFINE_integer(field.name, default, helptext, **common)
+    elif kind is float:
+      flags.DEFINE_float(field.name, default, helptext, **common)
+    elif choices and not field.metadata.get('empty_is_none'):
+      flags.DEFINE_enum(field.name, default, choices, helptext, **common)
+    else:
+      if choices:
+        helptext += f' One of: {", ".join(choices)}.'
+      flags.DEFINE_string(field.name, default, helptext, **common)
+
+
+def _define_run_flags(module_name: str) -> None:
+  common = dict(flag_values=FLAGS, module_name=module_name)
+  flags.DEFINE_string('workdir', None, 'Run directory (default: runs/<model>_<dataset>). '
+                      'A workdir with checkpoints is resumed.', **common)
+  flags.DEFINE_bool('set_aside', False, 'If --workdir holds a different run, move it to '
+                    '<workdir>.old-<time> and start this one (nothing is deleted).', **common)
+  flags.DEFINE_bool('reevaluate', False, 'Evaluate a finished run again and rewrite its '
+                    'results.json (a finished run otherwise just reports its results).', **common)
+  flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of process 0.',
+                      **common)
+  flags.DEFINE_integer('num_processes', None, 'Multi-process: number of processes.', **common)
+  flags.DEFINE_integer('process_id', None, "Multi-process: this process's index.", **common)
 
 
 def config_from_flags() -> TrainConfig:
   """The TrainConfig the parsed flags describe."""
-  try:
-    decay_epochs = tuple(float(e) for e in FLAGS.decay_epochs)
-  except ValueError:
-    raise UserError(f'--decay_epochs must be numbers, got {FLAGS.decay_epochs}') from None
-  return TrainConfig(
-      task=FLAGS.task, model=FLAGS.model, model_kwargs=parse_kwargs(FLAGS.model_kwargs), dataset=FLAGS.dataset,
-      image_size=FLAGS.image_size, augment=FLAGS.augment, eval_split=FLAGS.eval_split,
-      data_dir=FLAGS.data_dir, raw_data_dir=FLAGS.raw_data_dir, batch_size=FLAGS.batch_size,
-      eval_batch_size=FLAGS.eval_batch_size, num_epochs=FLAGS.num_epochs,
-      num_train_steps=FLAGS.num_train_steps, optimizer=FLAGS.optimizer,
-      learning_rate=FLAGS.learning_rate, momentum=FLAGS.momentum, schedule=FLAGS.schedule,
-      warmup_epochs=FLAGS.warmup_epochs, decay_epochs=decay_epochs,
-      decay_factor=FLAGS.decay_factor, weight_decay=FLAGS.weight_decay,
-      label_smoothing=FLAGS.label_smoothing, grad_clip_norm=FLAGS.grad_clip_norm,
-      seed=FLAGS.seed, log_every_steps=FLAGS.log_every_steps,
-      eval_every_steps=FLAGS.eval_every_steps,
-      checkpoint_every_steps=FLAGS.checkpoint_every_steps,
-      keep_checkpoints=FLAGS.keep_checkpoints,
-      early_stopping_patience=FLAGS.early_stopping_patience,
-      early_stopping_metric=FLAGS.early_stopping_metric, num_devices=FLAGS.num_devices,
-      init_from=FLAGS.init_from, init_exclude=FLAGS.init_exclude, freeze=FLAGS.freeze,
-      preprocessing=FLAGS.preprocessing or None,  # issue 5
-      half_precision=FLAGS.half_precision or None, grad_accum_steps=FLAGS.grad_accum_steps,
-      remat=FLAGS.remat)  # issue 6
+  values = {}
+  for field in dataclasses.fields(TrainConfig):
+    kind, _ = _flag_kind(field.type)
+    value = FLAGS[field.name].value
+    if kind is dict:
+      value = parse_kwargs(value or '')
+    elif kind is tuple:
+      try:
+        value = tuple(float(v) for v in value)
+      except ValueError:
+        raise UserError(f'--{field.name} must be numbers, got {value}') from None
+    elif field.metadata.get('empty_is_none') and value == '':
+      value = None
+    values[field.name] = value
+  return TrainConfig(**values)
 
 
 class _QuietLibraries:
@@ -128,33 +115,52 @@ class _QuietLibraries:
 
 def _train(argv, run=None) -> None:
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  if len(argv) > 1:
-    raise UserError(f'unexpected arguments {argv[1:]}; flags look like --name=value')
-  from cvjax.train import distributed
+  cli.check_no_positional(argv)
+  from cvjax.train import distributed  # pylint: disable=g-import-not-at-top
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  from cvjax.train import fit  # imports JAX/TF only once the flags are good
-  config = config_from_flags()
+  # JAX, TensorFlow and the tasks are imported only once the flags are good.
+  from cvjax import tasks  # pylint: disable=g-import-not-at-top
+  config = _drop_inapplicable_defaults(config_from_flags())
   workdir = FLAGS.workdir or os.path.join('runs', f'{config.model}_{config.dataset}')
   logging.info('workdir %s', workdir)
-  results = (run or fit)(config, workdir)  # run: issue 5's multi-phase experiments
-  # Issue 4: every task's test metrics (classification: test_accuracy, test_loss first).
+  if run is None:
+    results = tasks.fit(config, workdir, set_aside=FLAGS.set_aside, reevaluate=FLAGS.reevaluate)
+  else:  # a multi-phase recipe (experiments.transfer)
+    results = run(config, workdir)
+  # Every task's test metrics (classification: test_accuracy, test_loss first).
   keys = sorted((k for k, v in results.items() if k.startswith('test_') and k != 'test_examples'
                  and isinstance(v, float)), key=lambda k: (k not in ('test_accuracy', 'test_loss'), k))
   print(' '.join(f'{k}={results[k]:.4f}' for k in keys) + f' steps={results["step"]} '
         f'train_seconds={results["train_seconds"]:.0f} -> {workdir}')
 
 
+def _drop_inapplicable_defaults(config: TrainConfig) -> TrainConfig:
+  """The experiment's default model_kwargs without the options `config.model` lacks
+  (`experiments.lenet --model=resnet20` keeps LeNet's activation/pooling defaults out);
+  options typed on the command line are kept and checked by the model."""
+  if not FLAGS['model_kwargs'].using_default_value or not config.model_kwargs:
+    return config
+  from cvjax import models  # pylint: disable=g-import-not-at-top
+  options = set(models.model_options(config.model))
+  dropped = sorted(set(config.model_kwargs) - options)
+  if dropped:
+    logging.info('note: this experiment\'s default model_kwargs %s do not apply to %s; '
+                 'dropped', ', '.join(dropped), config.model)
+  return config.replace(model_kwargs={k: v for k, v in config.model_kwargs.items()
+                                      if k in options})
+
+
 def _main(argv, run=None) -> None:
   try:
     _train(argv, run)
   except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-  except Preempted as e:
-    print(f'preempted: {e}', file=sys.stderr)
-    sys.exit(143)
-  except KeyboardInterrupt:
-    print('interrupted; the newest checkpoint is kept, re-run to resume', file=sys.stderr)
+    sys.exit(cli.fail(str(e)))
+  except Preempted as e:  # SIGTERM (143) or a first Ctrl-C (130): a checkpoint was written
+    print(f'{"interrupted" if e.exit_status == 130 else "preempted"}: {e}', file=sys.stderr)
+    sys.exit(e.exit_status)
+  except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
+    print('interrupted; nothing more was saved (checkpoints already written are kept; '
+          're-run to resume from the newest)', file=sys.stderr)
     sys.exit(130)
 
 
@@ -164,7 +170,9 @@ def main(defaults: dict, run=None) -> None:
   run: `run(config, workdir) -> results` in place of one `fit` (e.g. the two phases of
   experiments.transfer); its results need test_accuracy, test_loss, step, train_seconds.
   """
-  _define_flags()
+  module_name = _main_module()
+  define_config_flags(module_name)
+  _define_run_flags(module_name)
   for name, value in defaults.items():
     FLAGS.set_default(name, value)
-  app.run(functools.partial(_main, run=run))
+  app.run(functools.partial(_main, run=run), flags_parser=cli.absl_flags_parser)

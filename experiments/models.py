@@ -1,4 +1,4 @@
-"""The later model families (issue 7) with the shared flags: GoogLeNet, Inception-v3, Xception,
+"""The later model families with the shared flags: GoogLeNet, Inception-v3, Xception,
 SE-ResNet, ResNeXt, DenseNet, MobileNet v1/v2, EfficientNet B0-B7, ViT.
 
   python -m experiments.models --flagfile=experiments/configs/mobilenet_v2_cifar10.flags

@@ -1,4 +1,4 @@
-"""Transfer learning (issue 5): fine-tune imported or pre-trained weights on a new dataset.
+"""Transfer learning: fine-tune imported or pre-trained weights on a new dataset.
 
   python -m cvjax.convert --source=keras --model=resnet50 \
       --weights=resnet50_weights_tf_dim_ordering_tf_kernels.h5 --out=runs/resnet50_keras_imagenet
@@ -38,8 +38,8 @@ def _define_flags() -> None:
 
 def run(config, workdir):
   """Runs --recipe; returns the final phase's results (fit's dict)."""
-  from cvjax import transfer
-  from cvjax.train import fit
+  from cvjax import transfer  # pylint: disable=g-import-not-at-top  (JAX after the flags)
+  from cvjax.tasks import fit  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   if f.recipe == 'fine_tune':
     return fit(config, workdir)

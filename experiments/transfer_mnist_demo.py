@@ -14,7 +14,7 @@ Data, all real: the source model is LeNet-5 (ReLU, max-pool) trained on Fashion-
   features       a head on the Fashion model's cached 84-d fc1 features
 
 and the script prints one table of test accuracies. Everything runs through
-`cvjax.train.fit`, the one loop; workdirs go under --workdir.
+`cvjax.tasks.fit`, the one loop; workdirs go under --workdir.
 """
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ import time
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app, flags  # noqa: E402
+
+from cvjax import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -77,7 +79,8 @@ def _main(argv) -> None:
   del argv
   from cvjax import transfer
   from cvjax.errors import UserError
-  from cvjax.train import TrainConfig, fit
+  from cvjax.tasks import fit
+  from cvjax.train import TrainConfig
   try:
     lenet = dict(model='lenet5', model_kwargs={'activation': 'relu', 'pooling': 'max'})
     root = FLAGS.workdir
@@ -126,7 +129,7 @@ def _main(argv) -> None:
 
 def main() -> None:
   _define_flags()
-  app.run(_main)
+  app.run(_main, flags_parser=cli.absl_flags_parser)
 
 
 if __name__ == '__main__':

@@ -4,6 +4,7 @@ Must run before JAX initialises its backends, which is why it sets the
 environment at import time (tests only; the library never does this).
 """
 import os
+import tempfile
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -12,6 +13,12 @@ os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 # TensorFlow's lazy `tf.keras` would otherwise import it first with the TF backend,
 # and every later Keras test in that worker would fail on TF variables.
 os.environ.setdefault('KERAS_BACKEND', 'jax')
+# Compiled programs go to an on-disk cache that every test process of a run (the xdist workers
+# and the experiments they start) shares, and the next run reuses: most tests compile the
+# same few train steps.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      os.path.join(tempfile.gettempdir(), 'cvjax-tests-jax-cache'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
 
 import gzip  # noqa: E402
 import struct  # noqa: E402

@@ -2,6 +2,7 @@
 import functools
 import json
 import os
+import types
 
 import jax
 import numpy as np
@@ -10,11 +11,15 @@ import pytest
 from PIL import Image
 
 import cvjax
-from cvjax.detection import anchors, data
+from cvjax.detection import data
+from cvjax.models import anchors
 from cvjax.detection.task import DetectionTask
 from cvjax.models import resnet, ssd
-from cvjax.train import TrainConfig, fit, steps
+from cvjax.tasks import fit
+from cvjax.train import TrainConfig, steps
 from cvjax.train.state import create_train_state
+
+pytestmark = pytest.mark.slow  # Detection steps and a detector trained through fit.
 
 
 def _tiny_ssd():
@@ -44,7 +49,7 @@ def test_detection_step_on_eight_devices_equals_one_device():
   tolerances (checked); float32 summation order stays well inside them."""
   model = _tiny_ssd()
   task = DetectionTask()
-  task.anchors = model.default_boxes()
+  run = types.SimpleNamespace(model=model, image_size=32, freezer=None)  # what the loss reads
   init = jax.jit(lambda key: create_train_state(model, optax.sgd(0.05, momentum=0.9), key,
                                                 (1, 32, 32, 3)))
   key = jax.random.key(0, impl='rbg')  # rbg: threefry's init compiles slowly on CPU
@@ -53,7 +58,7 @@ def test_detection_step_on_eight_devices_equals_one_device():
   for devices in (1, 8):
     mesh = steps.make_mesh(devices)
     state = jax.device_put(init(key), steps.replicated(mesh))  # fresh: the step donates it
-    step = steps.parallel_train_step(mesh, task=task)
+    step = steps.parallel_train_step(mesh, task, run)
     rng = np.random.default_rng(0)
     history = []
     for _ in range(2):
@@ -102,11 +107,12 @@ def tiny_model():
   backbone = functools.partial(ssd.ResNetFeatures, block_cls=resnet.BasicBlock,
                                stage_sizes=(1, 1), stage_strides=(1, 2), outputs=(0, 1),
                                num_filters=8, extras=(ssd.Extra(8, 16),))
-  registry._MODELS['ssd_test_tiny'] = registry.ModelSpec(  # pylint: disable=protected-access
+  registry._add(  # pylint: disable=protected-access
+      'ssd_test_tiny',
       functools.partial(ssd.SSD, backbone=backbone, anchor_spec=spec, input_size=48,
                         pixel_mean=ssd.IMAGENET_MEAN, pixel_std=ssd.IMAGENET_STD,
                         max_detections=50, candidates_per_class=50),
-      (48, 48, 3), 6, 'detection')
+      (48, 48, 3), 6, task='detection')
   yield 'ssd_test_tiny'
   del registry._MODELS['ssd_test_tiny']  # pylint: disable=protected-access
 

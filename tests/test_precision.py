@@ -1,4 +1,4 @@
-"""Mixed precision, gradient accumulation and remat (issue 6)."""
+"""Mixed precision, gradient accumulation and remat."""
 import functools
 import os
 import signal
@@ -13,14 +13,17 @@ import optax
 import pytest
 
 import cvjax
-from cvjax import models
-from cvjax.models import cifar_resnet, resnet, resnext, senet
+from cvjax import models, tasks
 from cvjax.errors import Preempted, TrainingDiverged, UserError
-from cvjax.train import TrainConfig, fit, loop, optim, steps
+from cvjax.models import cifar_resnet, resnet, resnext, senet
+from cvjax.tasks import fit
+from cvjax.train import TrainConfig, optim, steps
 from cvjax.train.checkpoint import Checkpoints
 from cvjax.train.loss_scale import DynamicLossScale
 from cvjax.train.state import create_train_state
-from cvjax.train.tasks import ClassificationTask
+from cvjax.tasks.classification import ClassificationTask
+
+pytestmark = pytest.mark.slow  # Mixed precision, accumulation and remat train real steps and runs: minutes.
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,7 +64,7 @@ def test_loss_scale_halves_on_overflow_and_doubles_after_period_finite_steps():
 
 # --- bf16 / fp16 steps.
 
-# One model per family (issue 7's files included): every conv and dense layer computes in
+# One model per family: every conv and dense layer computes in
 # the half dtype; params, BN statistics and the returned logits stay float32.
 FAMILIES = [('lenet5', 32), ('alexnet', 227), ('vgg11_bn_cifar', 32), ('resnet18', 64),
             ('resnet20', 32), ('se_resnet20', 32), ('resnext50_32x4d', 64),
@@ -108,7 +111,7 @@ def test_bf16_step_keeps_params_optimizer_and_bn_statistics_float32_and_near_the
   mesh = steps.make_mesh(8)
   batch = jax.device_put(_batch(0, size=16), steps.batch_sharded(mesh))
   tx = optax.sgd(0.1, momentum=0.9)
-  step = steps.parallel_train_step(mesh)
+  step = steps.parallel_train_step(mesh, ClassificationTask())
   state, metrics = step(_state(_ConvBN(jnp.bfloat16), tx, mesh, size=16), batch)
   for tree in (state.params, state.opt_state, state.batch_stats):
     assert {x.dtype for x in jax.tree.leaves(tree)} == {jnp.dtype(jnp.float32)}
@@ -126,7 +129,7 @@ def test_fp16_overflow_leaves_params_optimizer_and_bn_statistics_and_halves_the_
   mesh = steps.make_mesh(8)
   model = _ConvBN(jnp.float16)
   batch = jax.device_put(_batch(0, size=16), steps.batch_sharded(mesh))
-  step = steps.parallel_train_step(mesh)
+  step = steps.parallel_train_step(mesh, ClassificationTask())
   # 2**40 × dloss/dlogits cannot be represented in float16 (max 65,504): a sure overflow.
   state = _state(model, optax.sgd(0.1, momentum=0.9), mesh, size=16,
                  loss_scale=DynamicLossScale.create(initial=2.0**40))
@@ -157,7 +160,7 @@ def test_fp16_overflow_on_one_device_skips_the_step_on_every_device():
   batch['image'][6:8] *= 1000.0    # device 3's two examples only
   state = _state(model, tx, mesh, channels=1, loss_scale=DynamicLossScale.create())  # 2**15
   before = jax.device_get(state.params)
-  state, metrics = steps.parallel_train_step(mesh)(state,
+  state, metrics = steps.parallel_train_step(mesh, ClassificationTask())(state,
                                                    jax.device_put(batch, steps.batch_sharded(mesh)))
   assert float(metrics['overflow']) == 1.0 and np.isfinite(float(metrics['loss']))
   # Every device's copy of the replicated params is the old one.
@@ -165,7 +168,7 @@ def test_fp16_overflow_on_one_device_skips_the_step_on_every_device():
     np.testing.assert_array_equal(np.asarray(shard.data), before['conv1']['kernel'])
   # Without device 3's outliers the same scale is fine.
   state = _state(model, tx, mesh, channels=1, loss_scale=DynamicLossScale.create())
-  _, metrics = steps.parallel_train_step(mesh)(
+  _, metrics = steps.parallel_train_step(mesh, ClassificationTask())(
       state, jax.device_put(_batch(0, channels=1), steps.batch_sharded(mesh)))
   assert float(metrics['overflow']) == 0.0
 
@@ -184,7 +187,7 @@ def test_checkpoints_keep_the_loss_scale_and_older_checkpoints_without_one_still
   ckpts.close()
   assert float(restored.loss_scale.scale) == 1024.0 and int(restored.loss_scale.counter) == 7
 
-  # A checkpoint from before issue 6: the same tree, no loss_scale entry at all.
+  # A checkpoint written before the loss_scale field existed: the same tree, no loss_scale entry at all.
   plain = _state(model, optax.sgd(0.1), mesh, channels=1)
   old = {k: v for k, v in serialization.to_state_dict(plain).items() if k != 'loss_scale'}
   ckpts = Checkpoints(str(tmp_path / 'old'), async_save=False)
@@ -208,7 +211,7 @@ def _accum_run(k, micro_batch, updates, dtype):
   model = models.get_model('lenet5', num_classes=10, dtype=dtype, param_dtype=dtype)
   state = _state(model, tx, mesh, channels=1)
   initial = jax.device_get(state.params)
-  step = steps.parallel_train_step(mesh)
+  step = steps.parallel_train_step(mesh, ClassificationTask())
   flags = []
   data = [_batch(i, n=16, channels=1) for i in range(updates)]   # 16 examples per update
   for big in data:
@@ -240,7 +243,7 @@ def test_resume_from_a_checkpoint_in_the_middle_of_an_accumulation_is_exact(tmp_
   tx = optim.make_optimizer(config, optax.constant_schedule(1e-3))
   model = models.get_model('lenet5', num_classes=10)
   fresh = functools.partial(_state, model, tx, mesh, channels=1)
-  step = steps.parallel_train_step(mesh)
+  step = steps.parallel_train_step(mesh, ClassificationTask())
   batches = [jax.device_put(_batch(i, n=8, channels=1), steps.batch_sharded(mesh))
              for i in range(6)]
   state = fresh()
@@ -397,17 +400,17 @@ def test_bad_precision_settings_name_the_value(changes, message):
 
 
 def test_remat_is_offered_exactly_for_models_that_recompute_their_blocks():
-  offered = loop.remat_models()
+  offered = [m for m in models.list_models(None) if models.model_info(m).supports_remat]
   assert {'resnet20', 'resnet50', 'resnext50_32x4d', 'se_resnet50', 'se_resnet20'} <= set(offered)
   assert 'lenet5' not in offered and 'densenet121' not in offered
 
 
 def test_remat_on_a_model_without_blocks_and_too_large_accumulation_are_refused(real_mnist, tmp_path):
   with pytest.raises(UserError, match=r"model 'lenet5' has no remat option; --remat works for .*resnet20"):
-    loop.build_run(_config(real_mnist, remat=True))
+    tasks.build_run(_config(real_mnist, remat=True))
   with pytest.raises(UserError, match=r'batch_size × grad_accum_steps = 1000 × 5 is larger than '
                                       r'the 4000 training examples of mnist'):
-    loop.build_run(_config(real_mnist, batch_size=1000, grad_accum_steps=5))
+    tasks.build_run(_config(real_mnist, batch_size=1000, grad_accum_steps=5))
 
 
 def test_cli_rejects_an_unknown_half_precision_in_one_line():
@@ -418,3 +421,21 @@ def test_cli_rejects_an_unknown_half_precision_in_one_line():
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1] == (
       "error: half_precision must be one of bf16, fp16 (or unset for float32), got 'fp32'")
+
+
+def test_a_bf16_remat_run_restores_with_the_compute_dtype_and_remat_it_trained_with(tmp_path):
+  """restore builds the model with the same factory as training (no dataset needed here)."""
+  from cvjax.pretrained import common
+  from cvjax.train import freeze
+  config = TrainConfig(model='resnet20', num_classes=10, dataset='cifar10', half_precision='bf16',
+                       remat=True, conv_impl='xla', batch_size=1, num_train_steps=1,
+                       optimizer='sgd', schedule='constant')
+  net = models.get_model('resnet20', num_classes=10)
+  shapes = freeze.variable_shapes(net, (1, 32, 32, 3))
+  arrays = {f'{c}/{p}': np.zeros(v.shape, np.float32) for c in ('params', 'batch_stats')
+            for p, v in freeze.flat_paths(shapes[c]).items()}
+  common.write_workdir(str(tmp_path / 'run'), config, arrays, {})
+  restored = cvjax.restore(str(tmp_path / 'run'))
+  assert restored.model.dtype == jnp.bfloat16 and restored.model.remat
+  assert restored.model.conv_impl == 'xla' and restored.model.bn_axis_name is None
+  assert {x.dtype for x in jax.tree.leaves(restored.variables)} == {np.dtype(np.float32)}

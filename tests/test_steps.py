@@ -8,6 +8,7 @@ import pytest
 
 from cvjax import models
 from cvjax.errors import UserError
+from cvjax.tasks.classification import ClassificationTask, cross_entropy
 from cvjax.train import optim, steps
 from cvjax.train.config import TrainConfig
 from cvjax.train.state import create_train_state
@@ -20,14 +21,15 @@ def _batch(n=16, size=32, classes=10, seed=0, dtype=np.float32):
 
 
 def _train(num_devices, model_name='resnet20', steps_to_run=2, tx=None, dtype=jnp.float32,
-           size=16):
+           size=16, conv_impl='xla'):
   mesh = steps.make_mesh(num_devices)
-  model = models.get_model(model_name, num_classes=10, bn_axis_name=steps.AXIS,
-                           dtype=dtype, param_dtype=dtype)
+  bn = {'bn_axis_name': steps.AXIS} if models.model_info(model_name).batch_norm else {}
+  model = models.get_model(model_name, num_classes=10, dtype=dtype, param_dtype=dtype,
+                           conv_impl=conv_impl, **bn)
   tx = tx or optax.sgd(0.1, momentum=0.9)
   state = create_train_state(model, tx, jax.random.PRNGKey(0), (1, size, size, 3))
   state = jax.device_put(state, steps.replicated(mesh))
-  step = steps.parallel_train_step(mesh)
+  step = steps.parallel_train_step(mesh, ClassificationTask())
   history = []
   for i in range(steps_to_run):
     batch = jax.device_put(_batch(seed=i, size=size, dtype=dtype), steps.batch_sharded(mesh))
@@ -40,7 +42,9 @@ def _max_diff(a, b):
   return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(x - y))), a, b)))
 
 
-def test_one_and_eight_devices_give_the_same_params_and_batch_stats():
+@pytest.mark.slow
+@pytest.mark.parametrize('conv_impl', ['auto', 'xla'])
+def test_one_and_eight_devices_give_the_same_params_and_batch_stats(conv_impl):
   """Same global batch on 1 and 8 devices → same training, BN included.
 
   Run in float64: in float32 three momentum steps of a BN ResNet on 2-example
@@ -49,8 +53,8 @@ def test_one_and_eight_devices_give_the_same_params_and_batch_stats():
   """
   assert jax.device_count() == 8, 'conftest should simulate 8 CPU devices'
   with jax.enable_x64(True):
-    one, hist1 = _train(1, dtype=jnp.float64)
-    eight, hist8 = _train(8, dtype=jnp.float64)
+    one, hist1 = _train(1, dtype=jnp.float64, conv_impl=conv_impl)
+    eight, hist8 = _train(8, dtype=jnp.float64, conv_impl=conv_impl)
   assert _max_diff(one.params, eight.params) < 1e-10
   # BatchNorm statistics are synchronised over the 'data' axis: global-batch means.
   assert _max_diff(one.batch_stats, eight.batch_stats) < 1e-10
@@ -63,7 +67,7 @@ def test_eight_device_step_equals_plain_single_device_step_not_eight_times_it():
   model = models.get_model('lenet5', num_classes=10)
   state = create_train_state(model, optax.sgd(0.1), jax.random.PRNGKey(0), (1, 32, 32, 3))
   initial = jax.device_get(state.params)
-  plain, _ = jax.jit(lambda s, b: steps.train_step(s, b, axis_name=None))(state, _batch(seed=0))
+  plain, _ = jax.jit(lambda s, b: steps.train_step(s, b, task=ClassificationTask(), axis_name=None))(state, _batch(seed=0))
   assert _max_diff(mesh_state.params, jax.device_get(plain.params)) < 2e-5
   # And the step actually moved the parameters.
   assert _max_diff(initial, jax.device_get(plain.params)) > 1e-3
@@ -79,7 +83,7 @@ class _DropoutNet(nn.Module):
 def test_dropout_masks_differ_between_steps_but_repeat_for_the_same_step():
   model = _DropoutNet()
   state = create_train_state(model, optax.sgd(0.0), jax.random.PRNGKey(0), (1, 32, 32, 3))
-  step = jax.jit(lambda s, b: steps.train_step(s, b, axis_name=None))
+  step = jax.jit(lambda s, b: steps.train_step(s, b, task=ClassificationTask(), axis_name=None))
   batch = _batch(n=4)
   _, m1 = step(state, batch)
   _, m1_again = step(state, batch)
@@ -97,17 +101,17 @@ def test_eval_step_counts_only_masked_in_examples():
   batch = {'image': rng.normal(size=(16, 32, 32, 1)).astype(np.float32),
            'label': rng.integers(0, 10, 16).astype(np.int32),
            'mask': np.arange(16) < 11}
-  sums, _ = jax.device_get(steps.parallel_eval_step(mesh)(state, jax.device_put(batch, steps.batch_sharded(mesh))))
+  sums, _ = jax.device_get(steps.parallel_eval_step(mesh, ClassificationTask())(state, jax.device_put(batch, steps.batch_sharded(mesh))))
   assert sums['count'] == 11
   logits = model.apply({'params': state.params}, batch['image'][:11], train=False)
-  expected = float(jnp.sum(steps.cross_entropy(logits, batch['label'][:11])))
+  expected = float(jnp.sum(cross_entropy(logits, batch['label'][:11])))
   assert sums['loss_sum'] == pytest.approx(expected, rel=1e-5)
 
 
 def test_label_smoothing_raises_the_loss_of_a_confident_correct_prediction():
   logits = jnp.array([[10.0, 0.0, 0.0]])
   labels = jnp.array([0])
-  assert float(steps.cross_entropy(logits, labels, 0.1)[0]) > float(steps.cross_entropy(logits, labels)[0]) + 0.1
+  assert float(cross_entropy(logits, labels, 0.1)[0]) > float(cross_entropy(logits, labels)[0]) + 0.1
 
 
 def test_warmup_then_cosine_schedule_values():

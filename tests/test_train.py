@@ -9,8 +9,11 @@ import pytest
 
 import cvjax
 from cvjax.errors import TrainingDiverged, UserError
-from cvjax.train import TrainConfig, fit
+from cvjax.tasks import fit
+from cvjax.train import TrainConfig
 from cvjax.train.checkpoint import Checkpoints
+
+pytestmark = pytest.mark.slow  # Each test trains LeNet-5 through fit on real digits.
 
 
 def _config(real_mnist, **changes):
@@ -98,9 +101,12 @@ def test_restore_predicts_the_test_digits_as_well_as_training_measured(finished_
   assert accuracy == pytest.approx(results['test_accuracy'], abs=1e-3)
 
 
-def test_one_and_eight_devices_train_to_the_same_numbers(real_mnist, tmp_path):
-  one = fit(_config(real_mnist, num_train_steps=20, num_devices=1), str(tmp_path / 'one'))
-  eight = fit(_config(real_mnist, num_train_steps=20, num_devices=8), str(tmp_path / 'eight'))
+@pytest.mark.parametrize('conv_impl', ['auto', 'xla'])  # the CPU lowerings and XLA's own convs
+def test_one_and_eight_devices_train_to_the_same_numbers(real_mnist, tmp_path, conv_impl):
+  one = fit(_config(real_mnist, num_train_steps=20, num_devices=1, conv_impl=conv_impl),
+            str(tmp_path / 'one'))
+  eight = fit(_config(real_mnist, num_train_steps=20, num_devices=8, conv_impl=conv_impl),
+              str(tmp_path / 'eight'))
   assert eight['test_loss'] == pytest.approx(one['test_loss'], rel=1e-4)
   assert abs(eight['test_accuracy'] - one['test_accuracy']) <= 0.002  # at most 2 of 1,000 digits flip
 

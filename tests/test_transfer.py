@@ -12,10 +12,16 @@ from flax import traverse_util
 
 import cvjax
 from cvjax import models, transfer
+from cvjax.tasks import features
+from cvjax.tasks.classification import ClassificationTask
 from cvjax.errors import UserError
 from cvjax.pretrained import common
-from cvjax.train import TrainConfig, fit, optim, steps
+from cvjax.tasks import fit
+from cvjax.train import TrainConfig, optim, steps, warm_start
+from cvjax.train import freeze as freezing
 from cvjax.train.state import create_train_state
+
+pytestmark = pytest.mark.slow  # Each test builds or trains models through fit.
 
 
 def _flat(tree):
@@ -57,14 +63,14 @@ def test_frozen_params_and_bn_statistics_stay_bit_identical_through_training_ste
   frozen (not even through weight decay), and frozen BN statistics stay put."""
   shape = (1, 16, 16, 3)
   model = _TinyResNet()
-  freezer = transfer.make_freezer('all_but_top:1', model, shape)
+  freezer = freezing.make_freezer('all_but_top:1', model, shape)
   assert freezer.description == 'all but layer2_0, fc'
   config = TrainConfig(optimizer='momentum', learning_rate=0.1, weight_decay=1e-3)
   tx = optim.make_optimizer(config, optax.constant_schedule(0.1), freezer)
   state = create_train_state(model, tx, jax.random.PRNGKey(0), shape)
   batch = {'image': jax.random.normal(jax.random.PRNGKey(1), (8, 16, 16, 3)),
            'label': jnp.arange(8) % 5}
-  step = jax.jit(lambda s, b: steps.train_step(s, b, axis_name=None, freezer=freezer))
+  step = jax.jit(lambda s, b: steps.train_step(s, b, task=ClassificationTask(), axis_name=None, freezer=freezer))
   after = state
   for _ in range(3):
     after, _ = step(after, batch)
@@ -88,7 +94,7 @@ def test_frozen_bn_layers_normalise_with_running_statistics_in_a_train_step():
                                                     maxval=2.0), variables['batch_stats'])
   variables = {**variables, 'batch_stats': stats}
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 16, 16, 3))
-  freezer = transfer.make_freezer('all_but_head', model, shape)
+  freezer = freezing.make_freezer('all_but_head', model, shape)
   with freezer.bn_inference():
     train_out, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
   np.testing.assert_allclose(train_out, model.apply(variables, x, train=False), rtol=1e-5,
@@ -107,16 +113,16 @@ def _trainable_modules(freezer, model, shape):
 def test_freeze_by_block_depth_names_the_top_stages_of_resnet_and_vgg():
   shape = (1, 32, 32, 3)
   resnet = models.get_model('resnet34', num_classes=5)
-  top2 = transfer.make_freezer('all_but_top:2', resnet, shape)
+  top2 = freezing.make_freezer('all_but_top:2', resnet, shape)
   assert _trainable_modules(top2, resnet, shape) == (
       ['fc'] + [f'layer3_{j}' for j in range(6)] + [f'layer4_{j}' for j in range(3)])
-  head_only = transfer.make_freezer('all_but_head', resnet, shape)
+  head_only = freezing.make_freezer('all_but_head', resnet, shape)
   assert _trainable_modules(head_only, resnet, shape) == ['fc']
   vgg = models.get_model('vgg11', num_classes=5)
-  top1 = transfer.make_freezer('all_but_top:1', vgg, (1, 32, 32, 3))
+  top1 = freezing.make_freezer('all_but_top:1', vgg, (1, 32, 32, 3))
   assert _trainable_modules(top1, vgg, (1, 32, 32, 3)) == [
       'block5_conv1', 'block5_conv2', 'fc1', 'fc2', 'fc3']
-  by_name = transfer.make_freezer(r'^(conv1|bn1|layer1)', resnet, shape)
+  by_name = freezing.make_freezer(r'^(conv1|bn1|layer1)', resnet, shape)
   assert {p.split('/')[0] for p in by_name.frozen} == {'conv1', 'bn1', 'layer1_0', 'layer1_1',
                                                        'layer1_2'}
   assert 'layer1_0/bn1' in by_name.frozen_modules and 'layer2_0/bn1' not in by_name.frozen_modules
@@ -131,7 +137,7 @@ def test_freeze_by_block_depth_names_the_top_stages_of_resnet_and_vgg():
 ])
 def test_bad_freeze_settings_are_refused(freeze, message):
   with pytest.raises(UserError, match=message):
-    transfer.make_freezer(freeze, _TinyResNet(), (1, 16, 16, 3))
+    freezing.make_freezer(freeze, _TinyResNet(), (1, 16, 16, 3))
 
 
 # ------------------------------------------------------- init_from and recipes
@@ -181,11 +187,11 @@ def test_init_from_refuses_a_source_with_nothing_in_common_or_other_preprocessin
   state = _lenet_state()
   with pytest.raises(UserError, match=r'trained on torch-normalised inputs but this run uses '
                                       r"the dataset's; set --preprocessing=torch"):
-    transfer.init_from(state, _config(real_mnist, init_from=fake))
+    warm_start.init_from(state, _config(real_mnist, init_from=fake))
   with pytest.raises(UserError, match=r'has no tensor matching lenet5 by path and shape'):
-    transfer.init_from(state, _config(real_mnist, init_from=fake, preprocessing='torch'))
+    warm_start.init_from(state, _config(real_mnist, init_from=fake, preprocessing='torch'))
   with pytest.raises(UserError, match=r"init_from='/nonexistent' has no config.json"):
-    transfer.init_from(state, _config(real_mnist, init_from='/nonexistent'))
+    warm_start.init_from(state, _config(real_mnist, init_from='/nonexistent'))
 
 
 def _lenet_state():
@@ -236,13 +242,13 @@ def test_feature_extraction_computes_base_and_head_in_bf16_with_half_precision(
                    eval_every_steps=40, checkpoint_every_steps=40, eval_batch_size=200)
   results = transfer.feature_extraction(config, str(tmp_path / 'fx'))
   assert results['test_accuracy'] > 0.3  # chance: 0.1
-  task = transfer.FeatureTask()
+  task = features.FeatureTask()
   model, variables, head, _ = task.base(config)
   meta = task.dataset_meta(config)
   assert task.build_model(config, meta)[0].dtype == model.dtype == 'bfloat16'
   x = jnp.asarray(real_mnist['test_images'][:16], jnp.float32) / 255.0
-  half = transfer._feature_fn(model, head)(variables, x)
-  full = transfer._feature_fn(model.clone(dtype=jnp.float32), head)(variables, x)
+  half = features.feature_fn(model, head)(variables, x)
+  full = features.feature_fn(model.clone(dtype=jnp.float32), head)(variables, x)
   assert half.dtype == jnp.float32  # features are kept in float32
   assert 0 < float(jnp.abs(half - full).max()) < 0.05 * float(jnp.abs(full).max())
 

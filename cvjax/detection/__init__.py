@@ -8,12 +8,11 @@ Units and conventions used throughout (cvjax's, not torchvision's):
            columns and column 0 is background (label l is column l + 1).
   anchors: SSD's default boxes, f32[A, 4] in the box format above.
 
-Modules: `boxes` (IoU, coding), `anchors` (default boxes), `matching`,
-`loss` (MultiBox), `postprocess` (NMS, top-k), `metrics` (COCO, VOC),
-`augment` (SSD augmentation in tf.data), `weights` (torchvision SSD weights → workdir),
-`data` (TFDS voc/coco/cvjax_shapes
-pipelines), `shapes` (the `cvjax_shapes` TFDS builder), `task`
-(`DetectionTask`, registered as task 'detection'), `draw` (pictures).
+Modules: `boxes` (IoU, coding), `matching`, `loss` (MultiBox), `postprocess` (NMS,
+top-k), `metrics` (COCO, VOC), `augment` (SSD augmentation in tf.data), `data` (TFDS
+voc/coco/cvjax_shapes pipelines), `task` (`DetectionTask`, task 'detection' of
+`cvjax.tasks`), `draw` (pictures). The default boxes live with the models
+(`cvjax.models.anchors`): they are a pure function of the model and image size.
 
 Importing this package does no I/O and loads neither TensorFlow nor TFDS.
 """

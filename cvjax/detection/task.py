@@ -1,8 +1,8 @@
 """`DetectionTask`: SSD training and mAP evaluation in the one loop (`cvjax.train.fit`).
 
-Registered as task 'detection' (`TrainConfig(task='detection', model='ssd300_vgg16',
-dataset='voc/07+12')`); `cvjax.train.tasks.get_task` imports this module when a
-config names it.
+Task 'detection' of `cvjax.tasks` (`TrainConfig(task='detection', model='ssd300_vgg16',
+dataset='voc/07+12')`). The default boxes are a pure function of the model and the
+image size (`model.default_boxes(image_size)`), computed where they are needed.
 
 Loss normalisation. torchvision divides the batch's summed MultiBox loss by
 N = max(1, positives in the batch). Under data parallelism each device sees b
@@ -14,7 +14,8 @@ returns
 with N_global the positives of the whole global batch (a psum). The mean over
 devices is then exactly the single-device loss Σ / max(1, N) of the global
 batch, and so are the averaged gradients: 1 and 8 devices train alike.
-Outside a mapped axis (a plain single-device step) n_devices = 1 and N is local.
+Outside a mapped axis (`axis_name=None`, a plain single-device step) n_devices = 1
+and N is local.
 `label_smoothing` is not used by the MultiBox loss.
 
 Evaluation. `eval_outputs` runs decode + NMS on the device and passes each
@@ -32,19 +33,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cvjax.models import registry
+from cvjax.data import datasets
+from cvjax.detection import augment, data
 from cvjax.detection import loss as multibox
 from cvjax.detection import metrics, postprocess
 from cvjax.errors import UserError
+from cvjax.train import steps
+from cvjax.train.task import Task
 
-AXIS = 'data'  # the mesh axis of cvjax.train.steps
 
-
-def _global_sum(x):
-  """(psum of x over the data axis, number of devices); (x, 1) when not mapped."""
-  try:
-    return jax.lax.psum(x, AXIS), jax.lax.psum(1, AXIS)
-  except NameError:  # traced outside shard_map: a plain single-device step
+def _global_sum(x, axis_name: str | None):
+  """(sum of x over the data axis, number of devices); (x, 1) on a single device."""
+  if axis_name is None:
     return x, 1
+  return jax.lax.psum(x, axis_name), jax.lax.psum(1, axis_name)
+
+
+def anchors(run) -> jax.Array:
+  """The run's default boxes f32[A, 4] (ymin, xmin, ymax, xmax), normalised."""
+  return jnp.asarray(run.model.default_boxes(run.image_size))
 
 
 class DetectionEvaluator:
@@ -96,53 +104,40 @@ class DetectionEvaluator:
             'loss': self.loss_sum / max(self.positives, 1.0), 'count': self.images}
 
 
-class DetectionTask:
+class DetectionTask(Task):
   """Images → SSD head outputs; MultiBox loss; VOC/COCO mAP.
 
   Batches: see `cvjax.detection.data` ('image', 'boxes', 'labels', 'box_mask'; in
-  eval also 'difficult', 'crowd', 'image_size', 'mask'). `dataset_meta(config)`
-  also fixes the anchors and post-processing of the configured model.
+  eval also 'difficult', 'crowd', 'image_size', 'mask').
   """
   name = 'detection'
   main_metric = 'map50'
   main_metric_higher_is_better = True
 
-  def __init__(self):
-    self.anchors = None
-    self.postprocess = postprocess.PostprocessConfig()
-    self.num_classes = None
-    self.voc_metric = 'voc12'
-    self.class_names = None
-
-  def _anchors(self) -> jax.Array:
-    if self.anchors is None:
-      raise RuntimeError('DetectionTask.dataset_meta(config) must run first (it fixes the anchors)')
-    return jnp.asarray(self.anchors)
-
-  def loss(self, outputs, batch, label_smoothing: float = 0.0):
-    """Per-device loss, normalised as in the module doc. outputs: (locations f32[b, A, 4],
-    logits f32[b, A, K+1]); batch: 'boxes' f32[b, M, 4], 'labels' int32[b, M], 'box_mask' bool[b, M]."""
-    del label_smoothing
+  def loss(self, outputs, batch, run, axis_name):
+    """Per-device loss, normalised as in the module doc (label smoothing is not used).
+    outputs: (locations f32[b, A, 4], logits f32[b, A, K+1]); batch: 'boxes' f32[b, M, 4],
+    'labels' int32[b, M], 'box_mask' bool[b, M]."""
     locations, logits = outputs
-    parts = multibox.multibox_loss(locations, logits, self._anchors(), batch['boxes'],
+    parts = multibox.multibox_loss(locations, logits, anchors(run), batch['boxes'],
                                    batch['labels'], batch['box_mask'])
-    positives, devices = _global_sum(jnp.sum(parts['num_positive']))
+    positives, devices = _global_sum(jnp.sum(parts['num_positive']), axis_name)
     scale = devices / jnp.maximum(positives, 1.0)
     loc = jnp.sum(parts['localization']) * scale
     conf = jnp.sum(parts['confidence']) * scale
     return loc + conf, {'loc_loss': loc, 'conf_loss': conf,
                         'positives': jnp.mean(parts['num_positive'])}
 
-  def eval_outputs(self, outputs, batch):
+  def eval_outputs(self, outputs, batch, run):
     locations, logits = outputs
-    anchors = self._anchors()
+    boxes = anchors(run)
     mask = batch['mask']
     gt_mask = batch['box_mask'] & mask[:, None]
-    parts = multibox.multibox_loss(locations, logits, anchors, batch['boxes'], batch['labels'],
+    parts = multibox.multibox_loss(locations, logits, boxes, batch['boxes'], batch['labels'],
                                    gt_mask & ~batch['crowd'])
     sums = {'loss_sum': jnp.sum((parts['localization'] + parts['confidence']) * mask),
             'positives': jnp.sum(parts['num_positive'] * mask)}
-    det = postprocess.detect(locations, logits, anchors, self.postprocess)
+    det = postprocess.detect(locations, logits, boxes, run.model.postprocess_config())
     per_example = {'det_boxes': det.boxes, 'det_scores': det.scores, 'det_classes': det.classes,
                    'det_valid': det.valid & mask[:, None],
                    'gt_boxes': batch['boxes'], 'gt_labels': batch['labels'], 'gt_mask': gt_mask,
@@ -150,32 +145,21 @@ class DetectionTask:
                    'image_size': batch['image_size'], 'mask': mask}
     return sums, per_example
 
-  def evaluator(self):
-    return DetectionEvaluator(self.num_classes, self.voc_metric)
+  def evaluator(self, run):
+    return DetectionEvaluator(run.dataset.num_classes, data.spec(run.config.dataset).voc_metric)
 
-  def dataset_meta(self, config):
-    from cvjax import models  # pylint: disable=g-import-not-at-top
-    from cvjax.models import registry  # pylint: disable=g-import-not-at-top
-    from cvjax.detection import data  # pylint: disable=g-import-not-at-top
+  def check(self, config):
     if registry.model_task(config.model) != 'detection':
       raise UserError(f"task 'detection' needs a detection model, got {config.model!r}; "
                       f"choose one of {', '.join(registry.list_models('detection'))}")
     data.spec(config.dataset)  # unknown dataset: fail before anything is prepared
     data.parse_augment(config.augment)
-    meta = data.dataset_meta(config.dataset, data_dir=config.data_dir,
+
+  def dataset_meta(self, config):
+    return data.dataset_meta(config.dataset, data_dir=config.data_dir,
                              raw_data_dir=config.raw_data_dir)
-    model = models.get_model(config.model, num_classes=meta.num_classes, **config.model_kwargs)
-    size = config.image_size or models.model_input_shape(config.model)[0]
-    self.anchors = model.default_boxes(size)
-    self.postprocess = model.postprocess_config()
-    self.num_classes = meta.num_classes
-    self.voc_metric = data.spec(config.dataset).voc_metric
-    self.class_names = meta.class_names
-    return meta
 
   def train_batches(self, run, start_step):
-    from cvjax.detection import data  # pylint: disable=g-import-not-at-top
-    from cvjax.train import steps  # pylint: disable=g-import-not-at-top
     c = run.config
     return data.train_batches(
         c.dataset, global_batch_size=c.batch_size, image_size=run.image_size,
@@ -183,27 +167,24 @@ class DetectionTask:
         augment=c.augment, data_dir=c.data_dir, raw_data_dir=c.raw_data_dir)
 
   def eval_batches(self, run, split):
-    from cvjax.detection import data  # pylint: disable=g-import-not-at-top
-    from cvjax.train import steps  # pylint: disable=g-import-not-at-top
     c = run.config
     return data.eval_batches(
         c.dataset, split=split, global_batch_size=c.eval_batch_size or c.batch_size,
         image_size=run.image_size, sharding=steps.batch_sharded(run.mesh),
         data_dir=c.data_dir, raw_data_dir=c.raw_data_dir)
 
-  def predictor(self, model, variables: dict, image_size: int):
+  def predictor(self, run, model, variables: dict):
     """predict(images) for `cvjax.restore`: uint8[B, H, W, 3] (or a list of uint8[H, W, 3]
     of any sizes) → one dict per image: 'boxes' f32[n, 4] (ymin, xmin, ymax, xmax)
     normalised to that image, 'classes' int32[n], 'scores' f32[n], best first."""
-    from cvjax.detection import augment  # pylint: disable=g-import-not-at-top
-    from cvjax.data import datasets  # pylint: disable=g-import-not-at-top
-    anchors = jnp.asarray(model.default_boxes(image_size))  # no dataset needed (converted runs)
+    image_size = run.image_size
+    boxes = jnp.asarray(model.default_boxes(image_size))  # no dataset needed (converted runs)
     config = model.postprocess_config()
 
     @jax.jit
-    def run(x):
+    def detect(x):
       locations, logits = model.apply(variables, x, train=False)
-      return postprocess.detect(locations, logits, anchors, config)
+      return postprocess.detect(locations, logits, boxes, config)
 
     def predict(images: Any) -> list[dict[str, np.ndarray]]:
       tf = datasets.tensorflow()
@@ -218,15 +199,8 @@ class DetectionTask:
         if image.shape[-1] == 1:
           x = tf.image.grayscale_to_rgb(x)
         batch.append(augment.resize(x, image_size).numpy())
-      det = jax.device_get(run(np.stack(batch)))
+      det = jax.device_get(detect(np.stack(batch)))
       return [{'boxes': det.boxes[i][det.valid[i]], 'classes': det.classes[i][det.valid[i]],
                'scores': det.scores[i][det.valid[i]]} for i in range(len(batch))]
     return predict
 
-
-def register() -> None:
-  from cvjax.train.tasks import register_task  # pylint: disable=g-import-not-at-top
-  register_task('detection', DetectionTask)
-
-
-register()

@@ -14,6 +14,7 @@ so that `cvjax.restore(DIR)` predicts with the source's preprocessing and
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -23,8 +24,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
+from cvjax import tasks
 from cvjax.errors import UserError
+from cvjax.train import freeze
+from cvjax.train.checkpoint import Checkpoints
+from cvjax.train.config import TrainConfig
+from cvjax.train.state import TrainState
 
 Arrays = dict[str, np.ndarray]  # '/'-joined cvjax path ('params/conv1/kernel') -> array
 
@@ -59,11 +66,10 @@ def dense_kernel_from_nchw_flatten(w: np.ndarray, channels: int, height: int,
 
 def model_shapes(model, image_size: int, channels: int = 3) -> dict[str, tuple[int, ...]]:
   """'params/...' and 'batch_stats/...' paths of `model` -> shapes (no arrays allocated)."""
-  from cvjax import transfer  # pylint: disable=g-import-not-at-top
-  shapes = transfer.variable_shapes(model, (1, image_size, image_size, channels))
+  shapes = freeze.variable_shapes(model, (1, image_size, image_size, channels))
   out = {}
   for collection in ('params', 'batch_stats'):
-    for path, leaf in transfer.flat_paths(shapes.get(collection, {})).items():
+    for path, leaf in freeze.flat_paths(shapes.get(collection, {})).items():
       out[f'{collection}/{path}'] = tuple(leaf.shape)
   return out
 
@@ -110,33 +116,10 @@ def sha256(path: str) -> str:
 def converted_config(*, model: str, num_classes: int, image_size: int | None,
                      preprocessing: str, model_kwargs: dict | None = None):
   """The TrainConfig written with converted weights (ImageNet, no data needed)."""
-  from cvjax.train.config import TrainConfig  # pylint: disable=g-import-not-at-top
   return TrainConfig(model=model, model_kwargs=dict(model_kwargs or {}), dataset='imagenet2012',
                      num_classes=num_classes, image_size=image_size,
                      preprocessing=preprocessing, optimizer='sgd', schedule='constant',
                      learning_rate=0.01, batch_size=1, num_train_steps=1, keep_checkpoints=1)
-
-
-def run_without_data(config):
-  """A `cvjax.train.loop.Run` for restoring a run whose config sets num_classes: it
-  needs neither the dataset nor its statistics (dataset=None, one step, constant lr)."""
-  import optax  # pylint: disable=g-import-not-at-top
-  from cvjax import models, transfer  # pylint: disable=g-import-not-at-top
-  from cvjax.train import optim, steps  # pylint: disable=g-import-not-at-top
-  from cvjax.train.loop import Run  # pylint: disable=g-import-not-at-top
-  from cvjax.train.tasks import get_task  # pylint: disable=g-import-not-at-top
-  config.validate()
-  height, _, channels = models.model_input_shape(config.model)
-  model = models.get_model(config.model, num_classes=config.num_classes,
-                           bn_axis_name=steps.AXIS, **config.model_kwargs)
-  size = config.image_size or height
-  input_shape = (1, size, size, channels)
-  freezer = transfer.make_freezer(config.freeze, model, input_shape) if config.freeze else None
-  schedule = optax.constant_schedule(config.learning_rate)
-  return Run(config=config, task=get_task(config.task), mesh=steps.make_mesh(config.num_devices),
-             model=model, dataset=None, input_shape=input_shape, steps_per_epoch=1,
-             total_steps=1, schedule=schedule,
-             tx=optim.make_optimizer(config, schedule, freezer), freezer=freezer)
 
 
 def write_workdir(out: str, config, arrays: Arrays, meta: dict[str, Any]) -> str:
@@ -147,15 +130,12 @@ def write_workdir(out: str, config, arrays: Arrays, meta: dict[str, Any]) -> str
 
   Raises UserError if `out` exists.
   """
-  from flax import traverse_util  # pylint: disable=g-import-not-at-top
-  from cvjax.train.checkpoint import Checkpoints  # pylint: disable=g-import-not-at-top
-  from cvjax.train.state import TrainState  # pylint: disable=g-import-not-at-top
   out = os.path.abspath(out)
   if os.path.exists(out):
     raise UserError(f'--out={out} already exists; choose a new directory')
   parent = os.path.dirname(out)
   os.makedirs(parent, exist_ok=True)
-  run = run_without_data(config.replace(num_devices=1))
+  run = tasks.build_run(config.replace(num_devices=1), with_data=False)
 
   def tree(collection):
     prefix = collection + '/'
@@ -172,7 +152,7 @@ def write_workdir(out: str, config, arrays: Arrays, meta: dict[str, Any]) -> str
       f.write(config.to_json())
     ckpts = Checkpoints(os.path.join(tmp, 'checkpoints'), keep=1, async_save=False)
     try:
-      ckpts.save(0, state, {'step': 0, 'config': _asdict(config), **meta})
+      ckpts.save(0, state, {'step': 0, 'config': dataclasses.asdict(config), **meta})
       ckpts.wait()
     finally:
       ckpts.close()
@@ -182,7 +162,3 @@ def write_workdir(out: str, config, arrays: Arrays, meta: dict[str, Any]) -> str
     raise
   return out
 
-
-def _asdict(config) -> dict:
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  return dataclasses.asdict(config)

@@ -32,6 +32,7 @@ import re
 
 import numpy as np
 
+from cvjax import models
 from cvjax.errors import UserError, unknown_choice
 from cvjax.pretrained import common, keras_layers
 
@@ -191,7 +192,6 @@ def load(weights: str, model: str, image_size: int | None = None):
 def load_layers(layers: dict[str, list[np.ndarray]], model: str, image_size: int | None = None,
                 *, what: str = 'Keras weights'):
   """`load` of weights already read ({Keras layer name: its weights}, as `read_h5` gives)."""
-  from cvjax import models  # pylint: disable=g-import-not-at-top
   name = cvjax_model(model)
   size = image_size or models.model_input_shape(name)[0]
   if name in keras_layers.PREPROCESSING:  # by layer name and order; MobileNets' alpha read off

@@ -40,8 +40,11 @@ from typing import Sequence
 
 import numpy as np
 
+from cvjax import models
 from cvjax.errors import UserError
+from cvjax.models import blocks, mobilenet
 from cvjax.pretrained import common
+from cvjax.train import freeze
 
 # keras.applications name (lower case, no '_') -> cvjax model.
 MODELS = {
@@ -89,8 +92,6 @@ def model_layers(model, image_size: int) -> tuple[list[Layer], dict[str, tuple[i
   """The cvjax model's variable-holding layers as Keras layers, in call order, and its
   variables' shapes by path (as `common.model_shapes`), from one shape-only trace."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  from cvjax import transfer  # pylint: disable=g-import-not-at-top
-  from cvjax.models import blocks  # pylint: disable=g-import-not-at-top
   calls = {}  # module path -> (Keras layer path, module type), in first-call order
 
   def record(next_fun, args, kwargs, context):
@@ -102,10 +103,10 @@ def model_layers(model, image_size: int) -> tuple[list[Layer], dict[str, tuple[i
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(record):
-    shapes = transfer.variable_shapes(model, (1, image_size, image_size, 3))
+    shapes = freeze.variable_shapes(model, (1, image_size, image_size, 3))
   owned, expected = {}, {}  # module path -> ['params/kernel', ...]; path -> shape
   for collection in ('params', 'batch_stats'):
-    for path, leaf in transfer.flat_paths(shapes.get(collection, {})).items():
+    for path, leaf in freeze.flat_paths(shapes.get(collection, {})).items():
       *module, name = path.split('/')
       owned.setdefault(tuple(module), []).append(f'{collection}/{name}')
       expected[f'{collection}/{path}'] = tuple(leaf.shape)
@@ -169,7 +170,6 @@ def model_kwargs(layers: dict[str, Sequence[np.ndarray]], model: str, *,
   """
   if model not in _ALPHAS:
     return {}
-  from cvjax.models import mobilenet  # pylint: disable=g-import-not-at-top
   alphas, probe = _ALPHAS[model]
   weights = layers.get(probe)
   if not weights:
@@ -236,7 +236,6 @@ def to_cvjax(layers: dict[str, Sequence[np.ndarray]], model: str, image_size: in
   EfficientNet's input Normalization is left to `preprocessing`. Raises UserError
   naming the first missing, unexpected or mis-shaped tensor.
   """
-  from cvjax import models  # pylint: disable=g-import-not-at-top
   kwargs = model_kwargs(layers, model) if kwargs is None else kwargs
   net = models.get_model(model, num_classes=num_classes(layers, model), **kwargs)
   wanted, expected = model_layers(net, image_size)

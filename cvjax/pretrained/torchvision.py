@@ -31,6 +31,7 @@ import re
 
 import numpy as np
 
+from cvjax import models
 from cvjax.errors import UserError, unknown_choice
 from cvjax.pretrained import common
 
@@ -168,7 +169,6 @@ def load(weights: str, model: str, image_size: int | None = None):
   Raises:
     UserError: unreadable file, or the first missing / unexpected / mis-shaped tensor.
   """
-  from cvjax import models  # pylint: disable=g-import-not-at-top
   name = cvjax_model(model)
   state = {k: v for k, v in read_state_dict(weights).items()
            if not k.endswith('num_batches_tracked')}

@@ -1,4 +1,4 @@
-"""Semantic segmentation (issue 7): per-pixel loss, mIoU, `cvjax_shapes` masks, `SegmentationTask`.
+"""Semantic segmentation: per-pixel loss, mIoU, `cvjax_shapes` masks, `SegmentationTask`.
 
 Conventions: per-pixel labels int32[B, H, W] in 0..K-1 with 0 the background;
 a label ≥ K (e.g. VOC's 255 border) is ignored by the loss and the metrics.
@@ -6,8 +6,7 @@ Model outputs are per-pixel logits float32[B, H, W, K] (`cvjax.models.fcn`).
 
 Modules: `metrics` (pixel loss, confusion matrix, IoU), `data` (the segmentation
 view of `cvjax_shapes`: images and semantic masks as global batches), `task`
-(`SegmentationTask`, registered as task 'segmentation' when imported;
-`cvjax.train.tasks.get_task('segmentation')` imports it).
+(`SegmentationTask`, task 'segmentation' of `cvjax.tasks`).
 
 Importing this package does no I/O and loads neither TensorFlow nor TFDS.
 """

@@ -9,15 +9,16 @@ batch (`metrics.pixel_loss`). Eval sums the confusion matrix over the split
 and reports `miou` (the main metric), `accuracy` (pixel accuracy), `loss`
 (per pixel) and `count` (images). Data: `cvjax.segmentation.data`.
 
-Importing this module registers the task with `cvjax.train.tasks`.
+Task 'segmentation' of `cvjax.tasks`.
 """
 from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
 
-from cvjax.segmentation import metrics
-from cvjax.train import tasks
+from cvjax.segmentation import data, metrics
+from cvjax.train import steps
+from cvjax.train.task import Task
 
 
 class _ConfusionEvaluator:
@@ -43,20 +44,23 @@ class _ConfusionEvaluator:
             'count': int(self.count)}
 
 
-class SegmentationTask:
+class SegmentationTask(Task):
   """Images → per-pixel class logits; per-pixel cross-entropy; mIoU."""
   name = 'segmentation'
   main_metric = 'miou'
   main_metric_higher_is_better = True
 
-  def loss(self, logits, batch, label_smoothing=0.0):
+  def loss(self, logits, batch, run, axis_name):
+    del axis_name
     labels = batch['segmentation']
-    loss = metrics.pixel_loss(logits, labels, label_smoothing)
+    smoothing = run.config.label_smoothing if run is not None else 0.0
+    loss = metrics.pixel_loss(logits, labels, smoothing)
     valid = metrics.valid_pixels(labels, logits.shape[-1])
     correct = jnp.sum((jnp.argmax(logits, -1) == labels) & valid)
     return loss, {'accuracy': correct / jnp.maximum(jnp.sum(valid), 1)}
 
-  def eval_outputs(self, logits, batch):
+  def eval_outputs(self, logits, batch, run):
+    del run
     labels, weights = batch['segmentation'], batch['mask'].astype(jnp.float32)
     k = logits.shape[-1]
     valid = metrics.valid_pixels(labels, k) & (weights[:, None, None] > 0)
@@ -69,18 +73,18 @@ class SegmentationTask:
     }
     return sums, {}
 
-  def evaluator(self):
+  def evaluator(self, run):
+    del run
     return _ConfusionEvaluator()
 
-  def dataset_meta(self, config):
-    from cvjax.segmentation import data  # pylint: disable=g-import-not-at-top
+  def check(self, config):
     data.check_dataset(config.dataset)
     data.check_augment(config.augment)  # fail on a bad op before anything is written
+
+  def dataset_meta(self, config):
     return data.dataset_meta(config.dataset, config.data_dir)
 
   def train_batches(self, run, start_step):
-    from cvjax.segmentation import data  # pylint: disable=g-import-not-at-top
-    from cvjax.train import steps  # pylint: disable=g-import-not-at-top
     c = run.config
     return data.train_batches(c.dataset, global_batch_size=c.batch_size,
                               image_size=run.image_size, sharding=steps.batch_sharded(run.mesh),
@@ -88,13 +92,9 @@ class SegmentationTask:
                               data_dir=c.data_dir)
 
   def eval_batches(self, run, split):
-    from cvjax.segmentation import data  # pylint: disable=g-import-not-at-top
-    from cvjax.train import steps  # pylint: disable=g-import-not-at-top
     c = run.config
     return data.eval_batches(c.dataset, split=split,
                              global_batch_size=c.eval_batch_size or c.batch_size,
                              image_size=run.image_size, sharding=steps.batch_sharded(run.mesh),
                              data_dir=c.data_dir)
 
-
-tasks.register_task('segmentation', SegmentationTask)

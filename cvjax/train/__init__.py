@@ -1,5 +1,12 @@
-"""Training: config, state, pure steps, checkpoints and the one loop."""
-from cvjax.train.config import TrainConfig
-from cvjax.train.loop import build_run, evaluate, fit
+"""Training: config, state, pure steps, the Task protocol, the model factory and the one loop.
 
-__all__ = ['TrainConfig', 'build_run', 'evaluate', 'fit']
+    run = build_run(config, task)        # model, optimizer, schedule, data facts
+    results = fit(config, workdir, task) # train or resume; `cvjax.tasks.fit` looks the task up
+"""
+from cvjax.train.config import TrainConfig
+from cvjax.train.factory import build_model
+from cvjax.train.loop import evaluate, fit
+from cvjax.train.run import Run, build_run
+from cvjax.train.task import Task
+
+__all__ = ['Run', 'Task', 'TrainConfig', 'build_model', 'build_run', 'evaluate', 'fit']

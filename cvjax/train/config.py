@@ -1,26 +1,43 @@
-"""The one configuration object every experiment fills in.
+"""The one configuration object every experiment fills in, and the one place its fields are described.
 
 `TrainConfig` is plain data: experiments build it from flags, `fit` reads it,
 and it is written to `<workdir>/config.json` so a run documents itself and
-`cvjax.restore(workdir)` can rebuild the model without flags.
+`cvjax.restore(workdir)` can rebuild the model without flags. Each field's help
+text lives here (`field(..., help=...)`); `experiments.common` generates one
+command-line flag per field from it, so adding a setting is one line plus its doc.
+
+Fields marked `resumable` may change when a run is resumed (they lengthen it or
+change its bookkeeping); any other difference means a different experiment.
 """
 from __future__ import annotations
 
-import dataclasses
 import ast
+import dataclasses
 import json
 from typing import Any
 
 from cvjax.errors import UserError, unknown_choice
+from cvjax.models import CONV_IMPLS
+from cvjax.train import freeze as freezing
 
 OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'adam', 'adamw')
 SCHEDULES = ('constant', 'step', 'cosine')
-# Input conventions of imported weights (issue 5; op strings in cvjax.data.pipeline):
-# 'caffe' Keras VGG/ResNet (BGR, 0-255, minus ImageNet means), 'torch' torchvision
-# (ImageNet mean/std), 'tf' Keras MobileNet/Inception (scaled to [-1, 1]).
+# Input conventions of imported weights (op strings in cvjax.data.pipeline): 'caffe' Keras
+# VGG/ResNet (BGR, 0-255, minus ImageNet means), 'torch' torchvision (ImageNet mean/std),
+# 'tf' Keras MobileNet/Inception (scaled to [-1, 1]).
 PREPROCESSINGS = ('caffe', 'torch', 'tf')
-# Issue 6: compute dtype of --half_precision (params, optimizer state and BN statistics stay float32).
+# Compute dtype of --half_precision (params, optimizer state and BN statistics stay float32).
 HALF_PRECISIONS = {'bf16': 'bfloat16', 'fp16': 'float16'}
+
+
+def field(default: Any = dataclasses.MISSING, *, help: str, choices=None,  # pylint: disable=redefined-builtin
+          resumable: bool = False, empty_is_none: bool = False, default_factory=None):
+  """A TrainConfig field with its flag help (and, optionally, the values a flag accepts)."""
+  metadata = {'help': help, 'choices': choices, 'resumable': resumable,
+              'empty_is_none': empty_is_none}
+  if default_factory is not None:
+    return dataclasses.field(default_factory=default_factory, metadata=metadata)
+  return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,60 +52,89 @@ class TrainConfig:
   optimizer steps.
   """
   # What to train on what.
-  task: str = 'classification'       # see cvjax.train.tasks
-  model: str = 'lenet5'
-  model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
-  dataset: str = 'fashion_mnist'
-  image_size: int | None = None      # None: the model's natural input size.
-  augment: str | None = None         # None: the dataset's default; '': none.
-  eval_split: str = 'test'
-  data_dir: str | None = None
-  raw_data_dir: str | None = None
+  task: str = field('classification', help='What is learned: classification, detection, '
+                    'segmentation or features (cvjax.tasks).')
+  model: str = field('lenet5', help='Registered model name (cvjax.models.list_models()).')
+  model_kwargs: dict[str, Any] = field(
+      default_factory=dict, help='Extra model arguments, e.g. "activation=relu,pooling=max".')
+  dataset: str = field('fashion_mnist', help='TFDS dataset name (mnist, fashion_mnist, cifar10, '
+                       'cifar100, tf_flowers, imagenet2012, voc2007, cvjax_shapes, ...).')
+  image_size: int | None = field(None, help="Model input size; default: the model's natural size.")
+  augment: str | None = field(None, help='Train augmentation ops, e.g. "pad_crop(4)|flip_lr"; '
+                              'default: the dataset\'s; "" for none.')
+  eval_split: str = field('test', help='Split evaluated during training.', resumable=True)
+  data_dir: str | None = field(None, help="TFDS data_dir (default: TFDS's).", resumable=True)
+  raw_data_dir: str | None = field(None, help="Directory with a dataset's original raw files, "
+                                   'used to build the TFDS dataset offline.', resumable=True)
 
   # How long.
-  batch_size: int = 128               # global, over all devices
-  eval_batch_size: int | None = None  # None: same as batch_size
-  num_epochs: float | None = 10.0
-  num_train_steps: int | None = None  # overrides num_epochs when set
+  batch_size: int = field(128, help='Global batch size (all devices).')
+  eval_batch_size: int | None = field(None, help='Global eval batch size (default: batch_size).',
+                                      resumable=True)
+  num_epochs: float | None = field(10.0, help='Training length in epochs.', resumable=True)
+  num_train_steps: int | None = field(None, help='Training length in optimizer steps; overrides '
+                                      'num_epochs.', resumable=True)
 
   # Optimisation.
-  optimizer: str = 'momentum'
-  learning_rate: float = 0.1
-  momentum: float = 0.9
-  schedule: str = 'cosine'
-  warmup_epochs: float = 0.0
-  decay_epochs: tuple[float, ...] = ()  # 'step' schedule: epochs where lr *= decay_factor
-  decay_factor: float = 0.1
-  weight_decay: float = 0.0           # L2 on kernels (coupled for sgd/adam, decoupled for adamw)
-  label_smoothing: float = 0.0
-  grad_clip_norm: float | None = None
+  optimizer: str = field('momentum', help='Optimizer.', choices=OPTIMIZERS)
+  learning_rate: float = field(0.1, help='Peak learning rate.')
+  momentum: float = field(0.9, help='Momentum for momentum/nesterov.')
+  schedule: str = field('cosine', help='Learning-rate schedule.', choices=SCHEDULES)
+  warmup_epochs: float = field(0.0, help='Linear warmup length in epochs.')
+  decay_epochs: tuple[float, ...] = field((), help="Epochs at which the 'step' schedule "
+                                          'multiplies the learning rate by decay_factor.')
+  decay_factor: float = field(0.1, help="'step' schedule multiplier.")
+  weight_decay: float = field(0.0, help='L2 weight decay on kernels (coupled for sgd/adam, '
+                              'decoupled for adamw).')
+  label_smoothing: float = field(0.0, help='Label smoothing.')
+  grad_clip_norm: float | None = field(None, help='Clip gradients to this global norm.')
 
   # Bookkeeping.
-  seed: int = 0
-  log_every_steps: int = 100
-  eval_every_steps: int | None = None        # None: once per epoch
-  checkpoint_every_steps: int | None = None  # None: once per epoch
-  keep_checkpoints: int = 3
-  early_stopping_patience: int | None = None  # evaluations without improvement
-  early_stopping_metric: str | None = None    # None: the task's main metric
-  num_devices: int | None = None              # None: all devices
+  seed: int = field(0, help='Seed for init, data order, augmentation and dropout.')
+  log_every_steps: int = field(100, help='Training metrics interval.', resumable=True)
+  eval_every_steps: int | None = field(None, help='Evaluation interval (default: each epoch).',
+                                       resumable=True)
+  checkpoint_every_steps: int | None = field(None, help='Checkpoint interval (default: each '
+                                             'epoch).', resumable=True)
+  keep_checkpoints: int = field(3, help='Newest checkpoints kept (the best one is kept too).',
+                                resumable=True)
+  early_stopping_patience: int | None = field(None, help='Stop after this many evaluations '
+                                              'without improvement.', resumable=True)
+  early_stopping_metric: str | None = field(None, help='Eval metric watched by early stopping '
+                                            "(default: the task's main metric, e.g. accuracy; "
+                                            '"loss" is minimised).', resumable=True)
+  num_devices: int | None = field(None, help='Use only the first N devices (default: all).',
+                                  resumable=True)
 
-  # --- Transfer learning and imported weights (issue 5; cvjax.transfer, cvjax.pretrained).
-  num_classes: int | None = None      # model outputs; None: the dataset's. Set by cvjax.convert,
-                                      # so restoring converted weights needs no prepared dataset.
-  preprocessing: str | None = None    # None: the dataset's mean/std; else one of PREPROCESSINGS
-  init_from: str | None = None        # workdir whose params/batch_stats (matching path and
-                                      # shape) start a fresh run; the rest stays initialised
-  init_exclude: str | None = None     # not taken from init_from: 'head' or a regex on paths
-  freeze: str = ''                    # frozen params: 'all_but_head', 'all_but_top:N' (top N
-                                      # stages stay trainable) or a regex on 'module/.../param'
+  # Transfer learning and imported weights (cvjax.train.freeze, cvjax.train.warm_start).
+  num_classes: int | None = field(None, help="Model outputs; default: the dataset's. Set by "
+                                  'cvjax.convert, so restoring converted weights needs no data.')
+  preprocessing: str | None = field(None, help='Input convention of imported weights: caffe '
+                                    '(Keras VGG/ResNet), torch (torchvision), tf (Keras '
+                                    'MobileNet/Inception); default: the dataset\'s mean/std.',
+                                    choices=PREPROCESSINGS, empty_is_none=True)
+  init_from: str | None = field(None, help='Workdir (e.g. from `python -m cvjax.convert`) whose '
+                                'params/BN statistics with matching path and shape start a '
+                                'fresh run.')
+  init_exclude: str | None = field(None, help='Not taken from --init_from: "head" or a regex on '
+                                   'param paths (re-initialised instead).')
+  freeze: str = field('', help='Frozen params: all_but_head, all_but_top:N (top N stages train), '
+                      'or a regex on param paths such as "^(conv1|bn1|layer1)".')
 
-  # --- Mixed precision and memory (issue 6).
-  half_precision: str | None = None   # 'bf16' | 'fp16': compute dtype; params, optimizer state,
-                                      # BN statistics, logits and loss stay float32. fp16 adds
-                                      # dynamic loss scaling (cvjax.train.loss_scale).
-  grad_accum_steps: int = 1           # K micro-batches of batch_size per optimizer step
-  remat: bool = False                 # recompute residual blocks in the backward pass
+  # Precision, memory and speed.
+  half_precision: str | None = field(None, help='Compute in bf16 or fp16 (params, optimizer '
+                                     'state, BN statistics, logits and loss stay float32; fp16 '
+                                     'adds dynamic loss scaling). Default: float32.',
+                                     choices=tuple(HALF_PRECISIONS), empty_is_none=True)
+  grad_accum_steps: int = field(1, help='Average the gradients of K micro-batches of '
+                                '--batch_size per optimizer step (effective batch batch_size × '
+                                'K; steps, epochs and schedules count optimizer steps).')
+  remat: bool = field(False, help='Recompute residual blocks in the backward pass: less '
+                      'activation memory, ~1/3 more compute (models that declare it).')
+  conv_impl: str = field('auto', help='How convolutions are computed: auto (the CPU lowerings '
+                         'of cvjax.models.conv_lowering on the CPU backend, XLA\'s convolution '
+                         "elsewhere) or xla (always XLA's convolution). Same parameters either "
+                         'way.', choices=CONV_IMPLS, resumable=True)
 
   def validate(self) -> None:
     """Raises `UserError` for settings that cannot work."""
@@ -114,15 +160,20 @@ class TrainConfig:
                       f'dtype={self.model_kwargs["dtype"]} both set the compute dtype; use one')
     if self.grad_accum_steps < 1:
       raise UserError(f'grad_accum_steps must be a positive integer, got {self.grad_accum_steps}')
-    # Transfer learning (issue 5).
     if self.preprocessing is not None and self.preprocessing not in PREPROCESSINGS:
       raise unknown_choice('preprocessing', self.preprocessing, PREPROCESSINGS)
     if self.num_classes is not None and self.num_classes <= 0:
       raise UserError(f'num_classes must be positive, got {self.num_classes}')
-    from cvjax import transfer  # pylint: disable=g-import-not-at-top
-    transfer.parse_freeze(self.freeze)
+    if self.conv_impl not in CONV_IMPLS:
+      raise unknown_choice('conv_impl', self.conv_impl, CONV_IMPLS)
+    freezing.parse_freeze(self.freeze)
     if self.init_exclude not in (None, '', 'head'):
-      transfer.compile_pattern(self.init_exclude, 'init_exclude')
+      freezing.compile_pattern(self.init_exclude, 'init_exclude')
+
+  @classmethod
+  def resumable_fields(cls) -> set[str]:
+    """Fields that may differ when a run is resumed (see the module doc)."""
+    return {f.name for f in dataclasses.fields(cls) if f.metadata.get('resumable')}
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -40,10 +40,10 @@ def make_optimizer(config: TrainConfig, schedule: optax.Schedule,
                    freezer=None) -> optax.GradientTransformation:
   """The configured optimizer with weight decay and gradient clipping.
 
-  freezer: a `cvjax.transfer.Freezer`; its frozen params get no update (issue 5).
+  freezer: a `cvjax.train.freeze.Freezer`; its frozen params get no update.
   With `grad_accum_steps` K > 1 the whole chain sits inside `optax.MultiSteps`:
   it averages K successive micro-batch gradients and steps once, so clipping,
-  weight decay and the schedule's count all see optimizer steps (issue 6).
+  weight decay and the schedule's count all see optimizer steps.
   """
   parts = []
   if config.grad_clip_norm:
@@ -61,7 +61,7 @@ def make_optimizer(config: TrainConfig, schedule: optax.Schedule,
   else:  # 'adamw'
     parts.append(optax.adamw(schedule, weight_decay=config.weight_decay, mask=_is_kernel))
   tx = optax.chain(*parts)
-  if freezer is not None:  # Transfer hook (issue 5): multi_transform with set_to_zero.
+  if freezer is not None:  # multi_transform with set_to_zero for the frozen params
     tx = freezer.wrap_optimizer(tx)
   if config.grad_accum_steps > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=config.grad_accum_steps).gradient_transformation()

@@ -12,7 +12,7 @@ params over the axis and an extra `pmean` would give an N-times-too-large step
 BatchNorm layers get `axis_name='data'`, so their batch statistics are means
 over the global batch, exactly as on one device.
 
-fp16 (issue 6): the loss is scaled by the state's `DynamicLossScale` before the
+fp16: the loss is scaled by the state's `DynamicLossScale` before the
 backward pass, gradients are `pmean`ed (an inf on one device reaches all) and
 unscaled, and the finite check is additionally `pmin`ed over the axis, so
 every device keeps or skips the same update.
@@ -29,33 +29,31 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from cvjax.train import loss_scale as loss_scaling
 from cvjax.train import optim
+from cvjax.train.factory import DATA_AXIS as AXIS
 from cvjax.train.state import TrainState, model_variables
-from cvjax.train.tasks import ClassificationTask, Task, cross_entropy  # noqa: F401
-
-AXIS = 'data'
+from cvjax.train.task import Task
 
 
-def train_step(state: TrainState, batch: dict, *, task: Task | None = None,
-               label_smoothing: float = 0.0, axis_name: str | None = AXIS,
-               freezer=None) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch: dict, *, task: Task, run=None,
+               axis_name: str | None = AXIS, freezer=None) -> tuple[TrainState, dict]:
   """One train step (an optimizer step, or one micro-step of an accumulation) on
   this device's shard of the batch.
 
   batch: the task's batch dict, e.g. {'image': f32[b, H, W, C], 'label': int32[b]},
   b = global batch / devices. Returns the new state and {'loss', ...task
   metrics} averaged over the global batch. With `axis_name=None` it is a plain
-  single-device step. `task` defaults to classification. `freezer` (a
-  `cvjax.transfer.Freezer`, issue 5): no gradient into its frozen params, and its
-  frozen BatchNorm layers run in inference mode (their statistics stay unchanged).
+  single-device step. `run` (the `cvjax.train.run.Run`; None in unit tests) is handed
+  to the task's loss. `freezer` (a `cvjax.train.freeze.Freezer`): no gradient into
+  its frozen params, and its frozen BatchNorm layers run in inference mode (their
+  statistics stay unchanged).
 
-  Issue 6. With `state.loss_scale` set (fp16) the metrics add 'loss_scale' (the
+  With `state.loss_scale` set (fp16) the metrics add 'loss_scale' (the
   scale this step used) and 'overflow' (1.0 when some gradient was inf/nan: then
   params, optimizer state and BN statistics are left as they were, the scale
   halves, and only `step` advances). When the optimizer accumulates
   (`optax.MultiSteps`) or the scale can skip, the metrics add 'updated' (1.0 when
   this call stepped the parameters); the training loop counts optimizer steps by it.
   """
-  task = task or ClassificationTask()
   step_rng = jax.random.fold_in(state.rng, state.step)
   if axis_name is not None:  # a different dropout mask on every device
     step_rng = jax.random.fold_in(step_rng, lax.axis_index(axis_name))
@@ -63,15 +61,15 @@ def train_step(state: TrainState, batch: dict, *, task: Task | None = None,
   scaler = state.loss_scale
 
   def loss_fn(params):
-    if freezer is not None:  # Transfer hook (issue 5).
+    if freezer is not None:
       params = freezer.stop_gradient(params)
     variables = model_variables(state.replace(params=params))
     with freezer.bn_inference() if freezer is not None else contextlib.nullcontext():
-      out = state.apply_fn(variables, batch['image'], train=True,
+      out = state.apply_fn(variables, task.model_input(batch), train=True,
                            rngs={'dropout': step_rng},
                            mutable=['batch_stats'] if has_bn else False)
     outputs, updates = out if has_bn else (out, {})
-    loss, metrics = task.loss(outputs, batch, label_smoothing)
+    loss, metrics = task.loss(outputs, batch, run, axis_name)
     scaled = loss if scaler is None else scaler.scale_loss(loss)
     return scaled, (loss, metrics, updates)
 
@@ -102,16 +100,15 @@ def train_step(state: TrainState, batch: dict, *, task: Task | None = None,
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: dict, *, task: Task | None = None,
+def eval_step(state: TrainState, batch: dict, *, task: Task, run=None,
               axis_name: str | None = AXIS) -> tuple[dict, dict]:
   """The task's eval measurements on one batch (model in inference mode).
 
   Returns (sums, per_example): `sums` summed over the global batch,
-  `per_example` with a leading batch axis (see cvjax.train.tasks).
+  `per_example` with a leading batch axis (see cvjax.train.task).
   """
-  task = task or ClassificationTask()
-  outputs = state.apply_fn(model_variables(state), batch['image'], train=False)
-  sums, per_example = task.eval_outputs(outputs, batch)
+  outputs = state.apply_fn(model_variables(state), task.model_input(batch), train=False)
+  sums, per_example = task.eval_outputs(outputs, batch, run)
   if axis_name is not None:
     sums = lax.psum(sums, axis_name)
   return sums, per_example
@@ -133,22 +130,21 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(AXIS))
 
 
-def parallel_train_step(mesh: Mesh, label_smoothing: float = 0.0, task: Task | None = None,
-                        freezer=None):
+def parallel_train_step(mesh: Mesh, task: Task, run=None):
   """jit(shard_map(train_step)): (state, global batch) → (state, metrics).
 
   The incoming state buffer is donated, so keep only the returned state.
   """
-  step = functools.partial(train_step, task=task, label_smoothing=label_smoothing,
-                           axis_name=AXIS, freezer=freezer)
+  step = functools.partial(train_step, task=task, run=run, axis_name=AXIS,
+                           freezer=run.freezer if run is not None else None)
   sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(AXIS)),
                           out_specs=(P(), P()), check_vma=False)
   return jax.jit(sharded, donate_argnums=0)
 
 
-def parallel_eval_step(mesh: Mesh, task: Task | None = None):
+def parallel_eval_step(mesh: Mesh, task: Task, run=None):
   """jit(shard_map(eval_step)): (state, global batch) → (sums, per_example)."""
-  step = functools.partial(eval_step, task=task, axis_name=AXIS)
+  step = functools.partial(eval_step, task=task, run=run, axis_name=AXIS)
   sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(AXIS)),
                           out_specs=(P(), P(AXIS)), check_vma=False)
   return jax.jit(sharded)

@@ -1,0 +1,108 @@
+"""`build_run(config, task)`: everything a config determines before training starts."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax
+import optax
+
+from cvjax import data, models
+from cvjax.errors import UserError
+from cvjax.train import freeze, optim, steps
+from cvjax.train.config import TrainConfig
+from cvjax.train.loss_scale import DynamicLossScale
+from cvjax.train.state import TrainState, create_train_state
+from cvjax.train.task import Task
+
+
+@dataclasses.dataclass
+class Run:
+  """What `build_run` derives from a config: enough to train or to restore."""
+  config: TrainConfig
+  task: Task
+  mesh: Any
+  model: Any
+  dataset: Any               # data.DatasetMeta; None when restoring converted weights
+  input_shape: tuple[int, ...]  # (1, S, S, C) used for init
+  steps_per_epoch: int      # optimizer steps (of batch_size × grad_accum_steps examples)
+  total_steps: int          # optimizer steps
+  schedule: Any
+  tx: Any
+  freezer: freeze.Freezer | None = None
+
+  @property
+  def image_size(self) -> int:
+    return self.input_shape[1]
+
+  @property
+  def channels(self) -> int:
+    return self.input_shape[-1]
+
+  @property
+  def num_classes(self) -> int:
+    return self.config.num_classes or self.dataset.num_classes
+
+  def init_state(self) -> TrainState:
+    """A fresh state, replicated over the mesh."""
+    scale = DynamicLossScale.create() if self.config.half_precision == 'fp16' else None
+    create = functools.partial(create_train_state, self.model, self.tx,
+                               input_shape=self.input_shape, loss_scale=scale)
+    return jax.jit(create, out_shardings=steps.replicated(self.mesh))(
+        jax.random.PRNGKey(self.config.seed))
+
+
+def _check_divisible(name: str, size: int, devices: int) -> None:
+  if size % devices:
+    fix = (size // devices + 1) * devices
+    raise UserError(f'{name}={size} cannot be split over {devices} devices; '
+                    f'use a multiple of {devices} (e.g. {fix}) or --num_devices')
+
+
+def build_run(config: TrainConfig, task: Task, *, with_data: bool = True) -> Run:
+  """Validates `config` and builds mesh, model, optimizer and schedule.
+
+  with_data=False (restoring a run whose config sets num_classes, e.g. converted
+  weights): neither the dataset nor its statistics are needed; one step, constant lr.
+  """
+  config.validate()
+  if config.num_devices is not None and not 1 <= config.num_devices <= jax.device_count():
+    raise UserError(f'num_devices={config.num_devices} but this run has '
+                    f'{jax.device_count()} devices')
+  mesh = steps.make_mesh(config.num_devices)
+  models.model_info(config.model)  # an unknown model fails first
+  task.check(config)
+  if not with_data:
+    if config.num_classes is None:
+      raise UserError('restoring without data needs a config with num_classes set')
+    model, input_shape = task.build_model(config, None)
+    schedule = optax.constant_schedule(config.learning_rate)
+    freezer = freeze.make_freezer(config.freeze, model, input_shape) if config.freeze else None
+    return Run(config=config, task=task, mesh=mesh, model=model, dataset=None,
+               input_shape=input_shape, steps_per_epoch=1, total_steps=1, schedule=schedule,
+               tx=optim.make_optimizer(config, schedule, freezer), freezer=freezer)
+  _check_divisible('batch_size', config.batch_size, mesh.size)
+  _check_divisible('eval_batch_size', config.eval_batch_size or config.batch_size, mesh.size)
+  meta = task.dataset_meta(config)
+  if config.num_classes is not None and config.num_classes < meta.num_classes:
+    raise UserError(f'num_classes={config.num_classes} but {config.dataset} has '
+                    f'{meta.num_classes} classes; leave num_classes unset to use the dataset\'s')
+  accum = config.grad_accum_steps
+  if accum > 1 and config.batch_size * accum > meta.split_sizes.get('train', math.inf):
+    raise UserError(f'batch_size × grad_accum_steps = {config.batch_size} × {accum} is larger '
+                    f'than the {meta.split_sizes["train"]} training examples of {config.dataset}; '
+                    'use a smaller --batch_size or --grad_accum_steps')
+  steps_per_epoch = data.steps_per_epoch(meta, config.batch_size * accum)  # optimizer steps
+  if steps_per_epoch < 1:
+    raise UserError(f'batch_size={config.batch_size} is larger than the '
+                    f'{meta.split_sizes["train"]} training examples of {config.dataset}')
+  total = config.num_train_steps or math.ceil(config.num_epochs * steps_per_epoch)
+  schedule = optim.learning_rate_schedule(config, total, steps_per_epoch)
+  model, input_shape = task.build_model(config, meta)
+  freezer = freeze.make_freezer(config.freeze, model, input_shape) if config.freeze else None
+  return Run(config=config, task=task, mesh=mesh, model=model, dataset=meta,
+             input_shape=input_shape, steps_per_epoch=steps_per_epoch, total_steps=total,
+             schedule=schedule, tx=optim.make_optimizer(config, schedule, freezer),
+             freezer=freezer)
