@@ -20,22 +20,51 @@ time, and the same per save in seconds. The target is < 5%.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import sys
 import tempfile
 import time
+from typing import Sequence
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from cvjax import cli, models  # noqa: E402
+from cvjax.errors import UserError  # noqa: E402
+from cvjax.train import factory  # noqa: E402
+from cvjax.train import steps as train_steps  # noqa: E402
+from cvjax.train.checkpoint import Checkpoints  # noqa: E402
+from cvjax.train.config import TrainConfig, parse_kwargs  # noqa: E402
+from cvjax.tasks import fit, get_task  # noqa: E402
+from cvjax.train.state import create_train_state  # noqa: E402
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_enum('mode', 'fit', ['fit', 'steps'], 'fit: the real training loop; steps: the '
+                  'compiled train step on random data.', flag_values=FLAGS)
+flags.DEFINE_string('model', 'lenet5', 'A registered model.', flag_values=FLAGS)
+flags.DEFINE_string('model_kwargs', '', 'Model options, k=v,k=v.', flag_values=FLAGS)
+flags.DEFINE_string('dataset', 'fashion_mnist', 'A cvjax dataset (--mode=fit).',
+                    flag_values=FLAGS)
+flags.DEFINE_integer('image_size', None, "Default: the model's.", flag_values=FLAGS)
+flags.DEFINE_integer('batch_size', 128, 'Global batch size.', flag_values=FLAGS)
+flags.DEFINE_integer('num_train_steps', 1000, 'Steps of each fit run (--mode=fit).',
+                     flag_values=FLAGS)
+flags.DEFINE_integer('every', 50, 'Checkpoint every N steps.', flag_values=FLAGS)
+flags.DEFINE_integer('repeats', 4, 'Alternating pairs; medians.', flag_values=FLAGS)
+flags.DEFINE_integer('steps_repeats', 7, '--mode=steps: rounds per arm; medians.',
+                     flag_values=FLAGS)
+flags.DEFINE_bool('json', False, 'Print one JSON object.', flag_values=FLAGS)
 
 
 def run_pair(model: str, dataset: str, batch_size: int, num_train_steps: int, every: int,
              repeats: int, model_kwargs: dict, image_size: int | None = None) -> dict:
-  from absl import logging
-  from cvjax.train.config import TrainConfig
-  from cvjax.train.loop import fit
   logging.set_verbosity(logging.WARNING)
   base = dict(model=model, dataset=dataset, batch_size=batch_size, model_kwargs=model_kwargs,
               image_size=image_size,
@@ -64,20 +93,11 @@ def run_pair(model: str, dataset: str, batch_size: int, num_train_steps: int, ev
 def run_steps(model: str, batch_size: int, every: int, repeats: int, model_kwargs: dict,
               image_size: int | None = None) -> dict:
   """--mode=steps: rounds of `every` compiled steps, with and without a save at the start."""
-  import jax
-  import numpy as np
-  import optax
-  from cvjax import models
-  from cvjax.train import steps as train_steps
-  from cvjax.train.checkpoint import Checkpoints
-  from cvjax.train.state import create_train_state
-
   height, _, channels = models.model_input_shape(model)
   size = image_size or height
   num_classes = models.model_num_classes(model)
   mesh = train_steps.make_mesh()
-  net = models.get_model(model, num_classes=num_classes, bn_axis_name=train_steps.AXIS,
-                         **model_kwargs)
+  net = factory.build_model(TrainConfig(model=model, model_kwargs=model_kwargs), num_classes)
   holder = [jax.jit(lambda k: create_train_state(net, optax.sgd(0.01, momentum=0.9), k,
                                                  (1, size, size, channels)),
                     out_shardings=train_steps.replicated(mesh))(jax.random.PRNGKey(0))]
@@ -86,7 +106,7 @@ def run_steps(model: str, batch_size: int, every: int, repeats: int, model_kwarg
       {'image': rng.normal(size=(batch_size, size, size, channels)).astype(np.float32),
        'label': rng.integers(0, num_classes, batch_size).astype(np.int32)},
       train_steps.batch_sharded(mesh))
-  step = train_steps.parallel_train_step(mesh)
+  step = train_steps.parallel_train_step(mesh, get_task('classification'))
   count = [0]
   state_bytes = sum(x.nbytes for x in jax.tree.leaves(holder[0]))
 
@@ -136,41 +156,20 @@ def _cpu_seconds() -> float:
   return t.user + t.system
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--mode', default='fit', choices=('fit', 'steps'))
-  parser.add_argument('--model', default='lenet5')
-  parser.add_argument('--model_kwargs', default='')
-  parser.add_argument('--dataset', default='fashion_mnist')
-  parser.add_argument('--image_size', type=int, default=None, help="default: the model's")
-  parser.add_argument('--batch_size', type=int, default=128)
-  parser.add_argument('--num_train_steps', type=int, default=1000)
-  parser.add_argument('--every', type=int, default=50, help='checkpoint every N steps')
-  parser.add_argument('--repeats', type=int, default=4, help='alternating pairs; medians')
-  parser.add_argument('--steps_repeats', type=int, default=7,
-                      help='--mode=steps: rounds per arm; medians')
-  parser.add_argument('--json', action='store_true')
-  args = parser.parse_args(argv)
-
-  from cvjax.errors import UserError
-  from cvjax.train.config import parse_kwargs
-  try:
-    for flag in ('batch_size', 'num_train_steps', 'every', 'repeats', 'steps_repeats'):
-      if getattr(args, flag) < 1:
-        raise UserError(f'--{flag} must be a positive integer, got {getattr(args, flag)}')
-    if args.mode == 'steps':
-      r = run_steps(args.model, args.batch_size, args.every, args.steps_repeats,
-                    parse_kwargs(args.model_kwargs), args.image_size)
-    elif args.every >= args.num_train_steps:
-      raise UserError(f'--every={args.every} must be below --num_train_steps='
-                      f'{args.num_train_steps} to save more than the final checkpoint')
-    else:
-      r = run_pair(args.model, args.dataset, args.batch_size, args.num_train_steps, args.every,
-                   args.repeats, parse_kwargs(args.model_kwargs), args.image_size)
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  if args.json:
+def run(f: flags.FlagValues) -> int:
+  for flag in ('batch_size', 'num_train_steps', 'every', 'repeats', 'steps_repeats'):
+    if getattr(f, flag) < 1:
+      raise UserError(f'--{flag} must be a positive integer, got {getattr(f, flag)}')
+  if f.mode == 'steps':
+    r = run_steps(f.model, f.batch_size, f.every, f.steps_repeats, parse_kwargs(f.model_kwargs),
+                  f.image_size)
+  elif f.every >= f.num_train_steps:
+    raise UserError(f'--every={f.every} must be below --num_train_steps={f.num_train_steps} '
+                    'to save more than the final checkpoint')
+  else:
+    r = run_pair(f.model, f.dataset, f.batch_size, f.num_train_steps, f.every, f.repeats,
+                 parse_kwargs(f.model_kwargs), f.image_size)
+  if f.json:
     print(json.dumps(r))
   else:
     s = r['seconds_per_step']
@@ -193,6 +192,10 @@ def main(argv=None) -> int:
           f'({r["seconds_per_save"] * 1e3:+.0f} ms per save; target < 5%); load average '
           + ' '.join(f'{x:.2f}' for x in r['load_average']))
   return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  return cli.main(run, FLAGS, argv, doc=__doc__)
 
 
 if __name__ == '__main__':

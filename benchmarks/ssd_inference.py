@@ -3,8 +3,9 @@
   python -m benchmarks.ssd_inference --model=ssd300_vgg16 --batch_size=8 [--peers=torch]
       [--half_precision=bf16] [--json]
 
-cvjax: one compiled forward + box decoding + per-class score threshold + NMS
-(IoU 0.45) + top-200, on random 300² images already on the device. torchvision
+cvjax: one compiled forward (conv_impl='auto', the training default) + box
+decoding + per-class score threshold + NMS (IoU 0.45) + top-200, on random 300²
+images already on the device. torchvision
 (`--peers=torch`, only for ssd300_vgg16): `ssd300_vgg16(weights=None)` in eval
 mode under `torch.inference_mode()`, its own resize/normalise transform and
 post-processing (top-400 candidates per class, batched NMS 0.45, top-200),
@@ -17,16 +18,38 @@ bf16 autocast (AMP). torch uses CUDA when it has it (synchronised before each ti
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import sys
 import time
+from typing import Sequence
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+from absl import flags  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks import torch_peer  # noqa: E402
+from benchmarks.throughput import HALF_PRECISIONS, check_half_precision  # noqa: E402
+from cvjax import cli, models  # noqa: E402
+from cvjax.detection import postprocess  # noqa: E402
+from cvjax.errors import UserError, unknown_choice  # noqa: E402
+
 TORCHVISION = {'ssd300_vgg16': 'ssd300_vgg16'}
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_string('model', 'ssd300_vgg16', 'A registered detector.', flag_values=FLAGS)
+flags.DEFINE_integer('batch_size', 8, 'Images per call.', flag_values=FLAGS)
+flags.DEFINE_integer('num_classes', 20, 'Foreground classes.', flag_values=FLAGS)
+flags.DEFINE_integer('steps', 3, 'Batches per timing.', flag_values=FLAGS)
+flags.DEFINE_integer('repeats', 3, 'Timings (median).', flag_values=FLAGS)
+flags.DEFINE_string('peers', 'torch', "Comma-separated: 'torch' or ''.", flag_values=FLAGS)
+flags.DEFINE_string('half_precision', '', "'bf16': the networks compute in bfloat16 (torch: AMP "
+                    'autocast).', flag_values=FLAGS)
+flags.DEFINE_bool('json', False, 'Print one JSON object.', flag_values=FLAGS)
 
 
 def _median_rate(run, batch_size: int, steps: int, repeats: int) -> float:
@@ -42,14 +65,9 @@ def _median_rate(run, batch_size: int, steps: int, repeats: int) -> float:
 def cvjax_rate(model_name: str, batch_size: int, num_classes: int, steps: int,
                repeats: int, half_precision: str | None = None) -> tuple[float, int]:
   """(images/s, input size) of cvjax's detector, NMS included."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from cvjax import models  # pylint: disable=g-import-not-at-top
-  from cvjax.detection import postprocess  # pylint: disable=g-import-not-at-top
-  from benchmarks.throughput import HALF_PRECISIONS  # pylint: disable=g-import-not-at-top
   dtype = {'dtype': HALF_PRECISIONS[half_precision]} if half_precision else {}
-  model = models.get_model(model_name, num_classes, score_threshold=0.0, **dtype)
+  model = models.get_model(model_name, num_classes, score_threshold=0.0, conv_impl='auto',
+                           **dtype)
   size = models.model_input_shape(model_name)[0]
   anchors = jnp.asarray(model.default_boxes())
   variables = jax.jit(model.init)(jax.random.key(0, impl='rbg'), jnp.zeros((1, size, size, 3)))
@@ -76,8 +94,7 @@ def torch_rate(model_name: str, batch_size: int, num_classes: int, steps: int,
   """images/s of torchvision's detector (num_classes + 1 outputs: it counts background)."""
   import torch  # pylint: disable=g-import-not-at-top
   from torchvision.models import detection  # pylint: disable=g-import-not-at-top
-  from benchmarks.torch_peer import device_and_autocast  # pylint: disable=g-import-not-at-top
-  device, autocast = device_and_autocast(half_precision)
+  device, autocast = torch_peer.device_and_autocast(half_precision)
   model = getattr(detection, TORCHVISION[model_name])(
       weights=None, weights_backbone=None, num_classes=num_classes + 1, score_thresh=0.0)
   model = model.eval().to(device, memory_format=torch.channels_last)
@@ -95,17 +112,13 @@ def torch_rate(model_name: str, batch_size: int, num_classes: int, steps: int,
 
 def measure(model_name: str, batch_size: int, num_classes: int, steps: int, repeats: int,
             peers: list[str], half_precision: str | None = None) -> dict:
-  from cvjax import models  # pylint: disable=g-import-not-at-top
-  from cvjax.errors import UserError, unknown_choice  # pylint: disable=g-import-not-at-top
   detectors = models.list_models('detection')
   if model_name not in detectors:
     raise unknown_choice('detector', model_name, detectors)
   if batch_size < 1:
     raise UserError(f'--batch_size must be at least 1, got {batch_size}')
-  from benchmarks.throughput import check_half_precision  # pylint: disable=g-import-not-at-top
   half_precision = check_half_precision(half_precision)
   rate, size = cvjax_rate(model_name, batch_size, num_classes, steps, repeats, half_precision)
-  import jax  # pylint: disable=g-import-not-at-top
   result = {'model': model_name, 'batch_size': batch_size, 'image_size': size,
             'num_classes': num_classes, 'device': jax.devices()[0].device_kind,
             'half_precision': half_precision,
@@ -127,31 +140,15 @@ def measure(model_name: str, batch_size: int, num_classes: int, steps: int, repe
   return result
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m benchmarks.ssd_inference')
-  parser.add_argument('--model', default='ssd300_vgg16')
-  parser.add_argument('--batch_size', type=int, default=8)
-  parser.add_argument('--num_classes', type=int, default=20, help='foreground classes')
-  parser.add_argument('--steps', type=int, default=3)
-  parser.add_argument('--repeats', type=int, default=3)
-  parser.add_argument('--peers', default='torch', help="comma-separated: 'torch' or ''")
-  parser.add_argument('--half_precision', default='',
-                      help="'bf16': the networks compute in bfloat16 (torch: AMP autocast)")
-  parser.add_argument('--json', action='store_true')
-  args = parser.parse_args(argv)
-  from cvjax.errors import UserError  # pylint: disable=g-import-not-at-top
-  peers = [p for p in args.peers.split(',') if p]
-  try:
-    result = measure(args.model, args.batch_size, args.num_classes, args.steps, args.repeats,
-                     peers, args.half_precision or None)
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  if args.json:
+def run(f: flags.FlagValues) -> int:
+  peers = [p for p in f.peers.split(',') if p]
+  result = measure(f.model, f.batch_size, f.num_classes, f.steps, f.repeats, peers,
+                   f.half_precision or None)
+  if f.json:
     print(json.dumps(result))
     return 0
-  print(f'{result["model"]} batch {args.batch_size} at {result["image_size"]}², '
-        f'{args.num_classes} classes, NMS included, on {result["device"]}'
+  print(f'{result["model"]} batch {f.batch_size} at {result["image_size"]}², '
+        f'{f.num_classes} classes, NMS included, on {result["device"]}'
         + (', bf16' if result['half_precision'] else ''))
   for name, rate in result['images_per_second'].items():
     ratio = f'  cvjax / {name} = {result["ratio"][name]:.2f}×' if name in result['ratio'] else ''
@@ -159,6 +156,10 @@ def main(argv=None) -> int:
   for name, why in result['skipped'].items():
     print(f'  {name:<8} skipped: {why}')
   return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  return cli.main(run, FLAGS, argv, doc=__doc__)
 
 
 if __name__ == '__main__':

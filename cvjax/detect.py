@@ -16,20 +16,34 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Sequence
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow only resizes here
 
+from absl import flags  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cvjax import cli  # noqa: E402
+from cvjax.detection import draw  # noqa: E402
 from cvjax.errors import UserError  # noqa: E402
-from cvjax.evaluate import ArgumentParser  # noqa: E402
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_string('workdir', None, 'A cvjax detection run directory.', flag_values=FLAGS)
+flags.DEFINE_string('image', None, 'Image file (JPEG, PNG, ...).', flag_values=FLAGS)
+flags.DEFINE_string('out', None, 'Where to write the picture (by extension: .png, .jpg, ...); '
+                    'default: draw nothing.', flag_values=FLAGS)
+flags.DEFINE_float('min_score', 0.5, 'Lowest score shown, in [0, 1].', flag_values=FLAGS)
+flags.DEFINE_integer('step', None, 'Checkpoint step (default: the newest good one).',
+                     flag_values=FLAGS)
+flags.DEFINE_bool('json', False, 'Print one JSON object.', flag_values=FLAGS)
+flags.mark_flags_as_required(['workdir', 'image'], flag_values=FLAGS)
 
 
 def detect(workdir: str, image_path: str, out: str | None, min_score: float = 0.5,
            step: int | None = None) -> dict:
   """Detections of the run in `workdir` on the image at `image_path`; draws them to `out`."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
   from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
-  import cvjax  # pylint: disable=g-import-not-at-top
-  from cvjax.detection import draw  # pylint: disable=g-import-not-at-top
+  from cvjax import restoring  # loads TensorFlow and orbax
   if not os.path.exists(image_path):
     raise UserError(f'--image={image_path} does not exist')
   try:
@@ -42,7 +56,7 @@ def detect(workdir: str, image_path: str, out: str | None, min_score: float = 0.
     ext = os.path.splitext(out)[1].lower()
     if ext not in Image.registered_extensions():
       raise UserError(f'--out={out}: unknown image extension {ext!r}; use e.g. .png or .jpg')
-  restored = cvjax.restore(workdir, step)
+  restored = restoring.restore(workdir, step)
   if restored.config.task != 'detection':
     raise UserError(f'{workdir} is a {restored.config.task} run, not a detector')
   found = restored.predict(image)[0]
@@ -60,29 +74,20 @@ def detect(workdir: str, image_path: str, out: str | None, min_score: float = 0.
   return {'image': image_path, 'detections': rows}
 
 
-def main(argv=None) -> int:
-  parser = ArgumentParser(prog='python -m cvjax.detect',
-                          description='Draw a trained detector\'s boxes on an image.')
-  parser.add_argument('--workdir', required=True, help='a cvjax detection run directory')
-  parser.add_argument('--image', required=True, help='image file (JPEG, PNG, ...)')
-  parser.add_argument('--out', default=None, help='where to write the picture')
-  parser.add_argument('--min_score', type=float, default=0.5, help='lowest score shown')
-  parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: newest)')
-  parser.add_argument('--json', action='store_true', help='print one JSON object')
-  args = parser.parse_args(argv)
-  try:
-    result = detect(args.workdir, args.image, args.out, args.min_score, args.step)
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  if args.json:
+def run(f: flags.FlagValues) -> int:
+  result = detect(f.workdir, f.image, f.out, f.min_score, f.step)
+  if f.json:
     print(json.dumps(result))
   else:
     for r in result['detections']:
       print(f'{r["label"]:<12} {r["score"]:.3f}  ' + ' '.join(f'{v:.1f}' for v in r['box']))
-    if args.out:
-      print(f'{len(result["detections"])} detections drawn to {args.out}')
+    if f.out:
+      print(f'{len(result["detections"])} detections drawn to {f.out}')
   return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  return cli.main(run, FLAGS, argv, doc=__doc__)
 
 
 if __name__ == '__main__':

@@ -17,15 +17,29 @@ Bad input: one `error: ...` line on stderr, exit status 2.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import sys
+from typing import Sequence
 
+from absl import flags
+import numpy as np
+
+from cvjax import cli
+from cvjax.detection import metrics
+from cvjax.detection.metrics import Boxes
 from cvjax.errors import UserError
 
 METRICS = ('coco', 'voc07', 'voc12')
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_string('ground_truth', None, 'COCO annotation JSON.', flag_values=FLAGS)
+flags.DEFINE_string('detections', None, 'COCO results JSON list.', flag_values=FLAGS)
+flags.DEFINE_string('metric', 'coco', 'coco, voc07 or voc12.', flag_values=FLAGS)
+flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.', flag_values=FLAGS)
+flags.mark_flags_as_required(['ground_truth', 'detections'], flag_values=FLAGS)
+
 _COCO_LABELS = {
     'AP': 'AP @[IoU=0.50:0.95 | area=   all | maxDets=100]',
     'AP50': 'AP @[IoU=0.50      | area=   all | maxDets=100]',
@@ -62,8 +76,6 @@ def _xyxy(bbox, where: str):
 
 def read_coco(ground_truth: dict, detections: list):
   """COCO-format dicts → (gt Boxes, dt Boxes, image ids, {category id: name})."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from cvjax.detection.metrics import Boxes  # pylint: disable=g-import-not-at-top
   if not isinstance(ground_truth, dict) or not all(
       k in ground_truth for k in ('images', 'annotations', 'categories')):
     raise UserError('--ground_truth must be a COCO annotation file with "images", '
@@ -96,7 +108,6 @@ def read_coco(ground_truth: dict, detections: list):
 
 def evaluate(ground_truth: dict, detections: list, metric: str) -> dict:
   """The numbers `main` prints, as a dict (see module doc)."""
-  from cvjax.detection import metrics  # pylint: disable=g-import-not-at-top
   if metric not in METRICS:
     raise UserError(f'unknown metric {metric!r}; valid choices: {", ".join(METRICS)}')
   gt, dt, image_ids, categories = read_coco(ground_truth, detections)
@@ -118,41 +129,23 @@ def format_table(result: dict, metric: str) -> str:
   return '\n'.join(lines + [f'{"mAP":<{width}}  {result["mAP"]:.4f}'])
 
 
-class ArgumentParser(argparse.ArgumentParser):
-  """argparse whose usage errors are one `error: ...` line and exit status 2."""
-
-  def error(self, message):
-    print(f'error: {message}', file=sys.stderr)
-    sys.exit(2)
-
-
 def _json_safe(value):
   if isinstance(value, dict):
     return {k: _json_safe(v) for k, v in value.items()}
   return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def main(argv=None) -> int:
-  parser = ArgumentParser(prog='python -m cvjax.evaluate',
-                          description='COCO or VOC metrics for COCO-format detections.')
-  parser.add_argument('--ground_truth', required=True, help='COCO annotation JSON')
-  parser.add_argument('--detections', required=True, help='COCO results JSON list')
-  parser.add_argument('--metric', default='coco', help='coco, voc07 or voc12')
-  parser.add_argument('--json', action='store_true', help='print one JSON object')
-  args = parser.parse_args(argv)
-  try:
-    if args.metric not in METRICS:
-      raise UserError(f'unknown metric {args.metric!r}; valid choices: {", ".join(METRICS)}')
-    result = evaluate(_load(args.ground_truth, 'ground_truth'),
-                      _load(args.detections, 'detections'), args.metric)
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  if args.json:
-    print(json.dumps(_json_safe(result)))
-  else:
-    print(format_table(result, args.metric))
+def run(f: flags.FlagValues) -> int:
+  if f.metric not in METRICS:
+    raise UserError(f'unknown metric {f.metric!r}; valid choices: {", ".join(METRICS)}')
+  result = evaluate(_load(f.ground_truth, 'ground_truth'), _load(f.detections, 'detections'),
+                    f.metric)
+  print(json.dumps(_json_safe(result)) if f.json else format_table(result, f.metric))
   return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  return cli.main(run, FLAGS, argv, doc=__doc__)
 
 
 if __name__ == '__main__':

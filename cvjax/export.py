@@ -31,19 +31,24 @@ Formats:
               up to 64 MiB; else `exp.mlir_module()` gives it).
 
 Lowered for `--platforms` (default: cpu and cuda, so the artifact runs on
-either; XLA compiles it for the machine that loads it).
+either; XLA compiles it for the machine that loads it), with XLA's own
+convolution (`conv_impl='xla'`), whatever the run trained with.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from typing import Any, Callable, Sequence
 
+from absl import flags
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from cvjax import errors
+from cvjax import cli, errors
+from cvjax.data import datasets
+from cvjax.models import registry
 
 FORMATS = ('savedmodel', 'stablehlo')
 PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
@@ -51,18 +56,29 @@ DEFAULT_PLATFORMS = ('cpu', 'cuda')
 INFO_FILE = 'cvjax_export.json'
 MLIR_TEXT_LIMIT = 64 * 2**20  # bytes of weights above which model.mlir is not written
 
+FLAGS = flags.FlagValues()
+flags.DEFINE_string('workdir', None, 'A training run directory.', flag_values=FLAGS)
+flags.DEFINE_string('format', None, ' | '.join(FORMATS), flag_values=FLAGS)
+flags.DEFINE_string('out', None, 'Output directory.', flag_values=FLAGS)
+flags.DEFINE_integer('step', None, 'Checkpoint step (default: the newest good one).',
+                     flag_values=FLAGS)
+flags.DEFINE_string('platforms', ','.join(DEFAULT_PLATFORMS),
+                    'Comma-separated lowering platforms: ' + ', '.join(PLATFORMS),
+                    flag_values=FLAGS)
+flags.mark_flags_as_required(['workdir', 'format', 'out'], flag_values=FLAGS)
+
 
 def serving_function(run) -> tuple[Callable, tuple[int, int, int], str]:
   """(f(variables, x), (S, S, C), output name) for a `cvjax.restore` result.
 
   f: x float32[b, S, S, C] → probabilities float32[b, K] for classification,
-  the model's raw outputs otherwise.
+  the model's raw outputs otherwise. The model computes its convolutions with
+  XLA's own op: the CPU lowerings a run may have trained with suit this machine,
+  the export is for any of its platforms.
   """
-  import jax
-  from cvjax.models import registry
   h, _, c = registry.model_input_shape(run.config.model)
   s = run.config.image_size or h
-  model = run.model
+  model = run.model.clone(conv_impl='xla')
   if run.config.task == 'classification':
     def f(variables, x):
       return jax.nn.softmax(model.apply(variables, x, train=False))
@@ -105,26 +121,19 @@ def export(workdir: str, fmt: str, out: str, *, step: int | None = None,
     UserError: unknown format or platform, no run in `workdir`, `out` an
       existing file.
   """
-  import jax
-  import jax.numpy as jnp
-
-  import cvjax
-  from cvjax.models import conv_lowering
+  from cvjax import restoring  # loads TensorFlow and orbax
   _check(fmt, platforms)
   if not os.path.isdir(workdir):
     raise errors.UserError(f'workdir {workdir} does not exist; give the directory of a '
                            'training run (it holds config.json and checkpoints/)')
   if os.path.exists(out) and not os.path.isdir(out):
     raise errors.UserError(f'--out={out} is a file; give a directory')
-  run = cvjax.restore(workdir, step)
+  run = restoring.restore(workdir, step)
   f, (s, _, c), output_name = serving_function(run)
   variables = jax.tree.map(jnp.asarray, run.variables)
   os.makedirs(out, exist_ok=True)
 
-  # XLA's own convolutions: 'auto' would pick the matmul forms that are fast on
-  # this machine's CPU, but the exported program is meant for any of `platforms`.
-  with conv_lowering.default_impl('xla'):
-    files = _save(fmt, f, variables, (s, s, c), output_name, out, platforms)
+  files = _save(fmt, f, variables, (s, s, c), output_name, out, platforms)
 
   info = {
       'format': fmt,
@@ -150,9 +159,6 @@ def export(workdir: str, fmt: str, out: str, *, step: int | None = None,
 def _save(fmt: str, f, variables, hwc, output_name: str, out: str,
           platforms: Sequence[str]) -> list[str]:
   """Writes `f(variables, x)` for x float32[b, *hwc] to `out` in `fmt`; returns the files."""
-  import jax
-  import jax.numpy as jnp
-
   s, _, c = hwc
   if fmt == 'stablehlo':
     (b,) = jax.export.symbolic_shape('b')
@@ -176,10 +182,8 @@ def _save(fmt: str, f, variables, hwc, output_name: str, out: str,
 def _save_savedmodel(f, variables, hwc, output_name: str, out: str,
                      platforms: Sequence[str]) -> None:
   """jax2tf (native serialization) → tf.function → SavedModel in `out`."""
-  import jax
-  from cvjax.data import datasets
   tf = datasets.tensorflow()  # hides accelerators from TF before its first op
-  from jax.experimental import jax2tf
+  from jax.experimental import jax2tf  # loads TensorFlow
 
   leaves, treedef = jax.tree.flatten(variables)
   tf_vars = [tf.Variable(np.asarray(l), trainable=False) for l in leaves]
@@ -220,11 +224,9 @@ def load(out: str) -> Callable[[np.ndarray], Any]:
   with open(info_path) as fh:
     info = json.load(fh)
   if info['format'] == 'stablehlo':
-    import jax
     with open(os.path.join(out, 'model.jax_export'), 'rb') as fh:
       exported = jax.export.deserialize(bytearray(fh.read()))
     return lambda x: jax.tree.map(np.asarray, exported.call(np.asarray(x, np.float32)))
-  from cvjax.data import datasets
   tf = datasets.tensorflow()
   loaded = tf.saved_model.load(out)
   return lambda x: _numpy(loaded.predict(tf.constant(np.asarray(x, np.float32))))
@@ -236,29 +238,19 @@ def _numpy(outputs):
   return outputs.numpy()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m cvjax.export',
-                                   description=__doc__.splitlines()[0])
-  parser.add_argument('--workdir', required=True, help='a training run directory')
-  parser.add_argument('--format', required=True, help=' | '.join(FORMATS))
-  parser.add_argument('--out', required=True, help='output directory')
-  parser.add_argument('--step', type=int, default=None,
-                      help='checkpoint step (default: the newest good one)')
-  parser.add_argument('--platforms', default=','.join(DEFAULT_PLATFORMS),
-                      help='comma-separated lowering platforms: ' + ', '.join(PLATFORMS))
-  args = parser.parse_args(argv)
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  try:
-    platforms = [p.strip() for p in args.platforms.split(',') if p.strip()]
-    _check(args.format, platforms)
-    info = export(args.workdir, args.format, args.out, step=args.step, platforms=platforms)
-  except errors.UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  print(f"exported {info['model']} (step {info['step']}) as {info['format']} to {args.out}: "
+def run(f: flags.FlagValues) -> int:
+  platforms = [p.strip() for p in f.platforms.split(',') if p.strip()]
+  _check(f.format, platforms)
+  info = export(f.workdir, f.format, f.out, step=f.step, platforms=platforms)
+  print(f"exported {info['model']} (step {info['step']}) as {info['format']} to {f.out}: "
         f"input float32{info['input']['shape']} after "
-        f"{info['input']['preprocessing']['function']} (see {os.path.join(args.out, INFO_FILE)})")
+        f"{info['input']['preprocessing']['function']} (see {os.path.join(f.out, INFO_FILE)})")
   return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  return cli.main(run, FLAGS, argv, doc=__doc__)
 
 
 if __name__ == '__main__':

@@ -2,7 +2,7 @@
 
     python -m cvjax.profile --model=alexnet --batch_size=8 [--image_size=227]
         [--backward] [--repeats=7] [--json] [--plot=alexnet_time.png]
-        [--trace_dir=/tmp/trace]
+        [--trace_dir=/tmp/trace] [--conv_impl=auto|xla]
 
 How the per-layer times are obtained (also printed under the table):
 
@@ -30,11 +30,15 @@ How the per-layer times are obtained (also printed under the table):
 5. Beside the times, XLA's own cost analysis of each compiled layer
    (`compiled.cost_analysis()['flops']`, 2 per multiply-add, some backends skip
    padding zeros) and the MACs `cvjax.summary` counts. `GFLOP/s` is the useful
-   work over the measured time: 2 × MACs for convs and dense layers (a conv the
-   CPU computes as a banded matmul makes XLA count its multiplies by zero too,
-   see `cvjax.models.conv_lowering`), XLA's FLOPs for the rest. Compute-bound
+   work over the measured time: 2 × MACs for convs and dense layers (XLA's count
+   of a conv computed as a banded matmul includes its multiplies by zero, see
+   `cvjax.models.conv_lowering`), XLA's FLOPs for the rest. Compute-bound
    convs run far faster than memory-bound fully connected layers at small
    batch sizes.
+
+The model's convolutions are computed as in training (`--conv_impl=auto`, the
+default: the CPU's matmul lowerings on the CPU backend, XLA's convolution
+elsewhere); `--conv_impl=xla` times XLA's convolution everywhere.
 
 `--trace_dir` also records a `jax.profiler` trace of a few whole-model calls
 (open it with Perfetto, https://ui.perfetto.dev, or TensorBoard's profile
@@ -45,7 +49,6 @@ absolute milliseconds, across machines.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -54,12 +57,41 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
+from absl import flags
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from cvjax import errors
+from cvjax import cli, errors
+from cvjax import summary as cv_summary
+from cvjax.models import registry
 
 _MIN_ROUND_S = 2e-3   # one timed round runs a function at least this long
 _TRACE_CALLS = 3      # whole-model calls recorded under --trace_dir
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_string('model', None, 'A registered model, e.g. alexnet, resnet50 '
+                    '(python -m cvjax.summary --help lists them).', flag_values=FLAGS)
+flags.DEFINE_integer('image_size', None, "Pixels per side; default: the model's natural size.",
+                     flag_values=FLAGS)
+flags.DEFINE_integer('batch_size', 1, 'Images per call; every time is for the whole batch.',
+                     flag_values=FLAGS)
+flags.DEFINE_integer('num_classes', None, "Outputs; default: the model's dataset's.",
+                     flag_values=FLAGS)
+flags.DEFINE_string('dtype', 'float32', 'Computation dtype, e.g. float32, bfloat16.',
+                    flag_values=FLAGS)
+flags.DEFINE_bool('backward', False, "Also time each layer's forward+backward (jax.vjp).",
+                  flag_values=FLAGS)
+flags.DEFINE_integer('repeats', 7, 'Timed rounds (median).', flag_values=FLAGS)
+flags.DEFINE_bool('json', False, 'Print one JSON object.', flag_values=FLAGS)
+flags.DEFINE_string('plot', None, 'Write a bar chart PNG here.', flag_values=FLAGS)
+flags.DEFINE_string('trace_dir', None, 'Write a jax.profiler trace of whole-model calls here.',
+                    flag_values=FLAGS)
+flags.DEFINE_string('conv_impl', 'auto', "How convolutions are computed: auto (training's "
+                    "default: the CPU's matmul lowerings on the CPU backend) or xla.",
+                    flag_values=FLAGS)
+flags.mark_flag_as_required('model', flag_values=FLAGS)
 
 # Layer types grouped for shares: flax class name → group; other names by substring.
 GROUPS = {'LRN': 'norm', 'Dropout': 'other'}
@@ -95,7 +127,6 @@ class _Timer:
 
   def add(self, fn: Callable, args: tuple) -> int:
     """Registers `fn(*args)`, already compiled; runs it once to calibrate."""
-    import jax
     jax.block_until_ready(fn(*args))  # warm-up (allocations, caches)
     t0 = time.perf_counter()
     jax.block_until_ready(fn(*args))
@@ -106,7 +137,6 @@ class _Timer:
     return len(self.fns) - 1
 
   def run(self, rounds: int) -> None:
-    import jax
     for _ in range(rounds):
       for i, (fn, args, number) in enumerate(self.fns):
         t0 = time.perf_counter()
@@ -131,7 +161,6 @@ def _xla_flops(compiled) -> float | None:
 
 
 def _random_like(key, tree):
-  import jax
   leaves, treedef = jax.tree.flatten(tree)
   keys = jax.random.split(key, max(len(leaves), 1))
   return treedef.unflatten([jax.random.normal(k, l.shape, l.dtype)
@@ -141,7 +170,7 @@ def _random_like(key, tree):
 def profile(name: str, *, image_size: int | None = None, batch_size: int = 1,
             num_classes: int | None = None, dtype: str = 'float32',
             backward: bool = False, repeats: int = 7,
-            trace_dir: str | None = None) -> dict[str, Any]:
+            trace_dir: str | None = None, conv_impl: str = 'auto') -> dict[str, Any]:
   """Measures model `name`'s per-layer and whole-model time (see module doc).
 
   Args:
@@ -153,6 +182,8 @@ def profile(name: str, *, image_size: int | None = None, batch_size: int = 1,
     backward: also time each layer's and the model's `jax.vjp`.
     repeats: timed rounds; the median is reported.
     trace_dir: if set, a `jax.profiler` trace of whole-model calls is written here.
+    conv_impl: 'auto' (as training computes convolutions) or 'xla'
+      (`cvjax.models.CONV_IMPLS`).
 
   Returns:
     A JSON-able dict: model, backend, device, input_shape [B, H, W, C], dtype,
@@ -167,16 +198,9 @@ def profile(name: str, *, image_size: int | None = None, batch_size: int = 1,
     the sum of the per-layer times.
 
   Raises:
-    UserError: unknown model or dtype, sizes below 1, an input too small for
-      the model.
+    UserError: unknown model, dtype or conv_impl, sizes below 1, an input too
+      small for the model.
   """
-  import flax.linen as nn
-  import jax
-  import jax.numpy as jnp
-
-  from cvjax import summary as cv_summary
-  from cvjax.models import registry
-
   for flag, value in [('batch_size', batch_size), ('repeats', repeats)]:
     if value < 1:
       raise errors.UserError(f'{flag} must be a positive integer, got {value}')
@@ -186,7 +210,7 @@ def profile(name: str, *, image_size: int | None = None, batch_size: int = 1,
   if image_size is not None:
     h = w = image_size
   num_classes = registry.model_num_classes(name) if num_classes is None else num_classes
-  model = registry.get_model(name, num_classes, dtype=dtype)
+  model = registry.get_model(name, num_classes, dtype=dtype, conv_impl=conv_impl)
   input_shape = (batch_size, h, w, c)
 
   # 1. The summary's layer walk, with the module definitions kept on the side.
@@ -293,6 +317,7 @@ def profile(name: str, *, image_size: int | None = None, batch_size: int = 1,
       'num_classes': num_classes,
       'dtype': jnp.dtype(model.dtype).name,
       'repeats': repeats,
+      'conv_impl': conv_impl,
       'method': METHOD,
       'layers': layers,
       'whole_model': whole_model,
@@ -405,42 +430,25 @@ def plot(p: dict[str, Any], path: str, *, dpi: int = 100):
   return fig
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m cvjax.profile',
-                                   description=__doc__.splitlines()[0])
-  parser.add_argument('--model', required=True, help='a registered model, e.g. alexnet, '
-                      'resnet50 (python -m cvjax.summary --help lists them)')
-  parser.add_argument('--image_size', type=int, default=None,
-                      help="pixels per side; default: the model's natural size")
-  parser.add_argument('--batch_size', type=int, default=1)
-  parser.add_argument('--num_classes', type=int, default=None)
-  parser.add_argument('--dtype', default='float32')
-  parser.add_argument('--backward', action='store_true',
-                      help='also time each layer\'s forward+backward (jax.vjp)')
-  parser.add_argument('--repeats', type=int, default=7, help='timed rounds (median)')
-  parser.add_argument('--json', action='store_true', help='print one JSON object')
-  parser.add_argument('--plot', default=None, help='write a bar chart PNG here')
-  parser.add_argument('--trace_dir', default=None,
-                      help='write a jax.profiler trace of whole-model calls here')
-  args = parser.parse_args(argv)
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow only reads data here
-  try:
-    if args.plot:
-      parent = os.path.dirname(os.path.abspath(args.plot))
-      if not os.path.isdir(parent):
-        raise errors.UserError(f'--plot={args.plot}: directory {parent} does not exist')
-    p = profile(args.model, image_size=args.image_size, batch_size=args.batch_size,
-                num_classes=args.num_classes, dtype=args.dtype, backward=args.backward,
-                repeats=args.repeats, trace_dir=args.trace_dir)
-  except errors.UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  if args.plot:
-    plot(p, args.plot)
-  print(json.dumps(p) if args.json else format_table(p))
-  if args.plot and not args.json:
-    print(f'bar chart: {args.plot}')
+def run(f: flags.FlagValues) -> int:
+  if f.plot:
+    parent = os.path.dirname(os.path.abspath(f.plot))
+    if not os.path.isdir(parent):
+      raise errors.UserError(f'--plot={f.plot}: directory {parent} does not exist')
+  p = profile(f.model, image_size=f.image_size, batch_size=f.batch_size,
+              num_classes=f.num_classes, dtype=f.dtype, backward=f.backward,
+              repeats=f.repeats, trace_dir=f.trace_dir, conv_impl=f.conv_impl)
+  if f.plot:
+    plot(p, f.plot)
+  print(json.dumps(p) if f.json else format_table(p))
+  if f.plot and not f.json:
+    print(f'bar chart: {f.plot}')
   return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow only reads data here
+  return cli.main(run, FLAGS, argv, doc=__doc__)
 
 
 if __name__ == '__main__':

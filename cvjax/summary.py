@@ -23,7 +23,7 @@ LRN, Dropout) of their output's size × itemsize for the batch, i.e. what a
 forward pass materialises if every layer's output is kept for the backward
 pass. Activation functions are plain functions, fused by XLA, and not counted.
 
---backward_memory (issue 6) measures what one training-mode gradient keeps,
+--backward_memory measures what one training-mode gradient keeps,
 with and, for models that have it, without `remat`, two ways:
   saved activations: the residuals JAX's autodiff stores between the forward and
     the backward pass (traced, no FLOPs; params and the input are not counted).
@@ -33,21 +33,35 @@ with and, for models that have it, without `remat`, two ways:
     gradient on this backend (seconds to compile); XLA schedules and reuses
     buffers itself, so it can differ from the residuals, in either direction.
 """
-import argparse
 import functools
 import json
 import math
 import sys
 from typing import Any, Sequence
 
+from absl import flags
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cvjax import errors
+from cvjax import cli, errors, models
 from cvjax.models import layers as cv_layers
-from cvjax.models import registry
-from cvjax.models.cifar_resnet import rematerialises
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_string('model', None, 'One of: ' + ', '.join(models.list_models(None)),
+                    flag_values=FLAGS)
+flags.DEFINE_integer('num_classes', None, 'Default: 10 for lenet5 and the CIFAR nets, else 1000.',
+                     flag_values=FLAGS)
+flags.DEFINE_integer('image_size', None, "Pixels per side; default: the model's natural size.",
+                     flag_values=FLAGS)
+flags.DEFINE_integer('batch_size', 1, 'Examples per batch.', flag_values=FLAGS)
+flags.DEFINE_string('dtype', 'float32', 'Computation dtype, e.g. float32, bfloat16.',
+                    flag_values=FLAGS)
+flags.DEFINE_bool('json', False, 'Print one JSON object.', flag_values=FLAGS)
+flags.DEFINE_bool('backward_memory', False, 'Also measure the activation memory of a training '
+                  'gradient, with and without remat (compiles the gradient: seconds to a '
+                  'minute).', flag_values=FLAGS)
+flags.mark_flag_as_required('model', flag_values=FLAGS)
 
 
 def _shape(x) -> list[int] | None:
@@ -176,15 +190,15 @@ def summary(name: str, num_classes: int | None = None,
     UserError: unknown model or dtype, a size below 1, or an image too
       small for the model (some layer's output would be empty).
   """
-  h, w, c = registry.model_input_shape(name)
-  num_classes = registry.model_num_classes(name) if num_classes is None else num_classes
+  h, w, c = models.model_input_shape(name)
+  num_classes = models.model_num_classes(name) if num_classes is None else num_classes
   if image_size is not None:
     h = w = image_size
   for flag, value in [('num_classes', num_classes), ('image_size', h),
                       ('batch_size', batch_size)]:
     if value < 1:
       raise errors.UserError(f'{flag} must be a positive integer, got {value}')
-  model = registry.get_model(name, num_classes, dtype=dtype)
+  model = models.get_model(name, num_classes, dtype=dtype)
   result = summarize(model, (batch_size, h, w, c))
   return {'model': name, 'num_classes': num_classes,
           'dtype': jnp.dtype(model.dtype).name, **result}
@@ -221,23 +235,23 @@ def _saved_activation_bytes(loss, params, batch_stats, x) -> int:
 def backward_memory(name: str, num_classes: int | None = None, image_size: int | None = None,
                     batch_size: int = 1, dtype: str = 'float32',
                     compiled: bool = True) -> dict[str, Any]:
-  """Activation memory of one training-mode gradient of model `name` (issue 6).
+  """Activation memory of one training-mode gradient of model `name`.
 
   Returns {'saved_bytes', 'xla_temp_bytes', 'backend', 'remat': bool} and, when
   the model has remat, 'saved_bytes_remat' and 'xla_temp_bytes_remat' (bytes
   for the batch; see the module docstring for what each measures). With
   compiled=False the XLA numbers are None (no compilation).
   """
-  h, w, c = registry.model_input_shape(name)
-  num_classes = registry.model_num_classes(name) if num_classes is None else num_classes
+  h, w, c = models.model_input_shape(name)
+  num_classes = models.model_num_classes(name) if num_classes is None else num_classes
   h = w = image_size or h
   x = jax.ShapeDtypeStruct((batch_size, h, w, c), jnp.float32)
   out = {'backend': jax.default_backend()}
-  plain = registry.get_model(name, num_classes, dtype=dtype)
+  plain = models.get_model(name, num_classes, dtype=dtype)
   variants = [('', plain)]
-  out['remat'] = 'remat' in registry.model_options(name) and rematerialises(plain)
+  out['remat'] = models.model_info(name).supports_remat
   if out['remat']:
-    variants.append(('_remat', registry.get_model(name, num_classes, dtype=dtype, remat=True)))
+    variants.append(('_remat', models.get_model(name, num_classes, dtype=dtype, remat=True)))
   for suffix, model in variants:
     variables = jax.eval_shape(functools.partial(model.init, train=False),
                                jax.random.key(0), x)
@@ -308,38 +322,22 @@ def format_table(s: dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
-      prog='python -m cvjax.summary', description=__doc__.splitlines()[0])
-  parser.add_argument('--model', required=True,
-                      help='one of: ' + ', '.join(registry.list_models()))
-  parser.add_argument('--num_classes', type=int, default=None,
-                      help='default: 10 for lenet5 and CIFAR nets, else 1000')
-  parser.add_argument('--image_size', type=int, default=None,
-                      help="pixels per side; default: the model's natural size")
-  parser.add_argument('--batch_size', type=int, default=1)
-  parser.add_argument('--dtype', default='float32', help='e.g. float32, bfloat16')
-  parser.add_argument('--json', action='store_true', help='print one JSON object')
-  parser.add_argument('--backward_memory', action='store_true',
-                      help='also measure the activation memory of a training gradient, with '
-                           'and without remat (compiles the gradient: seconds to a minute)')
-  args = parser.parse_args(argv)
-  try:
-    s = summary(args.model, args.num_classes, args.image_size, args.batch_size,
-                args.dtype)
-    if args.backward_memory:
-      s['backward_memory'] = backward_memory(args.model, args.num_classes, args.image_size,
-                                             args.batch_size, args.dtype)
-  except errors.UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  if args.json:
+def run(f: flags.FlagValues) -> int:
+  s = summary(f.model, f.num_classes, f.image_size, f.batch_size, f.dtype)
+  if f.backward_memory:
+    s['backward_memory'] = backward_memory(f.model, f.num_classes, f.image_size, f.batch_size,
+                                           f.dtype)
+  if f.json:
     print(json.dumps(s))
   else:
     print(format_table(s))
-    if args.backward_memory:
-      print(format_backward_memory(s['backward_memory'], args.batch_size))
+    if f.backward_memory:
+      print(format_backward_memory(s['backward_memory'], f.batch_size))
   return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  return cli.main(run, FLAGS, argv, doc=__doc__)
 
 
 if __name__ == '__main__':

@@ -34,16 +34,19 @@ does; their boxes are drawn by `cvjax.detection.draw`.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import sys
 from typing import Any, Sequence
 
+from absl import flags
+import jax
 import numpy as np
 
-from cvjax import errors
+from cvjax import cli, data, errors, profile, summary
+from cvjax.data import datasets
+from cvjax.models import registry
 
 WHATS = ('filters', 'feature_maps', 'curves')
 FIGSIZE = {'filters': (7.0, 3.6), 'feature_maps': (10.0, 5.0), 'curves': (12.0, 3.6)}
@@ -53,6 +56,26 @@ README_WORKDIR = os.path.join('runs', 'lenet5_fashion_mnist')
 README_PICTURES = {'curves': 'training_curves.png', 'filters': 'filters.png',
                    'feature_maps': 'feature_maps.png'}
 README_PROFILE = ('alexnet_profile.png', dict(batch_size=8, backward=True, repeats=3))
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_string('workdir', None, 'A training run directory (with --readme default: '
+                    f'{README_WORKDIR}).', flag_values=FLAGS)
+flags.DEFINE_string('what', None, ' | '.join(WHATS), flag_values=FLAGS)
+flags.DEFINE_string('out', None, 'PNG file to write.', flag_values=FLAGS)
+flags.DEFINE_string('image', None, 'feature_maps: a PNG/JPEG input image.', flag_values=FLAGS)
+flags.DEFINE_integer('index', 0, 'feature_maps without --image: which test image of the dataset.',
+                     flag_values=FLAGS)
+flags.DEFINE_string('layer', None, 'feature_maps: layer name (default: the first conv).',
+                    flag_values=FLAGS)
+flags.DEFINE_integer('dpi', DPI, 'Dots per inch of the PNG (its size is FIGSIZE × dpi).',
+                     flag_values=FLAGS)
+flags.DEFINE_bool('readme', False, 'Regenerate the README pictures (training_curves.png, '
+                  'filters.png, feature_maps.png, alexnet_profile.png) in --out_dir.',
+                  flag_values=FLAGS)
+flags.DEFINE_string('out_dir', os.path.join('docs', 'images'), 'With --readme: where the '
+                    'pictures go.', flag_values=FLAGS)
+flags.DEFINE_bool('no_profile', False, 'With --readme: skip the (minutes-long) AlexNet timing '
+                  'picture.', flag_values=FLAGS)
 
 
 # ------------------------------------------------------------------------ arrays
@@ -143,16 +166,15 @@ def feature_map_grid(maps: np.ndarray, *, max_maps: int = MAX_MAPS, pad: int = 1
 
 def restore(workdir: str):
   """`cvjax.restore(workdir)`, with a one-line `UserError` if there is no run there."""
-  import cvjax
+  from cvjax import restoring  # loads TensorFlow and orbax
   if not os.path.isdir(workdir):
     raise errors.UserError(f'workdir {workdir} does not exist; give the directory of a '
                            'training run (it holds config.json and checkpoints/)')
-  return cvjax.restore(workdir)
+  return restoring.restore(workdir)
 
 
 def input_shape(run) -> tuple[int, int, int]:
   """The (S, S, C) the restored run's model takes."""
-  from cvjax.models import registry
   h, _, c = registry.model_input_shape(run.config.model)
   s = run.config.image_size or h
   return s, s, c
@@ -160,7 +182,6 @@ def input_shape(run) -> tuple[int, int, int]:
 
 def layers(run) -> list[dict[str, Any]]:
   """The model's leaf layers (`cvjax.summary` rows: name, type, output_shape, ...)."""
-  from cvjax import summary
   return summary.summarize(run.model, (1, *input_shape(run)))['layers']
 
 
@@ -182,11 +203,10 @@ def preprocess(run, images: np.ndarray) -> np.ndarray:
   normalisation. Detection: RGB in [0, 1] resized to S×S (the SSD models
   normalise their input themselves).
   """
-  from cvjax import data
   s, _, c = input_shape(run)
   if run.config.task == 'detection':
-    from cvjax.detection import augment
-    tf = data.datasets.tensorflow()
+    from cvjax.detection import augment  # loads TensorFlow
+    tf = datasets.tensorflow()
     x = tf.image.convert_image_dtype(tf.constant(np.asarray(images, np.uint8)), tf.float32)
     if x.shape[-1] == 1:
       x = tf.image.grayscale_to_rgb(x)
@@ -211,7 +231,6 @@ def activations(run, image: np.ndarray, layer: str | None = None) -> tuple[str, 
   Raises:
     UserError: unknown layer name (the message lists the valid ones).
   """
-  import jax
   names = [l['name'] for l in layers(run)]
   if layer is None:
     layer = first_conv(run)[0]
@@ -265,10 +284,9 @@ def test_images(run, n: int = 16, *, split: str | None = None,
   Raises:
     UserError: the dataset is not prepared (and cannot be built) here.
   """
-  from cvjax.data import datasets
   c = run.config
   if c.task == 'detection':
-    from cvjax.detection import data as detection_data
+    from cvjax.detection import data as detection_data  # loads TensorFlow
     try:
       ds = detection_data.load_split(c.dataset, split or c.eval_split, data_dir=c.data_dir,
                                      shard_for_process=False)
@@ -279,8 +297,9 @@ def test_images(run, n: int = 16, *, split: str | None = None,
       raise errors.UserError(f'cannot read {c.dataset} here: {type(e).__name__}') from None
     return images, np.full(len(images), -1, np.int64)
   split = split or 'test'
-  builder = datasets.prepared_builder(c.dataset, data_dir=c.data_dir,
-                                      raw_data_dir=c.raw_data_dir, download=False)
+  from cvjax.data import prepare  # loads TensorFlow Datasets
+  builder = prepare.prepared_builder(c.dataset, data_dir=c.data_dir,
+                                     raw_data_dir=c.raw_data_dir, download=False)
   ds = builder.as_dataset(split=datasets.tfds_split(c.dataset, split), shuffle_files=False)
   images, labels = [], []
   for ex in ds.skip(offset).take(n).as_numpy_iterator():
@@ -301,7 +320,7 @@ def default_image(run, index: int = 0) -> tuple[np.ndarray, str]:
       return images[0], f'{run.config.dataset} test image {index} ({label})'
   except errors.UserError:
     pass
-  from skimage import data as skdata
+  from skimage import data as skdata  # optional (cvjax[test]): only this fallback
   c = input_shape(run)[2]
   if c == 1:
     return skdata.camera()[..., None], 'scikit-image camera photo'
@@ -467,7 +486,6 @@ def readme_pictures(workdir: str = README_WORKDIR, out_dir: str = os.path.join('
   paths = [picture(what, workdir, os.path.join(out_dir, name), index=index, layer=layer)
            for what, name in README_PICTURES.items()]
   if with_profile:
-    from cvjax import profile
     name, kwargs = README_PROFILE
     p = profile.profile('alexnet', **kwargs)
     print(profile.format_table(p))
@@ -476,47 +494,28 @@ def readme_pictures(workdir: str = README_WORKDIR, out_dir: str = os.path.join('
   return paths
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m cvjax.visualize',
-                                   description=__doc__.splitlines()[0])
-  parser.add_argument('--workdir', default=None, help='a training run directory '
-                      f'(with --readme default: {README_WORKDIR})')
-  parser.add_argument('--what', default=None, help='filters | feature_maps | curves')
-  parser.add_argument('--out', default=None, help='PNG file to write')
-  parser.add_argument('--image', default=None, help='feature_maps: a PNG/JPEG input image')
-  parser.add_argument('--index', type=int, default=0,
-                      help='feature_maps without --image: which test image of the dataset')
-  parser.add_argument('--layer', default=None,
-                      help='feature_maps: layer name (default: the first conv)')
-  parser.add_argument('--dpi', type=int, default=DPI)
-  parser.add_argument('--readme', action='store_true',
-                      help='regenerate the README pictures (training_curves.png, filters.png, '
-                      'feature_maps.png) in --out_dir')
-  parser.add_argument('--out_dir', default=os.path.join('docs', 'images'))
-  parser.add_argument('--no_profile', action='store_true',
-                      help='with --readme: skip the (minutes-long) AlexNet timing picture')
-  args = parser.parse_args(argv)
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow only reads data here
-  try:
-    if args.readme:
-      paths = readme_pictures(args.workdir or README_WORKDIR, args.out_dir, layer=args.layer,
-                              index=args.index, with_profile=not args.no_profile)
-    else:
-      missing = [f'--{k}' for k in ('workdir', 'what', 'out') if getattr(args, k) is None]
-      if missing:
-        raise errors.UserError(f'{" and ".join(missing)} required (or --readme)')
-      if args.index < 0:
-        raise errors.UserError(f'--index must be 0 or more, got {args.index}')
-      if args.dpi < 10:
-        raise errors.UserError(f'--dpi must be at least 10, got {args.dpi}')
-      paths = [picture(args.what, args.workdir, args.out, image=args.image, index=args.index,
-                       layer=args.layer, dpi=args.dpi)]
-  except errors.UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+def run(f: flags.FlagValues) -> int:
+  if f.readme:
+    paths = readme_pictures(f.workdir or README_WORKDIR, f.out_dir, layer=f.layer,
+                            index=f.index, with_profile=not f.no_profile)
+  else:
+    missing = [f'--{k}' for k in ('workdir', 'what', 'out') if getattr(f, k) is None]
+    if missing:
+      raise errors.UserError(f'{" and ".join(missing)} required (or --readme)')
+    if f.index < 0:
+      raise errors.UserError(f'--index must be 0 or more, got {f.index}')
+    if f.dpi < 10:
+      raise errors.UserError(f'--dpi must be at least 10, got {f.dpi}')
+    paths = [picture(f.what, f.workdir, f.out, image=f.image, index=f.index, layer=f.layer,
+                     dpi=f.dpi)]
   for p in paths:
     print(p)
   return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow only reads data here
+  return cli.main(run, FLAGS, argv, doc=__doc__)
 
 
 if __name__ == '__main__':

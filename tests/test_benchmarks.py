@@ -9,6 +9,8 @@ import pytest
 
 from benchmarks import checkpoint_cost, keras_peer, ssd_inference, throughput
 
+pytestmark = pytest.mark.slow  # The benchmarks run their timed rounds.
+
 # Trainable parameters at 10 classes (cvjax's model docstrings; tests/test_models.py).
 COUNTS = {'lenet5': 61_706, 'resnet20': 269_722}
 

@@ -260,7 +260,14 @@ def _pycocotools(gt, dets):
     coco_gt = COCO()
     coco_gt.dataset = gt
     coco_gt.createIndex()
-    ev = COCOeval(coco_gt, coco_gt.loadRes(dets), 'bbox')
+    if dets:
+      coco_dt = coco_gt.loadRes(dets)
+    else:  # loadRes([]) raises IndexError: an empty results set built by hand
+      coco_dt = COCO()
+      coco_dt.dataset = {'images': gt['images'], 'categories': gt['categories'],
+                         'annotations': []}
+      coco_dt.createIndex()
+    ev = COCOeval(coco_gt, coco_dt, 'bbox')
     ev.evaluate()
     ev.accumulate()
     ev.summarize()
@@ -277,6 +284,35 @@ def test_coco_metrics_equal_pycocotools(seed, noise):
   for k in metrics.COCO_KEYS:
     assert ours[k] == pytest.approx(ref[k], abs=1e-4), k
   assert ours['AP50'] > 0.05   # a non-trivial case
+
+
+@pytest.mark.parametrize('case', ['no_detections', 'only_absent_categories',
+                                  'no_ground_truth_boxes'])
+def test_coco_metrics_of_nothing_to_match_equal_pycocotools(case, tmp_path, capsys):
+  """A detector that finds nothing scores 0 (−1 where the ground truth has no box, COCOeval's
+  "undefined"), and so does one whose every class is absent from the ground truth."""
+  from cvjax import evaluate
+  gt, dets = _coco_files(3, images=6)
+  if case == 'no_detections':
+    dets = []
+  elif case == 'only_absent_categories':
+    absent = max(c['id'] for c in gt['categories']) + 1
+    dets = [{**d, 'category_id': absent} for d in dets]
+  else:
+    gt = {**gt, 'annotations': []}
+  ref = _pycocotools(gt, dets)
+  ours = evaluate.evaluate(gt, dets, 'coco')
+  for k in metrics.COCO_KEYS:
+    assert ours[k] == pytest.approx(ref[k], abs=1e-12), k
+  assert ours['AP'] == (-1.0 if case == 'no_ground_truth_boxes' else 0.0)
+  (tmp_path / 'gt.json').write_text(json.dumps(gt))
+  (tmp_path / 'dets.json').write_text(json.dumps(dets))
+  args = [f'--ground_truth={tmp_path / "gt.json"}', f'--detections={tmp_path / "dets.json"}']
+  assert evaluate.main(args + ['--metric=coco', '--json']) == 0
+  assert json.loads(capsys.readouterr().out) == pytest.approx(ref, abs=1e-12)
+  assert evaluate.main(args + ['--metric=voc07', '--json']) == 0
+  voc = json.loads(capsys.readouterr().out)
+  assert voc['mAP'] == (None if case == 'no_ground_truth_boxes' else 0.0)
 
 
 def _devkit_voc_ap(gt, dets, category, use_07):
@@ -354,17 +390,20 @@ def test_evaluate_cli_prints_json_and_rejects_bad_input(tmp_path, capsys):
     assert evaluate.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith('error: ') and message in err[0], err
-  with pytest.raises(SystemExit) as e:
-    evaluate.main([args[0]])   # --detections missing: argparse, still one line
-  assert e.value.code == 2
-  err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and err[0].startswith('error: ')
+  for argv, message in [([args[0]], 'error: --detections is required'),
+                        (args + ['--metrc=voc07'], "error: Unknown command line flag 'metrc'"),
+                        (args + ['--json=maybe'], 'error: flag --json=maybe')]:
+    assert evaluate.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message), err
 
 
-def test_torchvision_backbone_converts_to_a_workdir_init_from_reads(tmp_path):
-  """vgg16_features (torchvision's SSD backbone) → params/backbone/conv*_* (OIHW → HWIO)."""
-  from cvjax import transfer
-  from cvjax.detection import weights
+def test_torchvision_backbone_converts_to_a_workdir_init_from_reads(tmp_path, capsys):
+  """vgg16_features (torchvision's SSD backbone) → params/backbone/conv*_* (OIHW → HWIO),
+  through `python -m cvjax.convert --source=torchvision`."""
+  from cvjax import convert
+  from cvjax.pretrained import ssd as weights
+  from cvjax.train.warm_start import read_workdir
   rng = np.random.default_rng(0)
   channels = [3, 64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
   indices = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]   # VGG-16 `features` convs
@@ -374,10 +413,11 @@ def test_torchvision_backbone_converts_to_a_workdir_init_from_reads(tmp_path):
     state_dict[f'{i}.bias'] = rng.normal(size=cout).astype(np.float32)
   np.savez(tmp_path / 'vgg16_features.npz', **state_dict)
   out = tmp_path / 'backbone'
-  assert weights.main(['--source=vgg16_features', f'--weights={tmp_path / "vgg16_features.npz"}',
-                       f'--out={out}']) == 0
-  config, arrays, _ = transfer.read_workdir(str(out))
+  assert convert.main(['--source=torchvision', '--model=vgg16_features',
+                       f'--weights={tmp_path / "vgg16_features.npz"}', f'--out={out}']) == 0
+  config, arrays, _ = read_workdir(str(out))
   assert config.model == 'ssd300_vgg16' and config.task == 'detection'
+  assert config.num_classes == 20 and config.dataset == 'voc/07+12'
   backbone = arrays['params']['backbone']
   assert len(backbone) == 13 and 'fc6' not in backbone
   np.testing.assert_array_equal(backbone['conv4_3']['kernel'],
@@ -389,3 +429,14 @@ def test_torchvision_backbone_converts_to_a_workdir_init_from_reads(tmp_path):
   kept, _ = weights._select_classes(w, w[:, 0, 0, 0], 2, [0] + list(weights.COCO_CATEGORY_IDS))
   assert kept[:, 0, 0, 0].tolist() == ([0] + list(weights.COCO_CATEGORY_IDS)
                                        + [91] + [91 + c for c in weights.COCO_CATEGORY_IDS])
+  capsys.readouterr()
+  npz = f'--weights={tmp_path / "vgg16_features.npz"}'
+  for argv, message in [
+      (['--model=ssd300_vgg16', npz], "error: the state dict has no 'backbone.features.0.weight'"),
+      (['--model=vgg16_features', npz, '--image_size=512'], 'error: --image_size=512: '),
+      (['--model=resnet18', npz, '--num_classes=3'], 'error: --num_classes is for torchvision '
+                                                     'vgg16_features only')]:
+    assert convert.main(['--source=torchvision', *argv, f'--out={tmp_path / "o"}']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message), err
+  assert not (tmp_path / 'o').exists()

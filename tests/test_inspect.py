@@ -1,4 +1,4 @@
-"""Seeing inside (issue 8): per-layer profile, pictures, TensorBoard images, export,
+"""Seeing inside: per-layer profile, pictures, TensorBoard images, export,
 the executed notebook, and the command lines' one-line errors.
 
 Most tests share one short real training run (LeNet-5 on 4,000 real digits).
@@ -15,7 +15,10 @@ from PIL import Image
 
 import cvjax
 from cvjax import export, profile, visualize
-from cvjax.train import TrainConfig, fit
+from cvjax.tasks import fit
+from cvjax.train import TrainConfig
+
+pytestmark = pytest.mark.slow  # The tools on a trained run (the fixture trains one).
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(REPO, 'notebooks', 'restore_and_predict.ipynb')
@@ -239,7 +242,7 @@ def _bad_inputs(run_dir, tmp_path):
   missing = str(tmp_path / 'no_such_run')
   return {
       'profile_unknown_model': (['cvjax.profile', '--model=alexnett'],
-                                "error: unknown model 'alexnett'; valid choices: alexnet"),
+                                "error: unknown model 'alexnett'; did you mean 'alexnet'"),
       'profile_too_small': (['cvjax.profile', '--model=alexnet', '--image_size=31'],
                             'error: input 31×31×3 is too small for this model'),
       'visualize_missing_workdir': (
@@ -248,7 +251,8 @@ def _bad_inputs(run_dir, tmp_path):
       'visualize_unknown_layer': (
           ['cvjax.visualize', f'--workdir={run_dir}', '--what=feature_maps', '--layer=conv9',
            f'--out={tmp_path}/m.png'],
-          "error: unknown layer 'conv9'; valid choices: conv1, conv2, conv3, fc1, fc2"),
+          "error: unknown layer 'conv9'; did you mean 'conv1', 'conv2', 'conv3'? "
+          "(valid choices: conv1, conv2, conv3, fc1, fc2, pool1, pool2)"),
       'visualize_unknown_what': (
           ['cvjax.visualize', f'--workdir={run_dir}', '--what=gradients',
            f'--out={tmp_path}/g.png'],

@@ -18,6 +18,8 @@ from cvjax.pretrained import common  # noqa: E402
 from cvjax.pretrained import keras as keras_weights  # noqa: E402
 from cvjax.pretrained import keras_layers  # noqa: E402
 
+pytestmark = pytest.mark.slow  # Weight import checked against Keras outputs on full-size models.
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -461,7 +463,7 @@ def test_torchvision_probabilities_match_torch(name, size, tmp_path):
     (['--source=caffe', '--model=vgg16', '--weights=BAD', '--out=o'],
      "error: unknown source 'caffe'; valid choices: keras, torchvision"),
     (['--source=keras', '--model=vgg16', '--weights=x.h5'],
-     'error: the following arguments are required: --out'),
+     'error: --out is required'),
     (['--source=keras', '--model=vgg16', '--weights=/nonexistent.h5', '--out=o'],
      'error: --weights=/nonexistent.h5 does not exist'),
     (['--source=torchvision', '--model=resnet18', '--weights=BAD', '--out=OUT'],

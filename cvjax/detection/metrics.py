@@ -130,6 +130,8 @@ def coco_evaluate(gt: Boxes, dt: Boxes, image_ids=None, category_ids=None,
   count = lambda keys: (np.searchsorted(keys, pairs, side='right')
                         - np.searchsorted(keys, pairs, side='left'))
   pairs = pairs[np.lexsort((count(g_pairs_sorted), count(d_sorted_pair)))]
+  if len(d_rows) == 0 or len(g_rows) == 0:
+    pairs = pairs[:0]  # nothing to match: no detection is a true positive
   for lo in range(0, len(pairs), max_pairs_per_chunk):
     chunk = pairs[lo:lo + max_pairs_per_chunk]
     gi = _chunk_index(g_pairs_sorted, chunk)        # [P, G] positions into g_rows (−1 none)

@@ -1,9 +1,11 @@
 """torchvision SSD weights → a cvjax workdir (for `--init_from` or `cvjax.restore`).
 
-    python -m cvjax.detection.weights --source=vgg16_features \\
+    python -m cvjax.convert --source=torchvision --model=vgg16_features \\
         --weights=vgg16_features-amdegroot-88682ab5.pth --out=runs/ssd300_vgg16_backbone
-    python -m cvjax.detection.weights --source=ssd300_vgg16_coco \\
+    python -m cvjax.convert --source=torchvision --model=ssd300_vgg16 \\
         --weights=ssd300_vgg16_coco-b556d3b4.pth --out=runs/ssd300_vgg16_coco
+
+`cvjax.pretrained.convert('torchvision', model, ...)` comes here for the two `MODELS`:
 
 vgg16_features: the ImageNet VGG-16 convolutions torchvision's `ssd300_vgg16` starts
   from (its `backbone_urls['vgg16_features']`, amdegroot's port of the paper's Caffe
@@ -11,24 +13,25 @@ vgg16_features: the ImageNet VGG-16 convolutions torchvision's `ssd300_vgg16` st
   are written; `--init_from=DIR` loads them into `ssd300_vgg16`/`ssd512_vgg16` and
   leaves fc6, fc7, the extras and the heads to their Xavier initialisation, which is
   torchvision's recipe.
-ssd300_vgg16_coco: torchvision's whole COCO detector. Its 91 class columns
-  (background + COCO category ids 1..90 with gaps) become the 80 TFDS `coco/2017`
-  labels plus background (num_classes=80), so the workdir evaluates on TFDS COCO.
+ssd300_vgg16: torchvision's whole COCO detector (`SSD300_VGG16_Weights.COCO_V1`). Its
+  91 class columns (background + COCO category ids 1..90 with gaps) become the 80 TFDS
+  `coco/2017` labels plus background (num_classes=80), so the workdir evaluates on TFDS COCO.
 
 .pth files need torch installed; a `.npz` of the state dict (`numpy.savez(path,
-**{k: v.numpy() for k, v in sd.items()})`) needs nothing. Bad input: one
-`error: ...` line, exit status 2.
+**{k: v.numpy() for k, v in sd.items()})`) needs nothing.
 """
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
-from cvjax.errors import UserError
-from cvjax.evaluate import ArgumentParser
+from cvjax import models
+from cvjax.errors import UserError, unknown_choice
+from cvjax.models import ssd
+from cvjax.pretrained import SSD_MODELS as MODELS
+from cvjax.pretrained import common, torchvision
+from cvjax.train.config import TrainConfig
 
-SOURCES = ('vgg16_features', 'ssd300_vgg16_coco')
+IMAGE_SIZE = 300
 # COCO category ids of TFDS coco/2017 labels 0..79 (the 80 of 1..90 in use).
 COCO_CATEGORY_IDS = tuple(i for i in range(1, 91)
                           if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83))
@@ -65,19 +68,19 @@ def _select_classes(weight, bias, boxes_per_cell: int, columns: list[int]):
 
 def ssd300_coco_arrays(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """All params of `ssd300_vgg16` (num_classes=80) from torchvision's COCO checkpoint."""
-  from cvjax.models import ssd  # pylint: disable=g-import-not-at-top
+  def tensor(name: str) -> np.ndarray:
+    if name not in state_dict:
+      raise UserError(f'the state dict has no {name!r}; is it torchvision\'s ssd300_vgg16?')
+    return np.asarray(state_dict[name])
+
   columns = [0] + list(COCO_CATEGORY_IDS)
   boxes = ssd.SSD300_ANCHORS.boxes_per_location()
   out = {}
   for path, prefix in ssd.TORCHVISION_SSD300_VGG16.items():
     if path == 'backbone/l2norm':
-      out['params/backbone/l2norm/scale'] = np.asarray(state_dict[prefix])
+      out['params/backbone/l2norm/scale'] = tensor(prefix)
       continue
-    try:
-      weight, bias = np.asarray(state_dict[f'{prefix}.weight']), np.asarray(state_dict[f'{prefix}.bias'])
-    except KeyError as e:
-      raise UserError(f'the state dict has no {e.args[0]!r}; is it torchvision\'s '
-                      'ssd300_vgg16?') from None
+    weight, bias = tensor(f'{prefix}.weight'), tensor(f'{prefix}.bias')
     if path.startswith('cls_head_'):
       weight, bias = _select_classes(weight, bias, boxes[int(path.rsplit('_', 1)[1])], columns)
     out[f'params/{path}/kernel'] = _conv(weight)
@@ -85,18 +88,38 @@ def ssd300_coco_arrays(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarra
   return out
 
 
-def convert(source: str, weights: str, out: str, num_classes: int = 20) -> str:
-  """Writes the workdir `out` (see module doc); returns its path."""
-  from cvjax.pretrained import common, torchvision  # pylint: disable=g-import-not-at-top
-  from cvjax.train.config import TrainConfig  # pylint: disable=g-import-not-at-top
-  if source not in SOURCES:
-    raise UserError(f'unknown source {source!r}; valid choices: {", ".join(SOURCES)}')
+def load(weights: str, model: str, image_size: int | None = None,
+         num_classes: int | None = None):
+  """(TrainConfig of `ssd300_vgg16`, {cvjax path: array}) of torchvision SSD `model`.
+
+  Args:
+    weights: `.pth` (needs torch) or `.npz` state dict.
+    model: 'vgg16_features' (the backbone: 13 convs) or 'ssd300_vgg16' (the COCO detector).
+    image_size: None or 300; SSD300's anchors are laid out for 300².
+    num_classes: vgg16_features: object classes of the detector the backbone is for
+      (default 20, PASCAL VOC); ssd300_vgg16 always has the 80 of TFDS `coco/2017`.
+
+  Raises:
+    UserError: unknown model, another image size or class count, unreadable file,
+      a missing or mis-shaped tensor.
+  """
+  if model not in MODELS:
+    raise unknown_choice('torchvision SSD model', model, MODELS)
+  if image_size not in (None, IMAGE_SIZE):
+    raise UserError(f'--image_size={image_size}: {model} converts for ssd300_vgg16, whose '
+                    f'input is {IMAGE_SIZE}×{IMAGE_SIZE}; leave --image_size unset')
   state_dict = torchvision.read_state_dict(weights)
-  if source == 'vgg16_features':
+  if model == 'vgg16_features':
+    num_classes = 20 if num_classes is None else num_classes
+    if num_classes < 1:
+      raise UserError(f'--num_classes must be a positive integer, got {num_classes}')
     arrays, dataset = vgg16_features_arrays(state_dict), 'voc/07+12'
   else:
+    if num_classes not in (None, len(COCO_CATEGORY_IDS)):
+      raise UserError(f'--num_classes={num_classes}: torchvision\'s ssd300_vgg16 detects the '
+                      f'{len(COCO_CATEGORY_IDS)} COCO classes; leave --num_classes unset')
     arrays, dataset, num_classes = ssd300_coco_arrays(state_dict), 'coco/2017', 80
-  expected = common.model_shapes(_model(num_classes), 300)
+  expected = common.model_shapes(models.get_model('ssd300_vgg16', num_classes), IMAGE_SIZE)
   for key, value in arrays.items():
     name = key.removeprefix('params/')
     if name in expected and tuple(expected[name]) != tuple(value.shape):
@@ -106,35 +129,5 @@ def convert(source: str, weights: str, out: str, num_classes: int = 20) -> str:
                        num_classes=num_classes, batch_size=1, num_train_steps=1,
                        optimizer='sgd', schedule='constant', learning_rate=0.01,
                        keep_checkpoints=1)
-  return common.write_workdir(out, config, arrays, {'source': source,
-                                                     'weights_sha256': common.sha256(weights)})
+  return config, arrays
 
-
-def _model(num_classes: int):
-  from cvjax.models import get_model  # pylint: disable=g-import-not-at-top
-  return get_model('ssd300_vgg16', num_classes)
-
-
-def main(argv=None) -> int:
-  parser = ArgumentParser(prog='python -m cvjax.detection.weights',
-                          description='torchvision SSD weights to a cvjax workdir.')
-  parser.add_argument('--source', required=True, help=', '.join(SOURCES))
-  parser.add_argument('--weights', required=True, help='.pth (needs torch) or .npz state dict')
-  parser.add_argument('--out', required=True, help='new workdir (must not exist)')
-  parser.add_argument('--num_classes', type=int, default=20,
-                      help='object classes of the detector the backbone is for (vgg16_features)')
-  args = parser.parse_args(argv)
-  import os  # pylint: disable=g-import-not-at-top
-  try:
-    if not os.path.isfile(args.weights):
-      raise UserError(f'--weights={args.weights} does not exist')
-    out = convert(args.source, args.weights, args.out, args.num_classes)
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  print(f'wrote {out}; train from it with --init_from={out}')
-  return 0
-
-
-if __name__ == '__main__':
-  sys.exit(main())
