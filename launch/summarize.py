@@ -1,14 +1,17 @@
 """The table and plot of a sweep: `python -m launch.summarize ROOT [--metric=test_accuracy] [--mode=max]`.
 
 Writes, from ROOT/sweep.json and each trial's files:
-  ROOT/summary.csv   one row per trial: rank, name, status, swept flags, final metrics
-                     (from its results.json), error line and log path
+  ROOT/summary.csv   one row per trial: rank, name, status, swept flags (and any other
+                     flag whose value differs between trials), final metrics (from its
+                     results.json), error line and log path
   ROOT/summary.md    the same as a Markdown table, plus why each unfinished trial stopped
   ROOT/summary.png   the metric against each swept flag (log x-axis for log-spaced values)
 Finished trials come first, best first by `metric` (`--mode`: max, or min for metrics
 named *loss*/*error*/*seconds* by default); the others follow in sweep order with
-their status (failed, preempted, unfinished, not started). `launch.sweep` writes the
-summary itself at the end of a local sweep; a SLURM sweep runs this after its array.
+their status (failed, preempted, unfinished, not started). Flags are reported as each
+trial's own trial.flags records them, not as the latest command gave them.
+`launch.sweep` writes the summary itself at the end of a local sweep; a SLURM sweep
+runs this after its array.
 """
 from __future__ import annotations
 
@@ -35,8 +38,16 @@ def collect(root: str, metric: str = 'test_accuracy', mode: str | None = None) -
     raise UserError(f'mode must be max or min, got {mode!r}')
   record = trials_lib.load_sweep(root)
   swept = list(record.get('swept', []))
+  trials = trials_lib.trials_of(record)
+  ran = {t.name: trials_lib.recorded_flags(t, root) for t in trials}
+  recorded = [r for r in ran.values() if r]
+  varying = [n for n in dict.fromkeys(n for r in recorded for n in r)
+             if n not in swept and len({r.get(n) for r in recorded}) > 1]
+  passthrough = trials_lib.by_name(record.get('passthrough', []))
+  first = recorded[0] if recorded else passthrough
+  every = [first[n] for n in passthrough if n not in varying and n in first]
   rows = []
-  for order, trial in enumerate(trials_lib.trials_of(record)):
+  for order, trial in enumerate(trials):
     state = trials_lib.status(trial, root)
     results = state['results'] or {}
     status = state['status']
@@ -44,6 +55,7 @@ def collect(root: str, metric: str = 'test_accuracy', mode: str | None = None) -
       status = f'{status} (exit {state["exit_code"]})'
     rows.append({'trial': trial.name, 'status': status, 'order': order,
                  **{f: trial.overrides.get(f, '') for f in swept},
+                 **{f: trials_lib.flag_value(ran[trial.name].get(f)) for f in varying},
                  'results': results, 'error': state['error'] or '',
                  'log': trial.log(root)})
   done = [r for r in rows if r['results']]
@@ -66,8 +78,9 @@ def collect(root: str, metric: str = 'test_accuracy', mode: str | None = None) -
     else:
       row['rank'] = ''
   metrics = [metric] + [m for m in METRICS if m != metric]
-  return {'rows': rows, 'swept': swept, 'metrics': metrics, 'record': record,
-          'metric': metric, 'mode': mode, 'log_scale': set(record.get('log_scale', []))}
+  return {'rows': rows, 'swept': swept, 'varying': varying, 'every_trial': every,
+          'metrics': metrics, 'record': record, 'metric': metric, 'mode': mode,
+          'log_scale': set(record.get('log_scale', []))}
 
 
 def _number(value) -> float | None:
@@ -87,7 +100,8 @@ def summarize(root: str, metric: str = 'test_accuracy', mode: str | None = None)
 
 
 def _write_csv(path: str, table: dict) -> None:
-  columns = ['rank', 'trial', 'status', *table['swept'], *table['metrics'], 'error', 'log']
+  columns = ['rank', 'trial', 'status', *table['swept'], *table['varying'], *table['metrics'],
+             'error', 'log']
   with open(path, 'w', newline='') as f:
     writer = csv.writer(f)
     writer.writerow(columns)
@@ -105,7 +119,8 @@ def _cell(metric: str, value) -> str:
 
 
 def markdown(table: dict) -> str:
-  rows, swept, metrics = table['rows'], table['swept'], table['metrics']
+  rows, metrics = table['rows'], table['metrics']
+  swept = [*table['swept'], *table['varying']]
   record, metric = table['record'], table['metric']
   counts: dict[str, int] = {}
   for row in rows:
@@ -134,8 +149,11 @@ def markdown(table: dict) -> str:
       why = f': `{row["error"]}`' if row['error'] else ''
       lines.append(f'- `{row["trial"]}` {row["status"]}{why} (log: `{row["log"]}`)')
   base = ', '.join(f'`{p}`' for p in record.get('base_flagfiles', [])) or 'none'
-  every = ' '.join(f'`{p}`' for p in record.get('passthrough', [])) or 'none'
-  lines += ['', f'Base flags: {base}; passed to every trial: {every}.', '',
+  every = ' '.join(f'`{p}`' for p in table['every_trial']) or 'none'
+  differ = (f'; differing between trials: {", ".join(table["varying"])}'
+            if table['varying'] else '')
+  lines += ['', f'Base flags: {base}; passed to every trial: {every}{differ} '
+            '(as each trial.flags records them).', '',
             f'![{metric} against each swept flag](summary.png)', '']
   return '\n'.join(lines)
 
@@ -230,8 +248,9 @@ def _main(argv) -> None:
 
 def main() -> None:
   from absl import app  # pylint: disable=import-outside-toplevel
+  from cvjax import cli  # pylint: disable=import-outside-toplevel
   _define_flags()
-  app.run(_main)
+  app.run(_main, flags_parser=cli.absl_flags_parser)
 
 
 if __name__ == '__main__':

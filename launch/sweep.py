@@ -16,10 +16,13 @@ with its own `trial.flags`: base flags, passthrough flags, the trial's values an
 --flagfile=ROOT/T/trial.flags` re-runs one trial by hand.
 
 Re-running the same command skips finished trials (those with results.json) and
-resumes the others from their checkpoints. Backends: `local` (see launch.local) and
-`slurm` (see launch.slurm). The summary (launch.summarize) is written at the end of
-a local sweep and by a follow-up job on SLURM. Exit status: 0 when every trial is
-done, 1 when any failed, 2 for bad arguments, 143/130 when the sweep was stopped.
+resumes the others from their checkpoints. It may add trials (another --grid), but
+once a trial has started it may not change the flags every trial gets (base
+flagfile lines and passthrough flags): trials keep what they ran, so that is
+refused. Backends: `local` (see launch.local) and `slurm` (see launch.slurm). The
+summary (launch.summarize) is written at the end of a local sweep and by a follow-up
+job on SLURM. Exit status: 0 when every trial is done, 1 when any failed, 2 for bad
+arguments, 143/130 when the sweep was stopped.
 """
 from __future__ import annotations
 
@@ -178,12 +181,37 @@ def plan(argv: list[str]) -> dict:
       raise UserError(f'--{name} is swept and also passed to every trial; drop one')
     if name == 'workdir':
       raise UserError('--workdir is the sweep directory; each trial gets ROOT/<trial>')
+  root = os.path.abspath(FLAGS.workdir)
+  check_same_flags(root, FLAGS.workdir, base_lines, passthrough)
   names = space.trial_names(overrides)
   trials = [Trial(n, o) for n, o in zip(names, overrides)]
-  return {'experiment': FLAGS.experiment, 'root': os.path.abspath(FLAGS.workdir),
+  return {'experiment': FLAGS.experiment, 'root': root,
           'base_flagfiles': base, 'base_lines': base_lines, 'passthrough': passthrough,
           'swept': swept, 'log_scale': sorted(n for n, d in random.items() if d.log_scale),
           'trials': trials}
+
+
+def check_same_flags(root: str, workdir: str, base_lines: list[str],
+                     passthrough: list[str]) -> None:
+  """UserError when ROOT's started trials got other flags than this command gives all."""
+  old = trials_lib.load_sweep(root, missing_ok=True)
+  if old is None:
+    return
+  before = trials_lib.by_name(old.get('base_lines', base_lines) + old.get('passthrough', []))
+  now = trials_lib.by_name(base_lines + passthrough)
+  changed = [n for n in dict.fromkeys([*before, *now]) if before.get(n) != now.get(n)]
+  started = any(trials_lib.status(t, root)['status'] != 'not started'
+                for t in trials_lib.trials_of(old))
+  if not changed or not started:  # e.g. after a --dry_run: nothing ran with the old flags
+    return
+  value = trials_lib.flag_value
+  shown = ', '.join(f'--{n} {value(before.get(n), "unset")} → {value(now.get(n), "unset")}'
+                    for n in changed)
+  new = {n: value(now[n]) for n in changed if n in now}
+  fresh = f'{workdir.rstrip("/")}-{space.trial_names([new])[0] if new else "2"}'
+  raise UserError(f'{root} holds a sweep whose trials ran with other flags ({shown}); finished '
+                  'trials are not relabelled, so repeat its flags to resume it, or start a '
+                  f'new sweep for these: --workdir={fresh}')
 
 
 def write_trials(p: dict, say=print) -> None:
@@ -194,11 +222,13 @@ def write_trials(p: dict, say=print) -> None:
                                     base_flagfiles=p['base_flagfiles'],
                                     passthrough=p['passthrough'])
     if trials_lib.write_flagfile(trial, root, text) and trials_lib.is_finished(trial, root):
-      say(f'note: {trial.name} finished earlier with other flags and is skipped; delete '
+      say(f'note: {trial.name} finished earlier with other flags (kept in its '
+          f'{trials_lib.FLAGFILE}) and is skipped; delete '
           f'{os.path.join(trial.directory(root), trials_lib.RESULTS)} to run it again')
   trials_lib.save_sweep(root, {
       'experiment': p['experiment'], 'base_flagfiles': p['base_flagfiles'],
-      'passthrough': p['passthrough'], 'swept': p['swept'], 'log_scale': p['log_scale'],
+      'base_lines': p['base_lines'], 'passthrough': p['passthrough'], 'swept': p['swept'],
+      'log_scale': p['log_scale'],
       'command': shlex.join([os.path.basename(sys.executable), '-m', 'launch.sweep', *sys.argv[1:]]),
       'trials': [{'name': t.name, 'overrides': t.overrides} for t in p['trials']]})
 

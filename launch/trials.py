@@ -1,8 +1,9 @@
 """A sweep on disk: ROOT/sweep.json and one directory per trial.
 
-  ROOT/sweep.json              experiment, base flagfiles, passthrough flags, swept
-                               flags and every trial's name and overrides
-  ROOT/<trial>/trial.flags     base flags + passthrough + this trial's values + --workdir
+  ROOT/sweep.json              experiment, base flagfiles and their lines, passthrough
+                               flags, swept flags and every trial's name and overrides
+  ROOT/<trial>/trial.flags     base flags + passthrough + this trial's values + --workdir;
+                               what the trial ran with (never rewritten once it finished)
   ROOT/<trial>/log.txt         the trial's stdout and stderr, one header line per attempt
   ROOT/<trial>/exit_code       the exit status of the last attempt (written when it ends)
   ROOT/<trial>/results.json    written by the experiment when it finishes: the trial is done
@@ -69,13 +70,18 @@ def flagfile_text(trial: Trial, root: str, *, experiment: str, base_flagfiles: l
 
 
 def write_flagfile(trial: Trial, root: str, text: str) -> bool:
-  """Writes trial.flags; returns True when an existing one said something else."""
+  """Writes trial.flags, except over a finished trial's: that one records what it ran.
+
+  Returns True when an existing trial.flags says something else.
+  """
   os.makedirs(trial.directory(root), exist_ok=True)
   path = trial.flagfile(root)
   changed = False
   if os.path.exists(path):
     with open(path) as f:
       changed = _flags_only(f.read()) != _flags_only(text)
+    if is_finished(trial, root):
+      return changed
   with open(path, 'w') as f:
     f.write(text)
   return changed
@@ -83,6 +89,29 @@ def write_flagfile(trial: Trial, root: str, text: str) -> bool:
 
 def _flags_only(text: str) -> list[str]:
   return [l for l in text.splitlines() if l.strip() and not l.startswith('#')]
+
+
+def by_name(lines: list[str]) -> dict[str, str]:
+  """{flag name: its last `--name[=value]` line}: the value absl would use."""
+  return {l.lstrip('-').split('=', 1)[0]: l for l in lines}
+
+
+def flag_value(line: str | None, unset: str = '') -> str:
+  """The value of a `--name=value` line: 'true' for a bare `--name`, `unset` for None."""
+  if line is None:
+    return unset
+  return line.split('=', 1)[1] if '=' in line else 'true'
+
+
+def recorded_flags(trial: Trial, root: str) -> dict[str, str]:
+  """by_name of the trial's own trial.flags ({} when it has none), without --workdir."""
+  path = trial.flagfile(root)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    flags = by_name(_flags_only(f.read()))
+  flags.pop('workdir', None)
+  return flags
 
 
 def is_finished(trial: Trial, root: str) -> bool:
@@ -156,12 +185,18 @@ def status(trial: Trial, root: str) -> dict:
 # ------------------------------------------------------------------ sweep.json
 
 
-def load_sweep(root: str) -> dict:
+def load_sweep(root: str, missing_ok: bool = False) -> dict | None:
   path = os.path.join(root, SWEEP_JSON)
   if not os.path.exists(path):
+    if missing_ok:
+      return None
     raise UserError(f'{root} has no {SWEEP_JSON}; is it a launch.sweep directory?')
   with open(path) as f:
-    return json.load(f)
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise UserError(f'{path} is not valid JSON ({e}); restore it or delete it to start '
+                      'the sweep afresh') from None
 
 
 def trials_of(record: dict) -> list[Trial]:

@@ -10,6 +10,8 @@ import pytest
 
 from cvjax.train.checkpoint import Checkpoints
 
+pytestmark = pytest.mark.slow  # Each test runs an experiment program in a subprocess.
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -59,14 +61,19 @@ def test_killed_with_sigkill_and_rerun_ends_exactly_like_an_uninterrupted_run(re
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert not os.path.exists(os.path.join(killed, 'results.json'))
+  assert os.path.exists(os.path.join(killed, '.lock'))  # left behind by the killed run
+  # The bytes a kill in the middle of the next metrics write leaves: half a record, no newline.
+  with open(os.path.join(killed, 'metrics.jsonl'), 'a') as f:
+    f.write('{"step": 29, "train_loss": 0.4')
   done = subprocess.run(_command(real_mnist, killed), env=_env(), cwd=REPO,
                         capture_output=True, text=True)
   assert done.returncode == 0, done.stderr[-2000:]
   assert 'resumed from step' in done.stderr
+  assert f'was left by process {proc.pid}, which is gone; taking it over' in done.stderr
   (r1, m1), (r2, m2) = _final(straight), _final(killed)
   for key in ('step', 'test_accuracy', 'test_loss', 'test_examples'):
     assert r1[key] == r2[key], key
-  assert m1 == m2  # every logged loss, accuracy and learning rate, step for step
+  assert m1 == m2  # every logged loss, accuracy and learning rate, step for step; no torn line
 
 
 @pytest.mark.slow
@@ -90,8 +97,8 @@ def test_sigterm_writes_a_checkpoint_and_exits_143(real_mnist, tmp_path):
 
 
 BAD_INPUTS = {
-    'unknown_model': (['--model=lenet6'], "error: unknown model 'lenet6'; valid choices: alexnet"),
-    'unknown_dataset': (['--dataset=mnits'], "error: unknown dataset 'mnits'; valid choices:"),
+    'unknown_model': (['--model=lenet6'], "error: unknown model 'lenet6'; did you mean 'lenet5'"),
+    'unknown_dataset': (['--dataset=mnits'], "error: unknown dataset 'mnits'; did you mean 'mnist'?"),
     'batch_not_divisible': (['--batch_size=12'], 'error: batch_size=12 cannot be split over 8 devices'),
     'unknown_optimizer': (['--optimizer=rmsprop'], "flag --optimizer=rmsprop: value should be one of"),
     'missing_flagfile': (['--flagfile=experiments/configs/nope.flags'], 'nope.flags'),

@@ -22,22 +22,23 @@ from launch import trials as trials_lib
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A stand-in experiment: reads its trial.flags like absl would (later lines win), sleeps
-# --sleep seconds, fails like cvjax does for learning_rate <= 0, handles SIGTERM like
-# `fit` (exit 143), and writes results.json whose accuracy peaks at learning_rate 0.01.
+# --sleep seconds (or $FAKE_SLEEP), fails like cvjax does for learning_rate <= 0, handles
+# SIGTERM like `fit` (exit 143), and writes results.json whose accuracy peaks at learning_rate 0.01.
 FAKE_EXPERIMENT = r'''
 import json, math, os, signal, sys, time
 flagfile = [a.split('=', 1)[1] for a in sys.argv[1:] if a.startswith('--flagfile=')][0]
 lines = [l.strip() for l in open(flagfile) if l.strip() and not l.startswith('#')]
 flags = dict(l[2:].split('=', 1) for l in lines)
 workdir = flags['workdir']
+sleep = float(os.environ.get('FAKE_SLEEP', flags.get('sleep', 0)))
 def term(*_):
   print('preempted: SIGTERM at step 3: checkpoint written', file=sys.stderr)
   sys.exit(143)
 signal.signal(signal.SIGTERM, term)
 with open(os.path.join(workdir, 'events.txt'), 'a') as f:
-  f.write(f'{time.time()} {time.time() + float(flags.get("sleep", 0))}\n')
+  f.write(f'{time.time()} {time.time() + sleep}\n')
 print('training', flush=True)
-time.sleep(float(flags.get('sleep', 0)))
+time.sleep(sleep)
 lr = float(flags['learning_rate'])
 if lr <= 0:
   print(f'error: learning_rate must be positive, got {lr}', file=sys.stderr)
@@ -184,8 +185,9 @@ def test_sigterm_to_the_sweep_stops_trials_with_a_checkpoint_and_resumes_them(tm
   args = ['--experiment=fake_experiment', f'--workdir={root}', '--nocheck_flags',
           '--grid=learning_rate=0.1,0.01,0.001', '--max_parallel=2']
   env = _env(paths=[paths], CUDA_VISIBLE_DEVICES='')
-  proc = subprocess.Popen([sys.executable, '-m', 'launch.sweep', *args, '--sleep=60'], cwd=paths,
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen([sys.executable, '-m', 'launch.sweep', *args], cwd=paths,
+                          env={**env, 'FAKE_SLEEP': '60'}, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 60
   while sum((root / n / 'events.txt').exists() for n in ('lr=0.1', 'lr=0.01')) < 2:
     assert time.time() < deadline and proc.poll() is None
@@ -197,7 +199,7 @@ def test_sigterm_to_the_sweep_stops_trials_with_a_checkpoint_and_resumes_them(tm
             for t in trials_lib.trials_of(trials_lib.load_sweep(str(root)))}
   assert status == {'lr=0.1': 'preempted', 'lr=0.01': 'preempted', 'lr=0.001': 'not started'}
   assert 'preempted: SIGTERM at step 3' in out
-  again = _sweep(*args, '--sleep=0', cwd=paths, env=env)
+  again = _sweep(*args, cwd=paths, env=env)   # the same command resumes them
   assert again.returncode == 0, again.stdout + again.stderr
   assert [r['status'] for r in _csv(root)] == ['done'] * 3
 
@@ -357,6 +359,80 @@ def test_summary_ranks_best_first_and_plots_log_spaced_flags_on_a_log_axis(tmp_p
   bad = subprocess.run([sys.executable, '-m', 'launch.summarize', root, '--metric=test_acc'],
                        env=_env(), cwd=REPO, capture_output=True, text=True)
   assert bad.returncode == 2 and bad.stderr.startswith("error: no results.json in")
+
+
+def test_rerun_with_other_flags_for_every_trial_is_refused_and_relabels_nothing(tmp_path):
+  paths = _fake(tmp_path)
+  env = _env(paths=[paths], CUDA_VISIBLE_DEVICES='')
+  base = tmp_path / 'base.flags'
+  base.write_text('--batch_size=32\n')
+  root = tmp_path / 'sweep'
+
+  def sweep(workdir, *extra):
+    return _sweep('--experiment=fake_experiment', f'--flagfile={base}', f'--workdir={workdir}',
+                  '--nocheck_flags', '--grid=learning_rate=0.1,0.01', *extra, cwd=paths, env=env)
+  first = sweep(root, '--num_train_steps=100')
+  assert first.returncode == 0, first.stdout + first.stderr
+  kept = ['sweep.json', 'summary.md', 'summary.csv', 'lr=0.1/trial.flags', 'lr=0.01/trial.flags',
+          'lr=0.1/log.txt', 'lr=0.1/results.json']
+  before = {name: (root / name).read_bytes() for name in kept}
+  again = sweep(root, '--num_train_steps=150')
+  assert again.returncode == 2 and again.stdout == ''
+  assert again.stderr.strip().splitlines() == [
+      f'error: {root} holds a sweep whose trials ran with other flags (--num_train_steps '
+      '100 → 150); finished trials are not relabelled, so repeat its flags to resume it, or '
+      f'start a new sweep for these: --workdir={root}-nts=150']
+  base.write_text('--batch_size=64\n')   # an edited base flagfile changes every trial too
+  edited = sweep(root, '--num_train_steps=100', '--dry_run')
+  assert edited.returncode == 2 and '(--batch_size 32 → 64)' in edited.stderr
+  assert {name: (root / name).read_bytes() for name in kept} == before
+  assert '`--num_train_steps=100`' in before['summary.md'].decode()
+  base.write_text('--batch_size=32\n')
+  # The suggested directory runs the new setting; the old sweep still takes new trials.
+  fresh = sweep(f'{root}-nts=150', '--num_train_steps=150')
+  assert fresh.returncode == 0, fresh.stderr
+  results = json.loads((tmp_path / 'sweep-nts=150' / 'lr=0.1' / 'results.json').read_text())
+  assert results['step'] == 150
+  more = sweep(root, '--num_train_steps=100', '--grid=learning_rate=0.001')
+  assert more.returncode == 0, more.stderr
+  assert more.stdout.count('[skip ]') == 2 and more.stdout.count('[start]') == 1
+  # Before any trial has started (a --dry_run), the flags may still change.
+  planned = tmp_path / 'planned'
+  assert sweep(planned, '--num_train_steps=100', '--dry_run').returncode == 0
+  changed = sweep(planned, '--num_train_steps=150', '--dry_run')
+  assert changed.returncode == 0, changed.stderr
+  assert '--num_train_steps=150' in (planned / 'lr=0.1' / 'trial.flags').read_text()
+
+
+def test_summary_reports_the_flags_each_trial_recorded_not_the_latest_command(tmp_path):
+  root = str(tmp_path)
+  trials = [trials_lib.Trial('lr=0.1', {'learning_rate': '0.1'}),
+            trials_lib.Trial('lr=0.01', {'learning_rate': '0.01'})]
+  # A sweep directory whose sweep.json claims 150 steps, as older launchers left it.
+  trials_lib.save_sweep(root, {'experiment': 'fake_experiment', 'base_flagfiles': [],
+                               'passthrough': ['--num_train_steps=150', '--seed=3'],
+                               'swept': ['learning_rate'], 'log_scale': [],
+                               'trials': [{'name': t.name, 'overrides': t.overrides}
+                                          for t in trials]})
+  for trial, steps in zip(trials, (100, 150)):
+    os.makedirs(trial.directory(root))
+    text = trials_lib.flagfile_text(trial, root, experiment='fake_experiment', base_flagfiles=[],
+                                    passthrough=[f'--num_train_steps={steps}', '--seed=3'])
+    trials_lib.write_flagfile(trial, root, text)
+    with open(os.path.join(trial.directory(root), 'results.json'), 'w') as f:
+      json.dump({'step': steps, 'test_accuracy': steps / 1000}, f)
+  summarize.summarize(root)
+  assert [(r['trial'], r['learning_rate'], r['num_train_steps'], r['step']) for r in _csv(root)] \
+      == [('lr=0.01', '0.01', '150', '150'), ('lr=0.1', '0.1', '100', '100')]
+  md = open(os.path.join(root, 'summary.md')).read()
+  assert ('passed to every trial: `--seed=3`; differing between trials: num_train_steps '
+          '(as each trial.flags records them)') in md
+  assert '--num_train_steps=150' not in md
+  # A finished trial's trial.flags is never rewritten.
+  text = trials_lib.flagfile_text(trials[0], root, experiment='fake_experiment',
+                                  base_flagfiles=[], passthrough=['--num_train_steps=150'])
+  assert trials_lib.write_flagfile(trials[0], root, text)
+  assert '--num_train_steps=100' in open(trials[0].flagfile(root)).read()
 
 
 # ------------------------------------------------------------------ real runs

@@ -20,6 +20,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from cvjax.errors import UserError
 
+
 class Checkpoints:
   """A CheckpointManager that keeps the newest `keep` steps and the best one.
 
@@ -47,13 +48,20 @@ class Checkpoints:
 
   def save(self, step: int, state, meta: dict[str, Any], metrics: dict | None = None,
            force: bool = True) -> None:
-    """Starts an async save of `state` (a TrainState) and `meta` at `step`."""
-    self.manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(_state_dict(state)),
-            meta=ocp.args.JsonSave(meta)),
-        metrics=metrics, force=force)
+    """Starts an async save of `state` (a TrainState) and `meta` at `step`.
+
+    Raises UserError when the filesystem refuses the write (full, read-only, ...);
+    the checkpoints already complete are left as they are.
+    """
+    try:
+      self.manager.save(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardSave(_state_dict(state)),
+              meta=ocp.args.JsonSave(meta)),
+          metrics=metrics, force=force)
+    except OSError as e:
+      raise self._write_failed(step, e) from None
 
   def restore(self, step: int, template):
     """Restores step `step` into the structure and shardings of `template`."""
@@ -85,8 +93,18 @@ class Checkpoints:
     return None
 
   def wait(self) -> None:
-    """Blocks until pending async saves are on disk."""
-    self.manager.wait_until_finished()
+    """Blocks until pending async saves are on disk (UserError if one failed)."""
+    try:
+      self.manager.wait_until_finished()
+    except OSError as e:
+      raise self._write_failed(None, e) from None
+
+  def _write_failed(self, step: int | None, error: OSError) -> UserError:
+    done = self.all_steps()
+    which = f'at step {step} ' if step is not None else ''
+    return UserError(f'writing the checkpoint {which}in {self.directory} failed '
+                     f'({error.strerror or error}); the complete checkpoints {done} are intact: '
+                     'free space or fix the directory, then re-run to resume')
 
   def close(self) -> None:
     self.manager.close()
@@ -95,7 +113,7 @@ class Checkpoints:
 def _state_dict(state) -> dict:
   """The TrainState as a state dict, fields that are None left out.
 
-  `loss_scale` is None outside fp16 runs (issue 6): leaving it out keeps such
+  `loss_scale` is None outside fp16 runs: leaving it out keeps such
   checkpoints the same tree as those written before the field existed, so
   they restore either way.
   """

@@ -4,6 +4,7 @@ Only process 0 writes; other processes get a writer that does nothing.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -26,12 +27,27 @@ class MetricWriter:
     self._tb_dir = os.path.join(workdir, 'tensorboard')
 
   def truncate_after(self, step: int) -> None:
+    """Keeps the records of steps <= `step`, in order; rewrites the file atomically.
+
+    A `kill -9` in the middle of a write leaves a torn last line: it (like any
+    line that is not a JSON record) is dropped, so the file stays valid JSON Lines.
+    """
     if not self.enabled or not os.path.exists(self.path):
       return
-    with open(self.path) as f:
-      kept = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
-    with open(self.path, 'w') as f:
+    kept = []
+    with open(self.path, errors='replace') as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError:
+          continue
+        if isinstance(record, dict) and isinstance(record.get('step'), int) and \
+            record['step'] <= step:
+          kept.append(line.rstrip('\n') + '\n')
+    tmp = self.path + '.tmp'
+    with open(tmp, 'w') as f:
       f.writelines(kept)
+    os.replace(tmp, self.path)
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if not self.enabled:
@@ -48,7 +64,7 @@ class MetricWriter:
       self._tb = tensorboard.SummaryWriter(self._tb_dir)
     return self._tb
 
-  # --- Images (issue 8): TensorBoard pictures; not written to metrics.jsonl. -------------
+  # --- Images: TensorBoard pictures; not written to metrics.jsonl. ---------------------
   def images(self, step: int, tag: str, images, max_images: int = 16) -> None:
     """Logs up to `max_images` images as one grid picture under `tag` in TensorBoard.
 
@@ -91,30 +107,92 @@ class MetricWriter:
       self._tb = None
 
 
-class Progress:
-  """A tqdm bar on a terminal; plain log lines every `every` steps otherwise."""
+_FIRST = 'compiling the train step'
 
-  def __init__(self, total: int, initial: int, every: int, enabled: bool = True):
-    self.every = max(every, 1)
-    self.enabled = enabled
+
+class Progress:
+  """Step/total, rate and ETA of training on the console.
+
+  A tqdm bar when `stream` (stderr, where it draws) is a terminal. Otherwise absl
+  log lines: one at the start, one when the first step is done (its time
+  includes compiling the train step), one every `every` steps or whenever the
+  loop passes scalars, and one after `heartbeat_seconds` without a line. The
+  rate (steps/s) counts from the end of the first step, so compilation is left
+  out; evaluations and checkpoints in between are in it, as in the ETA.
+  """
+
+  def __init__(self, total: int, initial: int, every: int, enabled: bool = True, *,
+               stream=None, clock=time.monotonic, heartbeat_seconds: float = 60.0):
+    self.total, self.every, self.enabled = total, max(every, 1), enabled
+    self._clock, self._heartbeat = clock, heartbeat_seconds
+    self._step = initial
+    self._started = self._last_line = clock()
+    self._first = None  # (step, time) at the end of the first step
     self._bar = None
-    self._t0 = time.time()
-    if enabled and sys.stderr.isatty():
-      from tqdm import tqdm
-      self._bar = tqdm(total=total, initial=initial, unit='step', dynamic_ncols=True)
-    self.total = total
+    if not enabled or initial >= total:
+      return
+    stream = sys.stderr if stream is None else stream
+    if stream.isatty():
+      from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+      self._bar = tqdm(total=total, initial=initial, unit='step', dynamic_ncols=True,
+                       file=stream, desc=_FIRST)
+    else:
+      logging.info('step %d/%d: %s...', initial, total, _FIRST)
 
   def update(self, step: int, scalars: dict[str, float] | None = None) -> None:
+    """Called after every optimizer step; `scalars` on the steps the loop logs."""
     if not self.enabled:
       return
+    now = self._clock()
+    first = self._first is None
+    if first:
+      self._first = (step, now)
+    self._step = step
     if self._bar is not None:
-      self._bar.update(step - self._bar.n)
+      if first:
+        self._bar.set_description_str('', refresh=False)
       if scalars:
         self._bar.set_postfix({k: f'{v:.4g}' for k, v in scalars.items()}, refresh=False)
-    elif scalars is not None:
-      shown = ' '.join(f'{k}={v:.4g}' for k, v in scalars.items())
-      logging.info('step %d/%d %s (%.0f s)', step, self.total, shown, time.time() - self._t0)
+      self._bar.update(step - self._bar.n)
+      return
+    if not (first or scalars is not None or step % self.every == 0 or step == self.total
+            or now - self._last_line >= self._heartbeat):
+      return
+    self._last_line = now
+    if first:
+      pace = f'first step took {now - self._started:.1f} s (with compiling)'
+    else:
+      rate = (step - self._first[0]) / max(now - self._first[1], 1e-9)
+      pace = f'{_rate(rate)} steps/s, ETA {_duration((self.total - step) / rate)}'
+    shown = ' | ' + ' '.join(f'{k}={v:.4g}' for k, v in scalars.items()) if scalars else ''
+    logging.info('step %d/%d (%d%%): %s%s', step, self.total, 100 * step // self.total,
+                 pace, shown)
+
+  @contextlib.contextmanager
+  def phase(self, what: str):
+    """Names a pause in training while it lasts: `with progress.phase('evaluating on test'):`."""
+    if self._bar is not None:
+      self._bar.set_description_str(what)
+    elif self.enabled:
+      self._last_line = self._clock()
+      logging.info('step %d/%d: %s...', self._step, self.total, what)
+    try:
+      yield
+    finally:
+      if self._bar is not None:
+        self._bar.set_description_str('')
 
   def close(self) -> None:
     if self._bar is not None:
       self._bar.close()
+      self._bar = None
+
+
+def _rate(rate: float) -> str:
+  return f'{rate:.0f}' if rate >= 100 else f'{rate:.3g}'
+
+
+def _duration(seconds: float) -> str:
+  """h:mm:ss."""
+  s = int(round(seconds))
+  return f'{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}'

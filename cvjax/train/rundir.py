@@ -1,0 +1,206 @@
+"""The run directory contract: one live run per workdir, identity on resume, atomic records.
+
+    workdir/
+      config.json           the run's TrainConfig (written atomically)
+      config_history.jsonl  one line per resume that changed a resumable field:
+                            {"step": N, "changed": {field: [old, new]}}
+      metrics.jsonl         one JSON line per logged step (cvjax.train.writers)
+      checkpoints/<step>/   orbax checkpoints, written to a temporary name and renamed
+      results.json          the final test metrics (written atomically)
+      .lock                 "pid host" of the live run; removed when it ends
+
+A workdir holds one run. Resuming with a config that differs in a field that defines
+what is trained (model, data, optimizer, seed, ...) is refused field by field; only the
+`resumable` fields of `TrainConfig` (length, intervals, devices, ...) may change, and
+each change is logged in config_history.jsonl. `set_aside` moves an existing run to a
+new sibling directory instead of refusing; nothing is ever deleted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import time
+
+from absl import logging
+
+from cvjax.errors import UserError
+from cvjax.train.config import TrainConfig
+
+LOCK = '.lock'
+RUN_FILES = ('config.json', 'checkpoints', 'metrics.jsonl', 'results.json', 'tensorboard')
+
+
+def prepare(workdir: str) -> None:
+  """Creates `workdir` (and parents), or raises UserError saying why it cannot be used."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UserError(f'--workdir={workdir} is an existing file, not a directory; '
+                    'choose another --workdir')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise UserError(f'--workdir={workdir} cannot be created ({e.strerror}); '
+                    'choose a writable location') from None
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise UserError(f'--workdir={workdir} is not writable; choose a writable location')
+
+
+def write_atomically(path: str, text: str) -> None:
+  """Writes `text` to `path` through a temporary sibling and a rename: a reader (or a
+  `kill -9`) sees the old file or the new one, never half of one."""
+  tmp = f'{path}.{os.getpid()}.tmp'
+  with open(tmp, 'w') as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+class WorkdirLock:
+  """`with WorkdirLock(workdir):` — at most one live run per workdir.
+
+  The lock file holds "pid host". A second run refuses with a UserError naming the
+  holder; a lock left by a dead process on this host is taken over with a warning (a
+  lock from another host is never judged stale: its pid means nothing here).
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.path = os.path.join(workdir, LOCK)
+    self.enabled = enabled
+    self.held = False
+
+  def __enter__(self) -> 'WorkdirLock':
+    if not self.enabled:
+      return self
+    me = f'{os.getpid()} {socket.gethostname()}'
+    for _ in range(2):
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      except FileExistsError:
+        self._take_over_if_stale()
+        continue
+      with os.fdopen(fd, 'w') as f:
+        f.write(me + '\n')
+      self.held = True
+      return self
+    raise UserError(f'could not lock {self.path}; another run is starting there')
+
+  def _take_over_if_stale(self) -> None:
+    try:
+      with open(self.path) as f:
+        pid_text, _, host = f.read().strip().partition(' ')
+    except FileNotFoundError:
+      return  # released meanwhile: try again
+    here = socket.gethostname()
+    pid = int(pid_text) if pid_text.isdigit() else -1
+    if host == here and not _pid_alive(pid):
+      logging.warning('workdir lock %s was left by process %s, which is gone; taking it over',
+                      self.path, pid)
+      try:
+        os.remove(self.path)
+      except FileNotFoundError:
+        pass
+      return
+    raise UserError(f'{os.path.dirname(self.path)} is in use by process {pid_text} on {host}; '
+                    'wait for it to finish or choose another --workdir')
+
+  def __exit__(self, *exc) -> None:
+    if self.held:
+      try:
+        os.remove(self.path)
+      except FileNotFoundError:
+        pass
+      self.held = False
+
+
+def read_config(workdir: str) -> TrainConfig | None:
+  """The workdir's recorded TrainConfig, None when there is none yet."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    text = f.read()
+  try:
+    return TrainConfig.from_json(text)
+  except (json.JSONDecodeError, TypeError) as e:
+    raise UserError(f'{path} is not a cvjax config ({e}); choose another --workdir') from None
+
+
+def differences(old: TrainConfig, new: TrainConfig) -> dict[str, tuple]:
+  """{field: (old value, new value)} for every field that differs."""
+  a, b = dataclasses.asdict(old), dataclasses.asdict(new)
+  return {k: (a[k], b[k]) for k in a if _normal(a[k]) != _normal(b[k])}
+
+
+def _normal(value):
+  return list(value) if isinstance(value, tuple) else value
+
+
+def holds_a_run(workdir: str) -> bool:
+  return any(os.path.exists(os.path.join(workdir, f)) for f in RUN_FILES)
+
+
+def set_aside(workdir: str) -> str:
+  """Moves the run in `workdir` (everything but the live lock) to a new sibling
+  `<workdir>.old-<UTC time>`; returns that directory."""
+  stamp = time.strftime('%Y%m%d-%H%M%S', time.gmtime())
+  target = f'{workdir.rstrip(os.sep)}.old-{stamp}'
+  n = 1
+  while os.path.exists(target):
+    n += 1
+    target = f'{workdir.rstrip(os.sep)}.old-{stamp}-{n}'
+  os.makedirs(target)
+  for name in os.listdir(workdir):
+    if name != LOCK:
+      os.rename(os.path.join(workdir, name), os.path.join(target, name))
+  return target
+
+
+def check_identity(workdir: str, config: TrainConfig) -> dict[str, tuple]:
+  """Compares `config` with the run recorded in `workdir`.
+
+  Returns the resumable fields that changed ({} when none). Raises UserError, one
+  line per differing identity field, when the workdir holds another experiment.
+  """
+  old = read_config(workdir)
+  if old is None:
+    if holds_a_run(workdir):
+      raise UserError(f'{workdir} holds run files but no config.json; choose another --workdir')
+    return {}
+  changed = differences(old, config)
+  resumable = TrainConfig.resumable_fields()
+  identity = {k: v for k, v in changed.items() if k not in resumable}
+  if identity:
+    lines = [f'{k}: {_show(a)} → {_show(b)}' for k, (a, b) in sorted(identity.items())]
+    raise UserError(
+        f'{workdir} holds a different run; it differs in\n' + '\n'.join(f'error:   {line}' for line in lines)
+        + f'\nerror: use a new --workdir, or --set_aside to move the old run aside '
+          f'(to {workdir.rstrip(os.sep)}.old-<time>) and start this one')
+  return changed
+
+
+def record_changes(workdir: str, step: int, changed: dict[str, tuple]) -> None:
+  """Appends a config_history.jsonl line for a resume with changed resumable fields."""
+  if not changed:
+    return
+  with open(os.path.join(workdir, 'config_history.jsonl'), 'a') as f:
+    f.write(json.dumps({'step': step, 'changed': {k: [a, b] for k, (a, b) in changed.items()}},
+                       sort_keys=True) + '\n')
+
+
+def _show(value) -> str:
+  if isinstance(value, dict):
+    return ','.join(f'{k}={v}' for k, v in sorted(value.items())) or '{}'
+  return 'None' if value is None else str(value)
+
