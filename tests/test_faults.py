@@ -77,17 +77,6 @@ def test_a_metrics_line_torn_by_a_kill_is_dropped_when_the_run_resumes(tmp_path,
     assert [json.loads(line)['step'] for line in f] == [1, 2, 3, 3, 4, 5, 6, 6, 7, 8, 9]
 
 
-def _lenet(real_mnist, workdir):
-  return [sys.executable, '-m', 'experiments.lenet', f'--workdir={workdir}', '--dataset=mnist',
-          f'--data_dir={real_mnist["data_dir"]}', f'--raw_data_dir={real_mnist["raw_dir"]}',
-          '--batch_size=64', '--num_train_steps=30', '--checkpoint_every_steps=5',
-          '--eval_every_steps=15', '--log_every_steps=5', '--keep_checkpoints=10']
-
-
-def _env():
-  return {**os.environ, 'PYTHONPATH': REPO + os.pathsep + os.environ.get('PYTHONPATH', '')}
-
-
 def test_a_second_run_on_a_busy_workdir_is_refused_and_a_stale_lock_is_taken_over(tmp_path, caplog):
   workdir = str(tmp_path)
   with rundir.WorkdirLock(workdir):
@@ -159,3 +148,31 @@ def test_a_checkpoint_write_that_fails_keeps_the_complete_ones_and_the_run_resum
   results = fit(_lenet(real_mnist), workdir)  # resumes from step 10
   assert results['step'] == 20
   assert sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit()) == [10, 20]
+
+
+def test_a_save_killed_midway_leaves_only_a_temporary_folder_and_resume_takes_the_previous_step(
+    tmp_path):
+  """orbax writes a step under a temporary name and renames it when complete; what a kill -9
+  in the middle leaves behind is never taken for a checkpoint."""
+  import jax.numpy as jnp
+  import optax
+  from cvjax import models
+  from cvjax.train.checkpoint import Checkpoints
+  from cvjax.train.state import create_train_state
+  import jax
+  state = create_train_state(models.get_model('lenet5', num_classes=10), optax.sgd(0.1),
+                             jax.random.PRNGKey(0), (1, 32, 32, 1))
+  directory = str(tmp_path / 'checkpoints')
+  ckpts = Checkpoints(directory, keep=5, async_save=False)
+  for step in (1, 2):
+    ckpts.save(step, state.replace(step=jnp.asarray(step)), {'step': step})
+  ckpts.wait()
+  ckpts.close()
+  torn = tmp_path / 'checkpoints' / '3.orbax-checkpoint-tmp-1234567890'
+  (torn / 'state').mkdir(parents=True)
+  (torn / 'state' / 'partial').write_bytes(b'\x00' * 100)
+  again = Checkpoints(directory, keep=5)
+  assert again.all_steps() == [1, 2]
+  restored, meta = again.restore_latest(state)
+  assert meta == {'step': 2} and int(restored.step) == 2
+  again.close()
