@@ -34,14 +34,14 @@ def _main_module() -> str:
   return sys.argv[0] if sys.argv and sys.argv[0] else 'experiments'
 
 
-def _flag_kind(annotation) -> tuple[type, bool]:
-  """(base type, optional) of a TrainConfig field annotation such as 'int | None'."""
-  hint = eval(annotation, {'Any': typing.Any}) if isinstance(annotation, str) else annotation  # pylint: disable=eval-used
+def _flag_kind(name: str) -> type:
+  """The flag type of TrainConfig field `name`: int for 'int | None', dict for
+  'dict[str, Any]', tuple for 'tuple[float, ...]', ..."""
+  hint = typing.get_type_hints(TrainConfig)[name]
   args = typing.get_args(hint)
-  optional = isinstance(hint, types.UnionType) and type(None) in args
-  if optional:
+  if isinstance(hint, types.UnionType) and type(None) in args:
     hint = next(a for a in args if a is not type(None))
-  return typing.get_origin(hint) or hint, optional
+  return typing.get_origin(hint) or hint
 
 
 def define_config_flags(module_name: str | None = None) -> None:
@@ -49,7 +49,7 @@ def define_config_flags(module_name: str | None = None) -> None:
   module_name = module_name or _main_module()
   base = TrainConfig()
   for field in dataclasses.fields(TrainConfig):
-    kind, _ = _flag_kind(field.type)
+    kind = _flag_kind(field.name)
     default = getattr(base, field.name)
     helptext = field.metadata.get('help', '')
     choices = field.metadata.get('choices')
@@ -90,7 +90,7 @@ def config_from_flags() -> TrainConfig:
   """The TrainConfig the parsed flags describe."""
   values = {}
   for field in dataclasses.fields(TrainConfig):
-    kind, _ = _flag_kind(field.type)
+    kind = _flag_kind(field.name)
     value = FLAGS[field.name].value
     if kind is dict:
       value = parse_kwargs(value or '')
