@@ -44,7 +44,8 @@ def _flag_kind(name: str) -> type:
   return typing.get_origin(hint) or hint
 
 
-def define_config_flags(module_name: str | None = None) -> None:
+def define_config_flags(module_name: str | None = None,
+                        flag_values: flags.FlagValues = FLAGS) -> None:
   """One absl flag per TrainConfig field: same name, the field's default and help."""
   module_name = module_name or _main_module()
   base = TrainConfig()
@@ -53,7 +54,7 @@ def define_config_flags(module_name: str | None = None) -> None:
     default = getattr(base, field.name)
     helptext = field.metadata.get('help', '')
     choices = field.metadata.get('choices')
-    common = dict(flag_values=FLAGS, module_name=module_name)
+    common = dict(flag_values=flag_values, module_name=module_name)
     if kind is dict:
       flags.DEFINE_string(field.name, '', helptext, **common)
     elif kind is tuple:
@@ -86,12 +87,12 @@ def _define_run_flags(module_name: str) -> None:
   flags.DEFINE_integer('process_id', None, "Multi-process: this process's index.", **common)
 
 
-def config_from_flags() -> TrainConfig:
+def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> TrainConfig:
   """The TrainConfig the parsed flags describe."""
   values = {}
   for field in dataclasses.fields(TrainConfig):
     kind = _flag_kind(field.name)
-    value = FLAGS[field.name].value
+    value = flag_values[field.name].value
     if kind is dict:
       value = parse_kwargs(value or '')
     elif kind is tuple:

@@ -9,23 +9,26 @@ from cvjax.train import TrainConfig
 from experiments import common
 
 
-@pytest.fixture(scope='module')
-def parse():
-  if 'learning_rate' not in flags.FLAGS:
-    common.define_config_flags('tests.test_config_flags')
+# A FlagValues of its own: parsing the global one would also set absl's logging verbosity
+# for every later test in this process.
+FLAG_VALUES = flags.FlagValues()
+common.define_config_flags('tests.test_config_flags', FLAG_VALUES)
 
+
+@pytest.fixture
+def parse():
   def parse_args(*args):
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(['prog', *args])
-    return common.config_from_flags()
+    FLAG_VALUES.unparse_flags()
+    FLAG_VALUES(['prog', *args])
+    return common.config_from_flags(FLAG_VALUES)
   yield parse_args
-  flags.FLAGS.unparse_flags()
+  FLAG_VALUES.unparse_flags()
 
 
 def test_every_config_field_is_a_flag_with_its_help_and_the_defaults_agree(parse):
   for field in dataclasses.fields(TrainConfig):
-    assert field.name in flags.FLAGS, field.name
-    assert field.metadata['help'] in flags.FLAGS[field.name].help  # enums add their choices
+    assert field.name in FLAG_VALUES, field.name
+    assert field.metadata['help'] in FLAG_VALUES[field.name].help  # enums add their choices
   assert parse() == TrainConfig()
 
 
