@@ -18,8 +18,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _command(real_mnist, workdir, *extra):
   return [sys.executable, '-m', 'experiments.lenet', f'--workdir={workdir}', '--dataset=mnist',
           f'--data_dir={real_mnist["data_dir"]}', f'--raw_data_dir={real_mnist["raw_dir"]}',
-          '--batch_size=64', '--num_train_steps=60', '--checkpoint_every_steps=5',
-          '--eval_every_steps=30', '--log_every_steps=10', '--keep_checkpoints=20', *extra]
+          '--batch_size=64', '--num_train_steps=30', '--checkpoint_every_steps=5',
+          '--eval_every_steps=15', '--log_every_steps=10', '--keep_checkpoints=20', *extra]
 
 
 def _env():
@@ -79,7 +79,8 @@ def test_killed_with_sigkill_and_rerun_ends_exactly_like_an_uninterrupted_run(re
 @pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_and_exits_143(real_mnist, tmp_path):
   workdir = str(tmp_path / 'preempted')
-  proc = subprocess.Popen(_command(real_mnist, workdir, '--checkpoint_every_steps=1000'),
+  proc = subprocess.Popen(_command(real_mnist, workdir, '--checkpoint_every_steps=1000',
+                                   '--num_train_steps=60'),
                           env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True)
   # Wait until training is under way (the first metrics line), then preempt.

@@ -21,11 +21,13 @@ def _batch(n=16, size=32, classes=10, seed=0, dtype=np.float32):
 
 
 def _train(num_devices, model_name='resnet20', steps_to_run=2, tx=None, dtype=jnp.float32,
-           size=16, conv_impl='xla'):
+           size=16, conv_impl='xla', depth=None):
   mesh = steps.make_mesh(num_devices)
   bn = {'bn_axis_name': steps.AXIS} if models.model_info(model_name).batch_norm else {}
   model = models.get_model(model_name, num_classes=10, dtype=dtype, param_dtype=dtype,
                            conv_impl=conv_impl, **bn)
+  if depth:  # a shallower CIFAR ResNet: the same blocks, shortcuts and BatchNorms
+    model = model.clone(depth=depth)
   tx = tx or optax.sgd(0.1, momentum=0.9)
   state = create_train_state(model, tx, jax.random.PRNGKey(0), (1, size, size, 3))
   state = jax.device_put(state, steps.replicated(mesh))
@@ -53,8 +55,8 @@ def test_one_and_eight_devices_give_the_same_params_and_batch_stats(conv_impl):
   """
   assert jax.device_count() == 8, 'conftest should simulate 8 CPU devices'
   with jax.enable_x64(True):
-    one, hist1 = _train(1, dtype=jnp.float64, conv_impl=conv_impl)
-    eight, hist8 = _train(8, dtype=jnp.float64, conv_impl=conv_impl)
+    one, hist1 = _train(1, dtype=jnp.float64, conv_impl=conv_impl, depth=8)
+    eight, hist8 = _train(8, dtype=jnp.float64, conv_impl=conv_impl, depth=8)
   assert _max_diff(one.params, eight.params) < 1e-10
   # BatchNorm statistics are synchronised over the 'data' axis: global-batch means.
   assert _max_diff(one.batch_stats, eight.batch_stats) < 1e-10
