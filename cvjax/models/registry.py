@@ -10,21 +10,23 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cvjax import errors
-from cvjax.models import alexnet, cifar_resnet, conv_lowering, lenet, resnet, ssd, vgg
-from cvjax.models import (densenet, efficientnet, fcn, inception, mobilenet, resnext,
-                          senet, vit, xception)
+from cvjax.models import appearance
+from cvjax.models import alexnet, cifar_resnet, conv_lowering, lenet, localizer, resnet, ssd, vgg
+from cvjax.models import (deeplab, densenet, efficientnet, fcn, inception, mobilenet, resnext,
+                          senet, vit, xception, yolo)
 
 _IMAGENET = (224, 224, 3)
 _CIFAR = (32, 32, 3)
-TASKS = ('classification', 'detection', 'segmentation')
+TASKS = ('classification', 'detection', 'segmentation', 'localization')
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
   """What a registered model is, without building it.
 
-  task: 'classification' (logits [B, N]), 'detection' (locations, logits) or
-    'segmentation' (per-pixel logits [B, H, W, N]).
+  task: 'classification' (logits [B, N]), 'detection' (locations, logits),
+    'segmentation' (per-pixel logits [B, H, W, N]) or 'localization' (logits [B, N],
+    one box [B, 4] in [0, 1]).
   input_shape: the natural input (H, W, C).
   num_classes: classes of the dataset it was designed for (detection: object
     classes, without the background logit; segmentation: with the background).
@@ -57,6 +59,7 @@ def _add(name: str, builder: Callable[..., nn.Module], input_shape: tuple[int, i
 _P = functools.partial
 
 _add('lenet5', lenet.LeNet5, (32, 32, 1), 10, bn=False)
+_add('appearance_cnn', appearance.AppearanceCNN, (32, 32, 3), 36, bn=False)
 _add('alexnet', alexnet.AlexNet, (227, 227, 3), 1000, bn=False)
 _add('alexnet_torchvision', alexnet.AlexNetTorchvision, _IMAGENET, 1000, bn=False)
 for _name, _resnet in [('resnet18', resnet.ResNet18), ('resnet34', resnet.ResNet34),
@@ -78,6 +81,10 @@ _add('ssd300_vgg16', ssd.SSD300VGG16, (300, 300, 3), 20, task='detection', bn=Fa
 _add('ssd512_vgg16', ssd.SSD512VGG16, (512, 512, 3), 20, task='detection', bn=False)
 _add('ssd300_resnet50', ssd.SSD300ResNet50, (300, 300, 3), 20, task='detection')
 _add('ssd128_resnet18_slim', ssd.SSD128ResNet18Slim, (128, 128, 3), 20, task='detection')
+# YOLOv3: num_classes = object classes (COCO's 80), no background; outputs per-scale maps.
+_add('yolov3', yolo.YOLOv3, (416, 416, 3), 80, task='detection')
+_add('yolov3_tiny', yolo.YOLOv3Tiny, (416, 416, 3), 80, task='detection')
+_add('yolov3_shapes', yolo.YOLOv3Shapes, (128, 128, 3), 6, task='detection')
 
 # The later families, one file each (references and counts in their docstrings).
 _add('googlenet', _P(inception.GoogLeNet, batch_norm=False), _IMAGENET, 1000, bn=False)
@@ -112,6 +119,15 @@ for _name, _fcn, _shape, _classes, _bn in [
     ('fcn8s_resnet50', fcn.FCN8sResNet50, _IMAGENET, 21, True),
     ('fcn8s_tiny', fcn.FCN8sTiny, (128, 128, 3), 7, True)]:
   _add(_name, _fcn, _shape, _classes, task='segmentation', bn=_bn)
+# DeepLabv3 at torchvision's eval size (520: its weights' `resize_size`; any size works).
+_add('deeplabv3_resnet50', deeplab.DeepLabV3ResNet50, (520, 520, 3), 21, task='segmentation',
+     remat=True)
+_add('deeplabv3_resnet101', deeplab.DeepLabV3ResNet101, (520, 520, 3), 21, task='segmentation',
+     remat=True)
+_add('deeplabv3_tiny', deeplab.DeepLabV3Tiny, (128, 128, 3), 7, task='segmentation', remat=True)
+# Classification + localisation: (logits [B, N], one box [B, 4]).
+_add('localizer_shapes', localizer.LocalizerShapes, (96, 96, 3), 6, task='localization')
+_add('localizer_resnet18', localizer.LocalizerResNet18, _IMAGENET, 1000, task='localization')
 
 
 def list_models(task: str | None = 'classification') -> list[str]:
@@ -136,7 +152,7 @@ def model_info(name: str) -> ModelInfo:
 
 
 def model_task(name: str) -> str:
-  """The task a model is built for: 'classification', 'detection' or 'segmentation'."""
+  """The task a model is built for: one of `TASKS`."""
   return model_info(name).task
 
 

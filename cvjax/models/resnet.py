@@ -45,6 +45,12 @@ def remat_block(block_cls):
   return nn.remat(block_cls)
 
 
+def _dilated(dilation: int) -> dict:
+  """A 3×3 conv's extra arguments for atrous rate `dilation` (padding = rate keeps the
+  size); none at rate 1, so undilated nets build exactly as before."""
+  return {} if dilation == 1 else {'padding': dilation, 'kernel_dilation': dilation}
+
+
 def _last_scale_init(block):
   """Zero γ for the block's last BN, if asked: each block starts as the identity
   (Goyal et al. 2017), which helps large-batch training."""
@@ -61,10 +67,11 @@ class BasicBlock(nn.Module):
   zero_init_last_bn: bool = False
   stride_on_1x1: bool = False  # no 1×1 here: v1 and v1.5 are the same block
   shortcut: str = 'B'
+  dilation: int = 1  # atrous rate of the first 3×3 (DeepLab; mmseg's BasicBlock)
 
   @nn.compact
   def __call__(self, x):
-    y = self.conv(self.features, 3, self.strides, name='conv1')(x)
+    y = self.conv(self.features, 3, self.strides, **_dilated(self.dilation), name='conv1')(x)
     y = self.act(self.norm(name='bn1')(y))
     y = self.conv(self.features, 3, name='conv2')(y)
     y = self.norm(name='bn2', scale_init=_last_scale_init(self))(y)
@@ -75,7 +82,8 @@ class Bottleneck(nn.Module):
   """1×1 → 3×3 → 1×1 (ResNet-50/101/152): [B, H, W, C] → [B, H/s, W/s, 4·features].
 
   The stride sits on the 3×3 (v1.5, torchvision) or on the first 1×1
-  (`stride_on_1x1`, the paper's v1 and Keras).
+  (`stride_on_1x1`, the paper's v1 and Keras); `dilation` is the 3×3's atrous rate
+  (torchvision's `replace_stride_with_dilation`, DeepLab).
   """
   features: int
   conv: ModuleDef
@@ -85,13 +93,14 @@ class Bottleneck(nn.Module):
   zero_init_last_bn: bool = False
   stride_on_1x1: bool = False
   shortcut: str = 'B'
+  dilation: int = 1
 
   @nn.compact
   def __call__(self, x):
     s1, s3 = (self.strides, 1) if self.stride_on_1x1 else (1, self.strides)
     y = self.conv(self.features, 1, s1, name='conv1')(x)
     y = self.act(self.norm(name='bn1')(y))
-    y = self.conv(self.features, 3, s3, name='conv2')(y)
+    y = self.conv(self.features, 3, s3, **_dilated(self.dilation), name='conv2')(y)
     y = self.act(self.norm(name='bn2')(y))
     y = self.conv(4 * self.features, 1, name='conv3')(y)
     y = self.norm(name='bn3', scale_init=_last_scale_init(self))(y)

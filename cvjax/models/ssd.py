@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import flax.linen as nn
 import jax
@@ -252,6 +252,8 @@ class SSD(nn.Module):
   The post-processing settings (score_threshold, nms_threshold, max_detections,
   candidates_per_class) are torchvision's and are read by `postprocess_config()`.
   """
+  family: ClassVar[str] = 'ssd'  # how cvjax.detection trains and decodes it
+
   backbone: ModuleDef
   anchor_spec: AnchorSpec
   num_classes: int = 20
