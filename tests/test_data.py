@@ -106,8 +106,8 @@ def test_import_does_no_io_and_loads_no_tensorflow():
 
 def test_unknown_dataset_names_the_choices():
   with pytest.raises(UserError, match=r"unknown dataset 'imagenet'; did you mean 'imagenet2012'\? "
-                                      r"\(valid choices: cifar10, cifar100, fashion_mnist, "
-                                      r"imagenet2012, mnist, tf_flowers\)"):
+                                      r"\(valid choices: cifar10, cifar100, cvjax_shapes_crops, "
+                                      r"fashion_mnist, imagenet2012, mnist, tf_flowers\)"):
     data.dataset_meta('imagenet')
 
 

@@ -8,7 +8,8 @@
 Modules: `datasets` (names, splits, statistics: the catalogue), `prepare`
 (getting a dataset prepared, `dataset_meta`), `download` (download hosts and a
 fast reachability probe), `local_files` (building a stock TFDS dataset from raw
-files on disk), `shapes` (the `cvjax_shapes` TFDS builder), `preprocess` (the op
+files on disk), `shapes` (the `cvjax_shapes` TFDS builder), `shapes_video` (shape videos
+with MOTChallenge ground truth for tracking; the `cvjax_shapes_crops` builder), `preprocess` (the op
 registry), `batching` (process share of a global batch, device prefetch into
 global jax.Arrays, epoch seeds), `pipeline` (classification train/eval iterators).
 
@@ -28,7 +29,7 @@ _EXPORTS = {
 }
 
 _SUBMODULES = ('batching', 'datasets', 'download', 'local_files', 'pipeline', 'prepare',
-               'preprocess', 'shapes')
+               'preprocess', 'shapes', 'shapes_video')
 
 __all__ = sorted(_EXPORTS)
 

@@ -42,6 +42,7 @@ class DatasetSpec:
     default_raw_dir: where an OS package puts the raw files, if one does.
     in_memory: a whole split fits in each process's RAM (exact per-epoch shuffle
       and O(1) resume); False streams from disk (shuffle buffer, resume re-reads).
+    generated: cvjax's own builder makes it (no raw files, no network).
   """
   splits: dict[str, str]
   mean: tuple[float, ...]
@@ -51,6 +52,7 @@ class DatasetSpec:
   raw_files: tuple[str, ...]
   default_raw_dir: str | None = None
   in_memory: bool = True
+  generated: bool = False
 
 
 def _small_splits() -> dict[str, str]:
@@ -82,6 +84,11 @@ _SPECS: dict[str, DatasetSpec] = {
         {'train': 'train', 'validation': 'validation', 'test': 'validation'},
         IMAGENET_MEAN, IMAGENET_STD, 'inception_crop|flip_lr', 0.875,
         ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar'), in_memory=False),
+    # Object crops of generated shape videos (cvjax.data.shapes_video), shape × hue classes:
+    # what DeepSORT's appearance embedder trains on. Statistics over the 10,111 train crops.
+    'cvjax_shapes_crops': DatasetSpec(
+        {'train': 'train', 'validation': 'validation', 'test': 'test'},
+        (0.4607, 0.4275, 0.4115), (0.2549, 0.2438, 0.2438), 'flip_lr', 1.0, (), generated=True),
 }
 
 DATASETS = tuple(sorted(_SPECS))

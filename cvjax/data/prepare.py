@@ -27,6 +27,7 @@ import tensorflow_datasets as tfds
 from cvjax.data import datasets
 from cvjax.data import download as download_lib
 from cvjax.data import local_files
+from cvjax.data import shapes_video  # noqa: F401  (registers the cvjax_shapes_crops builder)
 from cvjax.errors import UserError
 
 
@@ -68,6 +69,9 @@ def prepared_builder(name: str, *, data_dir=None, raw_data_dir=None, download=No
 
   builder = tfds.builder(name, data_dir=data_dir)
   if builder.is_prepared():
+    return builder
+  if dataset_spec.generated:
+    builder.download_and_prepare()
     return builder
   if raw_data_dir is not None:
     return build_from(raw_data_dir)
