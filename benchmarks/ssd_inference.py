@@ -1,11 +1,11 @@
-"""SSD inference throughput with post-processing, cvjax against torchvision, in one run.
+"""Detector inference throughput with post-processing, cvjax against torchvision, in one run.
 
   python -m benchmarks.ssd_inference --model=ssd300_vgg16 --batch_size=8 [--peers=torch]
       [--half_precision=bf16] [--json]
 
 cvjax: one compiled forward (conv_impl='auto', the training default) + box
-decoding + per-class score threshold + NMS (IoU 0.45) + top-200, on random 300²
-images already on the device. torchvision
+decoding + per-class score threshold + NMS (IoU 0.45) + top-200, on random images of
+the model's input size already on the device (any registered detector: SSD or YOLO). torchvision
 (`--peers=torch`, only for ssd300_vgg16): `ssd300_vgg16(weights=None)` in eval
 mode under `torch.inference_mode()`, its own resize/normalise transform and
 post-processing (top-400 candidates per class, batched NMS 0.45, top-200),
@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 from benchmarks import torch_peer  # noqa: E402
 from benchmarks.throughput import HALF_PRECISIONS, check_half_precision  # noqa: E402
 from cvjax import cli, models  # noqa: E402
-from cvjax.detection import postprocess  # noqa: E402
+from cvjax.detection import heads  # noqa: E402
 from cvjax.errors import UserError, unknown_choice  # noqa: E402
 
 TORCHVISION = {'ssd300_vgg16': 'ssd300_vgg16'}
@@ -69,15 +69,12 @@ def cvjax_rate(model_name: str, batch_size: int, num_classes: int, steps: int,
   model = models.get_model(model_name, num_classes, score_threshold=0.0, conv_impl='auto',
                            **dtype)
   size = models.model_input_shape(model_name)[0]
-  anchors = jnp.asarray(model.default_boxes())
+  head = heads.head_for(model, size)  # the family's decoding: SSD, YOLO
   variables = jax.jit(model.init)(jax.random.key(0, impl='rbg'), jnp.zeros((1, size, size, 3)))
-  config = model.postprocess_config()
 
   @jax.jit
   def infer(v, x):
-    locations, logits = model.apply(v, x, train=False)
-    return postprocess.detect(locations.astype(jnp.float32), logits.astype(jnp.float32),
-                              anchors, config)
+    return head.detect(model.apply(v, x, train=False))
 
   x = jnp.asarray(np.random.default_rng(0).uniform(size=(batch_size, size, size, 3)), jnp.float32)
 

@@ -1,7 +1,8 @@
 """From head outputs to detections: decode, per-class threshold, NMS, top-k — batched and jittable.
 
 torchvision's `SSD.postprocess_detections`, with fixed shapes:
-  1. softmax over the K + 1 classes; decode the codes against the anchors; clip to the image;
+  1. softmax over the K + 1 classes; decode the codes against the anchors; clip to the image
+     (`detect`; other families decode their own outputs and start at 2 with `detect_boxes`);
   2. per class: keep scores > score_threshold, at most `candidates_per_class` of them
      (the highest);
   3. greedy NMS within each class (a box is dropped when its IoU with a kept,
@@ -58,9 +59,8 @@ jax.tree_util.register_dataclass(Detections, data_fields=['boxes', 'scores', 'cl
                                  meta_fields=[])
 
 
-def _detect_one(codes, probs, anchors, config: PostprocessConfig):
-  """One image: codes f32[A, 4], probs f32[A, K] (background dropped)."""
-  boxes = box_ops.clip(box_ops.decode(codes, anchors))                  # [A, 4]
+def _detect_one(boxes, probs, config: PostprocessConfig):
+  """One image: boxes f32[A, 4] (decoded, clipped), probs f32[A, K] (background dropped)."""
   k = min(config.candidates_per_class, probs.shape[0])
   scores, index = jax.lax.top_k(probs.T, k)                              # [K, k], sorted
   candidates = boxes[index]                                              # [K, k, 4]
@@ -94,6 +94,22 @@ def detect(locations: jax.Array, logits: jax.Array, anchors: jax.Array,
     `Detections` with D = config.max_detections rows per image.
   """
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[..., 1:]
-  boxes, scores, classes, valid = jax.vmap(
-      lambda c, p: _detect_one(c, p, anchors, config))(locations.astype(jnp.float32), probs)
+  boxes = box_ops.clip(box_ops.decode(locations.astype(jnp.float32), anchors))
+  return detect_boxes(boxes, probs, config)
+
+
+def detect_boxes(boxes: jax.Array, scores: jax.Array,
+                 config: PostprocessConfig = PostprocessConfig()) -> Detections:
+  """Detections from decoded boxes and per-class scores (steps 2-4 of the module doc).
+
+  Args:
+    boxes: f32[B, A, 4] (ymin, xmin, ymax, xmax), normalised, clipped to the image.
+    scores: f32[B, A, K] score of each box for each object class (no background column).
+    config: thresholds and sizes.
+
+  Returns:
+    `Detections` with D = config.max_detections rows per image.
+  """
+  boxes, scores, classes, valid = jax.vmap(lambda b, p: _detect_one(b, p, config))(
+      boxes.astype(jnp.float32), scores.astype(jnp.float32))
   return Detections(boxes=boxes, scores=scores, classes=classes, valid=valid)

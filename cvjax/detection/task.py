@@ -1,29 +1,30 @@
-"""`DetectionTask`: SSD training and mAP evaluation in the one loop (`cvjax.train.fit`).
+"""`DetectionTask`: detector training and mAP evaluation in the one loop (`cvjax.train.fit`).
 
 Task 'detection' of `cvjax.tasks` (`TrainConfig(task='detection', model='ssd300_vgg16',
-dataset='voc/07+12')`). The default boxes are a pure function of the model and the
-image size (`model.default_boxes(image_size)`), computed where they are needed.
+dataset='voc/07+12')`). What the model's outputs mean — the loss terms and the decoding
+to boxes — comes from its family (`cvjax.detection.heads`: SSD's MultiBox loss against
+default boxes, YOLOv3's loss against anchors); everything else here is shared.
 
 Loss normalisation. torchvision divides the batch's summed MultiBox loss by
-N = max(1, positives in the batch). Under data parallelism each device sees b
-images and the step averages (pmean) the devices' gradients, so each device
-returns
+N = max(1, positives in the batch); YOLOv3 by the number of images (a per-image
+mean). Under data parallelism each device sees b images and the step averages
+(pmean) the devices' gradients, so each device returns
 
-    loss_d = n_devices · Σ_{its images} (localisation + confidence) / max(1, N_global)
+    loss_d = n_devices · Σ_{its images} (loss terms) / max(1, N_global)
 
-with N_global the positives of the whole global batch (a psum). The mean over
-devices is then exactly the single-device loss Σ / max(1, N) of the global
+with N_global the normaliser (positives, or images) of the whole global batch (a psum).
+The mean over devices is then exactly the single-device loss Σ / max(1, N) of the global
 batch, and so are the averaged gradients: 1 and 8 devices train alike.
 Outside a mapped axis (`axis_name=None`, a plain single-device step) n_devices = 1
 and N is local.
-`label_smoothing` is not used by the MultiBox loss.
+`label_smoothing` is not used by the detection losses.
 
 Evaluation. `eval_outputs` runs decode + NMS on the device and passes each
 image's detections and ground truth back; the evaluator computes, on the host,
   map50  VOC AP@0.5 (difficult boxes ignored; 11-point for VOC2007 test sets,
          area under the curve otherwise) — the main metric,
   map    COCO AP@[.5:.95] (crowd and difficult ignored), map75 COCO AP@0.75,
-  loss   the MultiBox loss over the split (crowd boxes left out).
+  loss   the training loss over the split, normalised as above (crowd boxes left out).
 """
 from __future__ import annotations
 
@@ -35,9 +36,7 @@ import numpy as np
 
 from cvjax.models import registry
 from cvjax.data import datasets
-from cvjax.detection import augment, data
-from cvjax.detection import loss as multibox
-from cvjax.detection import metrics, postprocess
+from cvjax.detection import augment, data, heads, metrics
 from cvjax.errors import UserError
 from cvjax.train import steps
 from cvjax.train.task import Task
@@ -50,11 +49,6 @@ def _global_sum(x, axis_name: str | None):
   return jax.lax.psum(x, axis_name), jax.lax.psum(1, axis_name)
 
 
-def anchors(run) -> jax.Array:
-  """The run's default boxes f32[A, 4] (ymin, xmin, ymax, xmax), normalised."""
-  return jnp.asarray(run.model.default_boxes(run.image_size))
-
-
 class DetectionEvaluator:
   """Collects per-image detections and ground truth; computes VOC and COCO mAP."""
 
@@ -64,11 +58,11 @@ class DetectionEvaluator:
     self.gt, self.dt = [], []
     self.images = 0
     self.loss_sum = 0.0
-    self.positives = 0.0
+    self.normaliser = 0.0
 
   def update(self, sums: dict, per_example: dict) -> None:
     self.loss_sum += float(sums['loss_sum'])
-    self.positives += float(sums['positives'])
+    self.normaliser += float(sums['normaliser'])
     p = {k: np.asarray(v) for k, v in per_example.items()}
     real = np.flatnonzero(p['mask'])
     for i in real:
@@ -101,11 +95,11 @@ class DetectionEvaluator:
                       ignore=difficult | crowd), dt, use_07_metric=self.use_07,
         category_ids=categories)
     return {'map50': voc['mAP'], 'map': coco['AP'], 'map75': coco['AP75'],
-            'loss': self.loss_sum / max(self.positives, 1.0), 'count': self.images}
+            'loss': self.loss_sum / max(self.normaliser, 1.0), 'count': self.images}
 
 
 class DetectionTask(Task):
-  """Images → SSD head outputs; MultiBox loss; VOC/COCO mAP.
+  """Images → detector outputs; the family's loss (`heads`); VOC/COCO mAP.
 
   Batches: see `cvjax.detection.data` ('image', 'boxes', 'labels', 'box_mask'; in
   eval also 'difficult', 'crowd', 'image_size', 'mask').
@@ -116,28 +110,24 @@ class DetectionTask(Task):
 
   def loss(self, outputs, batch, run, axis_name):
     """Per-device loss, normalised as in the module doc (label smoothing is not used).
-    outputs: (locations f32[b, A, 4], logits f32[b, A, K+1]); batch: 'boxes' f32[b, M, 4],
-    'labels' int32[b, M], 'box_mask' bool[b, M]."""
-    locations, logits = outputs
-    parts = multibox.multibox_loss(locations, logits, anchors(run), batch['boxes'],
-                                   batch['labels'], batch['box_mask'])
-    positives, devices = _global_sum(jnp.sum(parts['num_positive']), axis_name)
-    scale = devices / jnp.maximum(positives, 1.0)
-    loc = jnp.sum(parts['localization']) * scale
-    conf = jnp.sum(parts['confidence']) * scale
-    return loc + conf, {'loc_loss': loc, 'conf_loss': conf,
-                        'positives': jnp.mean(parts['num_positive'])}
+    outputs: the model's (see `heads`); batch: 'boxes' f32[b, M, 4], 'labels' int32[b, M],
+    'box_mask' bool[b, M]. Metrics: each loss term (SSD 'loc_loss', 'conf_loss'; YOLO
+    'box_loss', 'obj_loss', 'cls_loss') and 'positives' per image."""
+    parts = heads.head_for(run.model, run.image_size).loss(
+        outputs, batch['boxes'], batch['labels'], batch['box_mask'])
+    normaliser, devices = _global_sum(jnp.sum(parts.normaliser), axis_name)
+    scale = devices / jnp.maximum(normaliser, 1.0)
+    terms = {k: jnp.sum(v) * scale for k, v in parts.terms.items()}
+    return sum(terms.values()), {**terms, 'positives': jnp.mean(parts.positives)}
 
   def eval_outputs(self, outputs, batch, run):
-    locations, logits = outputs
-    boxes = anchors(run)
+    head = heads.head_for(run.model, run.image_size)
     mask = batch['mask']
     gt_mask = batch['box_mask'] & mask[:, None]
-    parts = multibox.multibox_loss(locations, logits, boxes, batch['boxes'], batch['labels'],
-                                   gt_mask & ~batch['crowd'])
-    sums = {'loss_sum': jnp.sum((parts['localization'] + parts['confidence']) * mask),
-            'positives': jnp.sum(parts['num_positive'] * mask)}
-    det = postprocess.detect(locations, logits, boxes, run.model.postprocess_config())
+    parts = head.loss(outputs, batch['boxes'], batch['labels'], gt_mask & ~batch['crowd'])
+    sums = {'loss_sum': jnp.sum(sum(parts.terms.values()) * mask),
+            'normaliser': jnp.sum(parts.normaliser * mask)}
+    det = head.detect(outputs)
     per_example = {'det_boxes': det.boxes, 'det_scores': det.scores, 'det_classes': det.classes,
                    'det_valid': det.valid & mask[:, None],
                    'gt_boxes': batch['boxes'], 'gt_labels': batch['labels'], 'gt_mask': gt_mask,
@@ -178,13 +168,11 @@ class DetectionTask(Task):
     of any sizes) → one dict per image: 'boxes' f32[n, 4] (ymin, xmin, ymax, xmax)
     normalised to that image, 'classes' int32[n], 'scores' f32[n], best first."""
     image_size = run.image_size
-    boxes = jnp.asarray(model.default_boxes(image_size))  # no dataset needed (converted runs)
-    config = model.postprocess_config()
+    head = heads.head_for(model, image_size)  # no dataset needed (converted runs)
 
     @jax.jit
     def detect(x):
-      locations, logits = model.apply(variables, x, train=False)
-      return postprocess.detect(locations, logits, boxes, config)
+      return head.detect(model.apply(variables, x, train=False))
 
     def predict(images: Any) -> list[dict[str, np.ndarray]]:
       tf = datasets.tensorflow()

@@ -53,7 +53,7 @@ class TrainConfig:
   """
   # What to train on what.
   task: str = field('classification', help='What is learned: classification, detection, '
-                    'segmentation or features (cvjax.tasks).')
+                    'segmentation, localization or features (cvjax.tasks).')
   model: str = field('lenet5', help='Registered model name (cvjax.models.list_models()).')
   model_kwargs: dict[str, Any] = field(
       default_factory=dict, help='Extra model arguments, e.g. "activation=relu,pooling=max".')
@@ -194,9 +194,16 @@ class TrainConfig:
 
 
 def parse_kwargs(text: str) -> dict:
-  """"a=1,b=relu,c=true" → {'a': 1, 'b': 'relu', 'c': True}."""
+  """"a=1,b=relu,c=true,d=(0.1,0.2)" → {'a': 1, 'b': 'relu', 'c': True, 'd': (0.1, 0.2)}:
+  commas inside brackets belong to the value (a Python literal)."""
   out = {}
-  for item in filter(None, (s.strip() for s in text.split(','))):
+  items, depth, start = [], 0, 0
+  for i, ch in enumerate(text + ','):
+    depth += (ch in '([{') - (ch in ')]}')
+    if ch == ',' and depth <= 0:
+      items.append(text[start:i])
+      start = i + 1
+  for item in filter(None, (s.strip() for s in items)):
     key, sep, value = item.partition('=')
     if not sep or not key:
       raise UserError(f'model_kwargs item {item!r} is not key=value')

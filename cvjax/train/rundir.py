@@ -144,7 +144,12 @@ def differences(old: TrainConfig, new: TrainConfig) -> dict[str, tuple]:
 
 
 def _normal(value):
-  return list(value) if isinstance(value, tuple) else value
+  """JSON's view of a value: tuples as lists, also inside lists and dicts (model_kwargs)."""
+  if isinstance(value, (tuple, list)):
+    return [_normal(v) for v in value]
+  if isinstance(value, dict):
+    return {k: _normal(v) for k, v in value.items()}
+  return value
 
 
 def holds_a_run(workdir: str) -> bool:
