@@ -62,7 +62,8 @@ NEW_CLASSIFIERS = [
     'mobilenet_v2', 'mobilenet_v2_cifar', 'vit_b16', 'vit_ti16', 'vit_tiny_cifar',
     'efficientnet_b0_cifar'] + [f'efficientnet_b{i}' for i in range(8)]
 SEGMENTERS = ['fcn32s_vgg16', 'fcn16s_vgg16', 'fcn8s_vgg16', 'fcn8s_resnet18',
-              'fcn8s_resnet50', 'fcn8s_tiny']
+              'fcn8s_resnet50', 'fcn8s_tiny', 'deeplabv3_resnet50', 'deeplabv3_resnet101',
+              'deeplabv3_tiny']
 
 
 def test_new_models_are_registered_by_task():

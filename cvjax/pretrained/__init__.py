@@ -10,7 +10,8 @@ Same from a shell: `python -m cvjax.convert --source=keras --model=resnet50
 ResNet50/101/152, InceptionV3, Xception, DenseNet121/169/201, MobileNet, MobileNetV2,
 EfficientNetB0-B7 from .weights.h5 or legacy .h5) and 'torchvision'
 (`cvjax.pretrained.torchvision`: resnet18-152, vgg11-19(+bn), alexnet from .pth or .npz;
-`cvjax.pretrained.ssd`: SSD's vgg16_features backbone and the ssd300_vgg16 COCO detector).
+`cvjax.pretrained.ssd`: SSD's vgg16_features backbone and the ssd300_vgg16 COCO detector;
+`cvjax.pretrained.deeplab`: deeplabv3_resnet50/101 segmenters).
 Importing this package loads neither h5py, torch nor TensorFlow (the converters do).
 """
 from __future__ import annotations
@@ -20,8 +21,9 @@ import os
 
 from cvjax.errors import UserError, unknown_choice
 
-SOURCES = ('keras', 'torchvision')
+SOURCES = ('keras', 'torchvision', 'darknet')  # darknet: `cvjax.pretrained.darknet` (YOLOv3)
 SSD_MODELS = ('vgg16_features', 'ssd300_vgg16')  # torchvision names, `cvjax.pretrained.ssd`
+DEEPLAB_MODELS = ('deeplabv3_resnet50', 'deeplabv3_resnet101')  # `cvjax.pretrained.deeplab`
 
 
 def load(source: str, model: str, weights: str, image_size: int | None = None,
@@ -37,9 +39,15 @@ def load(source: str, model: str, weights: str, image_size: int | None = None,
   if source == 'torchvision' and model in SSD_MODELS:
     from cvjax.pretrained import ssd  # loads TensorFlow and orbax
     return ssd.load(weights, model, image_size, num_classes)
+  if source == 'darknet':
+    from cvjax.pretrained import darknet  # loads TensorFlow and orbax
+    return darknet.load(weights, model, image_size, num_classes)
   if num_classes is not None:
     raise UserError(f'--num_classes is for torchvision vgg16_features only; {source} {model} '
                     'takes its classes from the weights')
+  if source == 'torchvision' and model in DEEPLAB_MODELS:
+    from cvjax.pretrained import deeplab  # loads TensorFlow and orbax
+    return deeplab.load(weights, model, image_size)
   return importlib.import_module(f'cvjax.pretrained.{source}').load(weights, model, image_size)
 
 

@@ -39,9 +39,19 @@ from cvjax.errors import UserError
 
 DATASETS = ('cvjax_shapes', 'cvjax_shapes/tiny')
 AUGMENTS = ('', 'flip_lr')
+# Label sets of imported weights, which restore and predict but do not train here:
+# name → class names, background first.
+WEIGHTS_ONLY = {
+    'voc': ('background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car',
+            'cat', 'chair', 'cow', 'diningtable', 'dog', 'horse', 'motorbike', 'person',
+            'pottedplant', 'sheep', 'sofa', 'train', 'tvmonitor'),
+}
 
 
-def class_names() -> tuple[str, ...]:
+def class_names(name: str = 'cvjax_shapes') -> tuple[str, ...]:
+  """Class names of dataset `name` (one of DATASETS or WEIGHTS_ONLY), background first."""
+  if name in WEIGHTS_ONLY:
+    return WEIGHTS_ONLY[name]
   return ('background',) + tuple(shapes.CLASSES)
 
 
@@ -100,6 +110,19 @@ def load_split(name: str, split: str, image_size: int,
   ds = ds.map(resize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(512)
   parts = list(ds.as_numpy_iterator())
   return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+
+
+def resize_images(images: np.ndarray, image_size: int) -> np.ndarray:
+  """uint8[B, H, W, C] (C = 1 or 3) → uint8[B, S, S, 3], S = image_size, resized as
+  `load_split` resizes the dataset (bilinear, antialiased, rounded)."""
+  datasets.tensorflow()
+  x = tf.constant(images)
+  if images.shape[-1] == 1:
+    x = tf.image.grayscale_to_rgb(x)
+  if images.shape[1:3] != (image_size, image_size):
+    x = tf.image.resize(x, (image_size, image_size), antialias=True)
+    x = tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
+  return x.numpy()
 
 
 def normalize(images: np.ndarray) -> np.ndarray:

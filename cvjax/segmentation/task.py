@@ -3,7 +3,8 @@
     python -m experiments.fcn --flagfile=experiments/configs/fcn8s_tiny_shapes.flags
 
 Batches: {'image': float32[B, S, S, 3], 'segmentation': int32[B, S, S]} (+ 'mask':
-bool[B] in eval); model outputs: logits float32[B, S, S, K] (`cvjax.models.fcn`).
+bool[B] in eval); model outputs: logits float32[B, S, S, K] (`cvjax.models.fcn`,
+`cvjax.models.deeplab`). `predict` of a restored run: per-pixel probabilities.
 Loss: per-pixel softmax cross-entropy, mean over the labelled pixels of the
 batch (`metrics.pixel_loss`). Eval sums the confusion matrix over the split
 and reports `miou` (the main metric), `accuracy` (pixel accuracy), `loss`
@@ -13,12 +14,14 @@ Task 'segmentation' of `cvjax.tasks`.
 """
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cvjax.errors import UserError
 from cvjax.segmentation import data, metrics
 from cvjax.train import steps
-from cvjax.train.task import Task
+from cvjax.train.task import Task, image_batches
 
 
 class _ConfusionEvaluator:
@@ -78,8 +81,26 @@ class SegmentationTask(Task):
     return _ConfusionEvaluator()
 
   def check(self, config):
-    data.check_dataset(config.dataset)
+    if config.dataset not in data.WEIGHTS_ONLY:  # imported weights: restore and predict only
+      data.check_dataset(config.dataset)
     data.check_augment(config.augment)  # fail on a bad op before anything is written
+    if config.preprocessing not in (None, 'torch'):
+      raise UserError(f'segmentation inputs are normalised with the ImageNet mean/std '
+                      f'(preprocessing torch), got preprocessing {config.preprocessing!r}; '
+                      'leave --preprocessing unset')
+
+  def predictor(self, run, model, variables):
+    """predict(uint8[B, H, W, C] images, any size; or a list) → float32[B, S, S, K]
+    per-pixel class probabilities at the model input S (softmax over the K classes),
+    with the eval preprocessing: resized to S² as the dataset is, ImageNet mean/std."""
+    apply = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False)))
+    size = run.image_size
+
+    def predict(images) -> np.ndarray:
+      return np.concatenate([
+          np.asarray(apply(variables, data.normalize(data.resize_images(batch, size))))
+          for batch in image_batches(images)])
+    return predict
 
   def dataset_meta(self, config):
     return data.dataset_meta(config.dataset, config.data_dir)
