@@ -30,7 +30,8 @@ class Restored:
              → float32[B, num_classes] probabilities, with the run's own eval
              preprocessing; segmentation: float32[B, S, S, classes]; detection: one dict
              per image, 'boxes' f32[n, 4] (ymin, xmin, ymax, xmax) normalised, 'classes'
-             int32[n], 'scores' f32[n].
+             int32[n], 'scores' f32[n]; localization: one dict per image, 'class' int,
+             'probabilities' f32[K], 'box' f32[4] (ymin, xmin, ymax, xmax) normalised.
   """
   model: Any
   variables: dict

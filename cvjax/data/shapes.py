@@ -2,7 +2,7 @@
 
 An offline detection (and segmentation) benchmark: every image is a random crop
 of one of the photographs that ship with scikit-image (`skimage.data`), with
-1-6 filled shapes of 6 classes drawn over it at random sizes (10%-45% of the
+1-6 filled shapes of 6 classes drawn over it at random sizes (by default 10%-45% of the
 image side), rotations, colours and positions. Later shapes may partly cover
 earlier ones (occlusion), but a placement that would leave an earlier shape less
 than 60% visible is re-drawn. Boxes are exact: the extent of each shape's
@@ -18,7 +18,9 @@ Features:
   segmentation:   uint8[S, S, 1] (PNG): 0 background, label + 1 (semantic classes)
 
 Configs: 'default' — 256², 6,000 train / 500 validation / 1,000 test;
-'tiny' — 96², 64 / 16 / 32 (tests).
+'tiny' — 96², 64 / 16 / 32 (tests); one shape per image, for classification +
+localisation (`cvjax.tasks.localization`), each 25%-60% of the side across:
+'single' — 96², 4,000 / 500 / 500; 'single_tiny' — 64², 48 / 16 / 16 (tests).
 
     import cvjax.data.shapes  # registers the builder
     tfds.builder('cvjax_shapes').download_and_prepare()   # generated here, no network
@@ -46,6 +48,7 @@ class ShapesConfig(tfds.core.BuilderConfig):
   num_validation: int = 500
   num_test: int = 1000
   max_objects: int = 6
+  size_range: tuple[float, float] = (0.1, 0.45)  # a shape's extent, in image sides
 
 
 def _load_backgrounds() -> list[np.ndarray]:
@@ -102,11 +105,12 @@ def _polygon(kind: str, rng: np.random.Generator) -> np.ndarray:
   return np.stack([r * np.sin(t), r * np.cos(t)], axis=-1)
 
 
-def _shape_mask(kind: str, rng: np.random.Generator, size: int) -> np.ndarray:
-  """bool[size, size]: one shape of `kind`, 10%-45% of the side across, anywhere
-  (at least half of its extent inside the image)."""
+def _shape_mask(kind: str, rng: np.random.Generator, size: int,
+                size_range: tuple[float, float] = (0.1, 0.45)) -> np.ndarray:
+  """bool[size, size]: one shape of `kind`, `size_range` (log-uniform) of the side
+  across, anywhere (at least half of its extent inside the image)."""
   from skimage import draw  # pylint: disable=g-import-not-at-top
-  radius = size * np.exp(rng.uniform(np.log(0.05), np.log(0.225)))
+  radius = size * np.exp(rng.uniform(np.log(size_range[0] / 2), np.log(size_range[1] / 2)))
   cy, cx = rng.uniform(0, size, size=2)
   mask = np.zeros((size, size), bool)
   if kind in ('circle', 'ring'):
@@ -140,7 +144,7 @@ def generate(split: str, index: int, config: ShapesConfig,
   for _ in range(rng.integers(1, config.max_objects + 1)):
     for _ in range(10):  # tries to place this shape without hiding others too much
       label = int(rng.integers(len(CLASSES)))
-      mask = _shape_mask(CLASSES[label], rng, size)
+      mask = _shape_mask(CLASSES[label], rng, size, config.size_range)
       if mask.sum() < 16:
         continue
       covered = np.bincount(instances[mask], minlength=len(labels) + 1)[1:]
@@ -181,6 +185,12 @@ class CvjaxShapes(tfds.core.GeneratorBasedBuilder):
       ShapesConfig(name='default', description='256x256, 6000/500/1000 images.'),
       ShapesConfig(name='tiny', description='96x96, 64/16/32 images, for tests.',
                    image_size=96, num_train=64, num_validation=16, num_test=32),
+      ShapesConfig(name='single', description='96x96, one shape each, 4000/500/500 images.',
+                   image_size=96, num_train=4000, num_validation=500, num_test=500,
+                   max_objects=1, size_range=(0.25, 0.6)),
+      ShapesConfig(name='single_tiny', description='64x64, one shape each, 48/16/16 images, '
+                   'for tests.', image_size=64, num_train=48, num_validation=16, num_test=16,
+                   max_objects=1, size_range=(0.25, 0.6)),
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:

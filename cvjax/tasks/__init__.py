@@ -15,6 +15,7 @@ from cvjax.errors import unknown_choice
 from cvjax.segmentation.task import SegmentationTask
 from cvjax.tasks.classification import ClassificationTask
 from cvjax.tasks.features import FeatureTask
+from cvjax.tasks.localization import LocalizationTask
 from cvjax.train import Task, TrainConfig, loop
 from cvjax.train import run as train_run
 
@@ -23,6 +24,7 @@ TASKS: dict[str, Callable[[], Task]] = {
     'detection': DetectionTask,
     'segmentation': SegmentationTask,
     'features': FeatureTask,
+    'localization': LocalizationTask,
 }
 
 

@@ -1,0 +1,173 @@
+"""Classification + localisation (task 'localization'): one class and one box per image.
+
+    python -m experiments.models --flagfile=experiments/configs/localizer_shapes.flags
+
+The stage between classification and detection: the image holds exactly one
+object, the model (`cvjax.models.localizer`) returns (class logits f32[B, K],
+box f32[B, 4] in [0, 1]). Data: `cvjax.tasks.localization_data` ({'image',
+'label', 'box'} batches of `cvjax_shapes/single`).
+
+Loss, per image, mean over the batch:
+
+    softmax cross-entropy (with the run's label smoothing)
+      + BOX_WEIGHT · Σ over the 4 coordinates of smooth L1(predicted − true, β = BOX_BETA)
+
+with smooth L1(d, β) = d² / (2β) for |d| < β, else |d| − β/2 (Fast R-CNN's
+box loss; optax's Huber loss / β), on normalised coordinates. BOX_WEIGHT (λ)
+and BOX_BETA are constants of this module, not config fields: λ = 5 makes a
+box off by a tenth of the image side on every side cost 1.0, the
+cross-entropy of a true class predicted at probability 1/e ≈ 0.37. Under data parallelism every device means over its
+share of the batch and the step averages the gradients (`cvjax.train.steps`),
+so the loss is the global batch's mean, as in `ClassificationTask`.
+
+Evaluation sums, over the split, on the device:
+  accuracy       top-1 class
+  mean_iou       mean IoU of the predicted with the true box
+  iou50          share of images whose predicted box has IoU ≥ 0.5
+  loc_accuracy   share with the class right *and* IoU ≥ 0.5 — the main metric
+                 (ILSVRC's top-1 localisation accuracy, 1 − its error)
+  loss           the training loss without label smoothing, per image
+  count          images
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from cvjax.detection import boxes as box_lib
+from cvjax.errors import UserError
+from cvjax.models import registry
+from cvjax.tasks import localization_data as data
+from cvjax.tasks.classification import cross_entropy
+from cvjax.train import steps
+from cvjax.train.task import Task, image_batches
+
+BOX_WEIGHT = 5.0   # λ, the box loss's weight next to the cross-entropy
+BOX_BETA = 0.1     # smooth L1's switch from quadratic to linear, in image sides
+IOU_THRESHOLD = 0.5
+
+
+def box_loss(predicted: jax.Array, true: jax.Array, beta: float = BOX_BETA) -> jax.Array:
+  """Per-example smooth L1 summed over the 4 coordinates: f32[B, 4], f32[B, 4] → f32[B]."""
+  d = predicted.astype(jnp.float32) - true
+  return jnp.sum(optax.huber_loss(d, delta=beta) / beta, axis=-1)
+
+
+def paired_iou(a: jax.Array, b: jax.Array) -> jax.Array:
+  """IoU of a[i] with b[i]: f32[B, 4], f32[B, 4] (ymin, xmin, ymax, xmax) → f32[B];
+  0 for an inverted or empty box."""
+  return box_lib.iou(a[:, None, :], b[:, None, :])[:, 0, 0]
+
+
+def per_example_loss(outputs, batch: dict, label_smoothing: float = 0.0) -> jax.Array:
+  """The loss of the module doc, per image: f32[B]."""
+  logits, box = outputs
+  return (cross_entropy(logits, batch['label'], label_smoothing)
+          + BOX_WEIGHT * box_loss(box, batch['box']))
+
+
+class LocalizationEvaluator:
+  """Sums of correct classes, IoUs, hits and losses over a split; shares at the end."""
+
+  KEYS = ('loss_sum', 'correct', 'iou_sum', 'iou50', 'correct_loc', 'count')
+
+  def __init__(self):
+    self.totals = dict.fromkeys(self.KEYS, 0.0)
+
+  def update(self, sums: dict, per_example: dict) -> None:
+    del per_example
+    for k in self.KEYS:
+      self.totals[k] += float(sums[k])
+
+  def result(self) -> dict[str, float]:
+    t = self.totals
+    n = max(t['count'], 1.0)
+    return {'loss': t['loss_sum'] / n, 'accuracy': t['correct'] / n,
+            'mean_iou': t['iou_sum'] / n, 'iou50': t['iou50'] / n,
+            'loc_accuracy': t['correct_loc'] / n, 'count': int(t['count'])}
+
+
+def eval_sums(outputs, batch: dict) -> dict[str, jax.Array]:
+  """The evaluator's sums over the real examples (batch['mask']) of one batch."""
+  logits, box = outputs
+  mask = batch['mask'].astype(jnp.float32)
+  correct = (jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32)
+  iou = paired_iou(box.astype(jnp.float32), batch['box'])
+  hit = (iou >= IOU_THRESHOLD).astype(jnp.float32)
+  return {'loss_sum': jnp.sum(per_example_loss(outputs, batch) * mask),
+          'correct': jnp.sum(correct * mask), 'iou_sum': jnp.sum(iou * mask),
+          'iou50': jnp.sum(hit * mask), 'correct_loc': jnp.sum(correct * hit * mask),
+          'count': jnp.sum(mask)}
+
+
+class LocalizationTask(Task):
+  """Images → (class logits, one box); cross-entropy + λ·smooth L1; localisation accuracy."""
+  name = 'localization'
+  main_metric = 'loc_accuracy'
+  main_metric_higher_is_better = True
+
+  def check(self, config):
+    if registry.model_task(config.model) != 'localization':
+      raise UserError(f"task 'localization' needs a localization model, got {config.model!r}; "
+                      f"choose one of {', '.join(registry.list_models('localization'))}")
+    data.check_dataset(config.dataset)
+    data.check_augment(config.augment)
+
+  def dataset_meta(self, config):
+    return data.dataset_meta(config.dataset, config.data_dir)
+
+  def loss(self, outputs, batch, run, axis_name):
+    del axis_name  # the step pmeans the gradients: a local mean is the global one
+    smoothing = run.config.label_smoothing if run is not None else 0.0
+    logits, box = outputs
+    iou = paired_iou(box, batch['box'])
+    return per_example_loss(outputs, batch, smoothing).mean(), {
+        'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
+        'box_loss': jnp.mean(box_loss(box, batch['box'])),
+        'mean_iou': jnp.mean(iou)}
+
+  def eval_outputs(self, outputs, batch, run):
+    del run
+    return eval_sums(outputs, batch), {}
+
+  def evaluator(self, run):
+    del run
+    return LocalizationEvaluator()
+
+  def train_batches(self, run, start_step):
+    c = run.config
+    return data.train_batches(c.dataset, global_batch_size=c.batch_size,
+                              image_size=run.image_size, sharding=steps.batch_sharded(run.mesh),
+                              seed=c.seed, start_step=start_step, augment=c.augment,
+                              data_dir=c.data_dir)
+
+  def eval_batches(self, run, split):
+    c = run.config
+    return data.eval_batches(c.dataset, split=split,
+                             global_batch_size=c.eval_batch_size or c.batch_size,
+                             image_size=run.image_size, sharding=steps.batch_sharded(run.mesh),
+                             data_dir=c.data_dir)
+
+  def predictor(self, run, model, variables: dict):
+    """predict(images) for `cvjax.restore`: uint8[B, H, W, C] (or a list of uint8[H, W, C]
+    of any sizes, C = 1 or 3) → one dict per image: 'class' int, 'probabilities'
+    f32[K] (softmax), 'box' f32[4] (ymin, xmin, ymax, xmax) normalised to that image."""
+    image_size = run.image_size
+
+    @jax.jit
+    def apply(x):
+      logits, box = model.apply(variables, x, train=False)
+      return jax.nn.softmax(logits), box
+
+    def predict(images: Any) -> list[dict[str, Any]]:
+      out = []
+      for group in image_batches(images):
+        probabilities, box = jax.device_get(apply(data.normalize(data.resize(group, image_size))))
+        out += [{'class': int(np.argmax(p)), 'probabilities': p, 'box': b}
+                for p, b in zip(probabilities, box)]
+      return out
+    return predict
