@@ -444,19 +444,19 @@ def _trial_env(devices):
 
 
 @pytest.mark.slow
-def test_real_local_sweep_of_four_trials_summarises_skips_and_resumes(real_mnist, tmp_path):
+def test_real_local_sweep_summarises_ranks_skips_and_resumes(real_mnist, tmp_path):
   base = tmp_path / 'base.flags'
   base.write_text(f'--dataset=mnist\n--data_dir={real_mnist["data_dir"]}\n'
                   f'--raw_data_dir={real_mnist["raw_dir"]}\n--num_train_steps=40\n')
   root = tmp_path / 'sweep'
   args = ['--experiment=experiments.lenet', f'--flagfile={base}', f'--workdir={root}',
-          '--grid=learning_rate=0.01,0.002;batch_size=32,64', '--grid=learning_rate=0;batch_size=32',
+          '--grid=learning_rate=0.01,0.002;batch_size=32', '--grid=learning_rate=0;batch_size=32',
           '--max_parallel=2', '--nocheck_flags', '--num_train_steps=10', '--log_every_steps=5']
   started = time.time()
   done = _sweep(*args, env=_trial_env(1), timeout=400)
   wall = time.time() - started
   assert done.returncode == 1, done.stdout + done.stderr   # the deliberately failing trial
-  good = ['lr=0.01,bs=32', 'lr=0.01,bs=64', 'lr=0.002,bs=32', 'lr=0.002,bs=64']
+  good = ['lr=0.01,bs=32', 'lr=0.002,bs=32']
   assert '[FAIL ] lr=0,bs=32: exit 2' in done.stdout
   assert 'error: learning_rate must be positive, got 0.0' in done.stdout
   results = {}
@@ -467,12 +467,12 @@ def test_real_local_sweep_of_four_trials_summarises_skips_and_resumes(real_mnist
   rows = _csv(root)
   ranked = sorted(good, key=lambda n: (-results[n]['test_accuracy'], good.index(n)))
   assert [r['trial'] for r in rows] == ranked + ['lr=0,bs=32']
-  for row in rows[:4]:
+  for row in rows[:2]:
     for key in ('test_accuracy', 'test_loss', 'step', 'train_seconds'):
       assert float(row[key]) == results[row['trial']][key], (row['trial'], key)
     assert (row['learning_rate'], row['batch_size']) == tuple(
         v.split('=')[1] for v in row['trial'].split(','))
-  assert rows[4]['status'] == 'failed (exit 2)' and rows[4]['test_accuracy'] == ''
+  assert rows[2]['status'] == 'failed (exit 2)' and rows[2]['test_accuracy'] == ''
   md = (root / 'summary.md').read_text()
   assert [l.split('|')[2].strip(' `') for l in md.splitlines() if l.startswith('| ')][1:] == \
       [r['trial'] for r in rows]
@@ -489,7 +489,7 @@ def test_real_local_sweep_of_four_trials_summarises_skips_and_resumes(real_mnist
   again = _sweep(*[a for a in args if a != '--grid=learning_rate=0;batch_size=32'],
                  env=_trial_env(1), timeout=400)
   assert again.returncode == 0, again.stdout + again.stderr
-  assert again.stdout.count('[skip ]') == 3 and again.stdout.count('[start]') == 1
+  assert again.stdout.count('[skip ]') == 1 and again.stdout.count('[start]') == 1
   assert [r['trial'] for r in _csv(root)][-1] == 'lr=0,bs=32'  # still listed (sweep.json)
   assert 'resumed from step 10' in (root / lost / 'log.txt').read_text().split(
       trials_lib.ATTEMPT_HEADER)[-1]
