@@ -35,7 +35,7 @@ lint: setup
 	$(VENV)/bin/lint-imports
 
 test: lint fashion-mnist
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --durations=25 tests
 
 test-fast: lint fashion-mnist
 	$(PY) -m pytest -q -n 2 -m "not slow" tests

@@ -450,13 +450,13 @@ def test_real_local_sweep_summarises_ranks_skips_and_resumes(real_mnist, tmp_pat
                   f'--raw_data_dir={real_mnist["raw_dir"]}\n--num_train_steps=40\n')
   root = tmp_path / 'sweep'
   args = ['--experiment=experiments.lenet', f'--flagfile={base}', f'--workdir={root}',
-          '--grid=learning_rate=0.01,0.002;batch_size=32', '--grid=learning_rate=0;batch_size=32',
+          '--grid=learning_rate=0.01,0.002;batch_size=64', '--grid=learning_rate=0;batch_size=32',
           '--max_parallel=2', '--nocheck_flags', '--num_train_steps=10', '--log_every_steps=5']
   started = time.time()
   done = _sweep(*args, env=_trial_env(1), timeout=400)
   wall = time.time() - started
   assert done.returncode == 1, done.stdout + done.stderr   # the deliberately failing trial
-  good = ['lr=0.01,bs=32', 'lr=0.002,bs=32']
+  good = ['lr=0.01,bs=64', 'lr=0.002,bs=64']
   assert '[FAIL ] lr=0,bs=32: exit 2' in done.stdout
   assert 'error: learning_rate must be positive, got 0.0' in done.stdout
   results = {}

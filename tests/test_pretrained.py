@@ -461,7 +461,7 @@ def test_torchvision_probabilities_match_torch(name, size, tmp_path):
 
 @pytest.mark.parametrize('args, message', [
     (['--source=caffe', '--model=vgg16', '--weights=BAD', '--out=o'],
-     "error: unknown source 'caffe'; valid choices: keras, torchvision"),
+     "error: unknown source 'caffe'; valid choices: darknet, keras, torchvision"),
     (['--source=keras', '--model=vgg16', '--weights=x.h5'],
      'error: --out is required'),
     (['--source=keras', '--model=vgg16', '--weights=/nonexistent.h5', '--out=o'],
