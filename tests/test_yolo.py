@@ -417,7 +417,8 @@ def test_yolo_trains_in_the_one_loop_restores_detects_and_gets_anchors(
                        data_dir=shapes_dir, batch_size=16, num_train_steps=8, optimizer='adam',
                        learning_rate=3e-3, schedule='constant', log_every_steps=4,
                        eval_every_steps=8, checkpoint_every_steps=8, eval_split='validation',
-                       model_kwargs={**kwargs, 'score_threshold': 0.05})
+                       model_kwargs={**kwargs, 'score_threshold': 0.05},
+                       conv_impl='xla')  # the loop is under test here, not the CPU lowerings
   results = fit(config, workdir)
   assert results['step'] == 8 and results['test_examples'] == 32
   assert 0 <= results['test_map'] <= results['test_map50'] <= 1 and np.isfinite(results['test_loss'])
