@@ -37,6 +37,8 @@ from cvjax.data import batching, datasets
 from cvjax.data import shapes
 from cvjax.detection import data as detection_data
 from cvjax.errors import UserError
+from cvjax.segmentation.data import normalize  # noqa: F401  (the predictor's too)
+from cvjax.segmentation.data import resize_images as resize
 
 DATASETS = ('cvjax_shapes/single', 'cvjax_shapes/single_tiny')
 AUGMENTS = ('', 'flip_lr')
@@ -81,24 +83,6 @@ def flip_lr(images: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarr
   boxes = np.asarray(boxes)
   flipped = np.stack([boxes[..., 0], 1 - boxes[..., 3], boxes[..., 2], 1 - boxes[..., 1]], -1)
   return np.asarray(images)[..., :, ::-1, :], flipped.astype(boxes.dtype)
-
-
-def resize(images, image_size: int) -> np.ndarray:
-  """uint8[B, H, W, C] → uint8[B, S, S, 3] (bilinear, antialiased; gray repeated)."""
-  datasets.tensorflow()
-  x = tf.convert_to_tensor(images)
-  if x.shape[-1] == 1:
-    x = tf.image.grayscale_to_rgb(x)
-  if tuple(x.shape[1:3]) != (image_size, image_size):
-    x = tf.image.resize(x, (image_size, image_size), antialias=True)
-    x = tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
-  return x.numpy()
-
-
-def normalize(images: np.ndarray) -> np.ndarray:
-  """uint8[..., 3] → float32, (x / 255 − ImageNet mean) / std."""
-  return ((images.astype(np.float32) / 255 - np.asarray(datasets.IMAGENET_MEAN, np.float32))
-          / np.asarray(datasets.IMAGENET_STD, np.float32))
 
 
 @functools.lru_cache(maxsize=4)
