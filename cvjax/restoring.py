@@ -10,7 +10,6 @@ import numpy as np
 
 from cvjax import tasks
 from cvjax.errors import UserError
-from cvjax.train import steps
 from cvjax.train.checkpoint import Checkpoints
 from cvjax.train.config import TrainConfig
 from cvjax.train.state import model_variables
@@ -60,11 +59,7 @@ def restore(workdir: str, step: int | None = None) -> Restored:
   run = tasks.build_run(config_1, with_data=config.num_classes is None)
   ckpts = Checkpoints(os.path.join(workdir, 'checkpoints'), keep=max(config.keep_checkpoints, 1))
   try:
-    # Shapes and shardings only: no compiled random init.
-    replicated = steps.replicated(run.mesh)
-    template = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
-        jax.eval_shape(run.init_state))
+    template = run.abstract_state()  # shapes and shardings only: no compiled random init
     if step is None:
       restored = ckpts.restore_latest(template)
       if restored is None:

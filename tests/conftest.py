@@ -19,6 +19,9 @@ os.environ.setdefault('KERAS_BACKEND', 'jax')
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
                       os.path.join(tempfile.gettempdir(), 'cvjax-tests-jax-cache'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
+# The random draws of `cvjax.train` use the classic (non-partitionable) threefry; the
+# tests' own `model.init` calls use it too, so they compile as fast and draw the same bits.
+os.environ.setdefault('JAX_THREEFRY_PARTITIONABLE', 'false')
 
 import gzip  # noqa: E402
 import struct  # noqa: E402

@@ -57,7 +57,7 @@ class Checkpoints:
       self.manager.save(
           step,
           args=ocp.args.Composite(
-              state=ocp.args.StandardSave(_state_dict(state)),
+              state=ocp.args.StandardSave(_on_host(_state_dict(state))),
               meta=ocp.args.JsonSave(meta)),
           metrics=metrics, force=force)
     except OSError as e:
@@ -118,6 +118,20 @@ def _state_dict(state) -> dict:
   they restore either way.
   """
   return {k: v for k, v in serialization.to_state_dict(state).items() if v is not None}
+
+
+def _on_host(tree):
+  """Replicated arrays as NumPy copies of this process's replica.
+
+  Orbax would otherwise split every replicated array into one slice per device and
+  write each from a different device ("replica-parallel"), dispatching a slice
+  per array and device; the state is replicated, so one copy is the whole of it.
+  """
+  def leaf(x):
+    if isinstance(x, jax.Array) and x.sharding.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    return x
+  return jax.tree.map(leaf, tree)
 
 
 def _abstract(template) -> dict:

@@ -145,7 +145,10 @@ def fit(config: TrainConfig, workdir: str, task: Task, *, set_aside: bool = Fals
         if not set_aside:
           raise
         logging.warning('moved the run that was in %s to %s', workdir, rundir.set_aside(workdir))
-    return _fit(config, workdir, task, chief, changed, reevaluate)
+    # The state is replicated and each device draws its own random bits inside the
+    # shard_map, so no random draw needs the partitionable threefry (see Run.init_state).
+    with jax.threefry_partitionable(False):
+      return _fit(config, workdir, task, chief, changed, reevaluate)
 
 
 def _fit(config: TrainConfig, workdir: str, task: Task, chief: bool, changed: dict,
@@ -153,14 +156,13 @@ def _fit(config: TrainConfig, workdir: str, task: Task, chief: bool, changed: di
   run = build_run(config, task)
   ckpts = Checkpoints(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints,
                       best_metric=f'eval_{task.main_metric}')
-  state = run.init_state()
-  restored = ckpts.restore_latest(state)
+  restored = ckpts.restore_latest(run.abstract_state())
   book = _Bookkeeping(restored[1] if restored else None)
   if restored:
     state = restored[0]
     logging.info('resumed from step %d in %s', int(state.step), ckpts.directory)
   else:
-    state = task.warm_start(state, run)
+    state = task.warm_start(run.init_state(), run)
   # Optimizer steps done (checkpoint names, logs, schedules) and batches consumed
   # (`state.step`: the data position). They differ under --grad_accum_steps and
   # after skipped fp16 overflow steps; checkpoints are written between optimizer steps.

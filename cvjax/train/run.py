@@ -45,13 +45,28 @@ class Run:
   def num_classes(self) -> int:
     return self.config.num_classes or self.dataset.num_classes
 
-  def init_state(self) -> TrainState:
-    """A fresh state, replicated over the mesh."""
+  def _create_state(self):
     scale = DynamicLossScale.create() if self.config.half_precision == 'fp16' else None
-    create = functools.partial(create_train_state, self.model, self.tx,
-                               input_shape=self.input_shape, loss_scale=scale)
-    return jax.jit(create, out_shardings=steps.replicated(self.mesh))(
-        jax.random.PRNGKey(self.config.seed))
+    return functools.partial(create_train_state, self.model, self.tx,
+                             input_shape=self.input_shape, loss_scale=scale)
+
+  def init_state(self) -> TrainState:
+    """A fresh state, replicated over the mesh.
+
+    The parameters are replicated, never sharded, so their random init does not
+    need the partitionable threefry; the classic one gives other (equally random)
+    values and compiles several times faster on XLA:CPU (docs/benchmarks.md).
+    """
+    with jax.threefry_partitionable(False):
+      return jax.jit(self._create_state(), out_shardings=steps.replicated(self.mesh))(
+          jax.random.PRNGKey(self.config.seed))
+
+  def abstract_state(self) -> TrainState:
+    """The state's shapes, dtypes and (replicated) shardings, computed without running
+    or compiling anything: the template that checkpoints restore into."""
+    replicated = steps.replicated(self.mesh)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+                        jax.eval_shape(self._create_state(), jax.random.PRNGKey(0)))
 
 
 def _check_divisible(name: str, size: int, devices: int) -> None:
