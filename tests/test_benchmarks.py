@@ -79,12 +79,11 @@ def test_torch_peer_autocasts_to_bf16_only_when_asked():
   assert out[1::2] == ['torch.bfloat16', 'torch.float32']
 
 
-def test_throughput_in_bf16_reports_the_compute_dtype_a_bf16_peak_and_mfu():
-  out = subprocess.run(
-      [sys.executable, '-m', 'benchmarks.throughput', '--model=lenet5', '--batch_size=8',
-       '--steps=1', '--repeats=1', '--peers=keras', '--peak_size=256', '--half_precision=bf16',
-       '--peak_tflops=2', '--json'], check=True, capture_output=True, text=True,
-      timeout=600).stdout
+def test_throughput_in_bf16_reports_the_compute_dtype_a_bf16_peak_and_mfu(capsys):
+  assert throughput.main(['--model=lenet5', '--batch_size=8', '--steps=1', '--repeats=1',
+                          '--peers=keras', '--peak_size=256', '--half_precision=bf16',
+                          '--peak_tflops=2', '--json']) == 0
+  out = capsys.readouterr().out
   r = json.loads(out.splitlines()[-1])
   assert r['compute_dtype'] == 'bfloat16' and r['half_precision'] == 'bf16'
   assert r['backend'] == 'cpu' and set(r['results']) == {'cvjax', 'keras'}
@@ -94,11 +93,10 @@ def test_throughput_in_bf16_reports_the_compute_dtype_a_bf16_peak_and_mfu():
       assert v['mfu'] == pytest.approx(v['gflops'] / 2e3)
 
 
-def test_ssd_inference_times_the_detector_with_nms_in_bf16():
-  out = subprocess.run(
-      [sys.executable, '-m', 'benchmarks.ssd_inference', '--model=ssd128_resnet18_slim',
-       '--batch_size=2', '--steps=1', '--repeats=1', '--peers=', '--half_precision=bf16',
-       '--json'], check=True, capture_output=True, text=True, timeout=600).stdout
+def test_ssd_inference_times_the_detector_with_nms_in_bf16(capsys):
+  assert ssd_inference.main(['--model=ssd128_resnet18_slim', '--batch_size=2', '--steps=1',
+                             '--repeats=1', '--peers=', '--half_precision=bf16', '--json']) == 0
+  out = capsys.readouterr().out
   r = json.loads(out.splitlines()[-1])
   assert r['half_precision'] == 'bf16' and r['image_size'] == 128
   assert r['images_per_second']['cvjax'] > 0 and r['ratio'] == {}

@@ -98,7 +98,9 @@ def _take(iterator, n):
 
 
 def test_import_does_no_io_and_loads_no_tensorflow():
-  code = ('import sys, cvjax.data, cvjax.data.datasets, cvjax.data.batching, cvjax.data.download; '
+  # cvjax.tasks too: a run refused for a bad flag or workdir fails before TensorFlow loads.
+  code = ('import sys, cvjax.data, cvjax.data.datasets, cvjax.data.batching, cvjax.data.download, '
+          'cvjax.tasks, cvjax.restoring; '
           'print(sorted(m for m in ("tensorflow", "tensorflow_datasets") if m in sys.modules))')
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == '[]'

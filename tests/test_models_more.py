@@ -582,7 +582,8 @@ def test_fcn_trains_on_shapes_through_the_one_loop(shapes_data_dir, tmp_path):
   config = TrainConfig(task='segmentation', model='fcn8s_tiny', dataset='cvjax_shapes/tiny',
                        image_size=64, data_dir=shapes_data_dir, batch_size=16,
                        num_train_steps=8, optimizer='adam', learning_rate=3e-3,
-                       log_every_steps=4, eval_every_steps=8)
+                       log_every_steps=4, eval_every_steps=8,
+                       conv_impl='xla')  # the loop is under test here, not the CPU lowerings
   results = fit(config, str(tmp_path))
   assert results['step'] == 8 and results['test_examples'] == 32
   assert 0.0 <= results['test_miou'] <= 1.0

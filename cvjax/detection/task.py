@@ -36,10 +36,22 @@ import numpy as np
 
 from cvjax.models import registry
 from cvjax.data import datasets
-from cvjax.detection import augment, data, heads, metrics
+from cvjax.detection import heads, metrics
 from cvjax.errors import UserError
 from cvjax.train import steps
 from cvjax.train.task import Task
+
+
+# The input pipeline loads TensorFlow, which a run refused for a bad flag, config or
+# workdir never needs: imported on first use.
+def _data():
+  from cvjax.detection import data  # pylint: disable=g-import-not-at-top
+  return data
+
+
+def _augment():
+  from cvjax.detection import augment  # pylint: disable=g-import-not-at-top
+  return augment
 
 
 def _global_sum(x, axis_name: str | None):
@@ -136,29 +148,29 @@ class DetectionTask(Task):
     return sums, per_example
 
   def evaluator(self, run):
-    return DetectionEvaluator(run.dataset.num_classes, data.spec(run.config.dataset).voc_metric)
+    return DetectionEvaluator(run.dataset.num_classes, _data().spec(run.config.dataset).voc_metric)
 
   def check(self, config):
     if registry.model_task(config.model) != 'detection':
       raise UserError(f"task 'detection' needs a detection model, got {config.model!r}; "
                       f"choose one of {', '.join(registry.list_models('detection'))}")
-    data.spec(config.dataset)  # unknown dataset: fail before anything is prepared
-    data.parse_augment(config.augment)
+    _data().spec(config.dataset)  # unknown dataset: fail before anything is prepared
+    _data().parse_augment(config.augment)
 
   def dataset_meta(self, config):
-    return data.dataset_meta(config.dataset, data_dir=config.data_dir,
+    return _data().dataset_meta(config.dataset, data_dir=config.data_dir,
                              raw_data_dir=config.raw_data_dir)
 
   def train_batches(self, run, start_step):
     c = run.config
-    return data.train_batches(
+    return _data().train_batches(
         c.dataset, global_batch_size=c.batch_size, image_size=run.image_size,
         sharding=steps.batch_sharded(run.mesh), seed=c.seed, start_step=start_step,
         augment=c.augment, data_dir=c.data_dir, raw_data_dir=c.raw_data_dir)
 
   def eval_batches(self, run, split):
     c = run.config
-    return data.eval_batches(
+    return _data().eval_batches(
         c.dataset, split=split, global_batch_size=c.eval_batch_size or c.batch_size,
         image_size=run.image_size, sharding=steps.batch_sharded(run.mesh),
         data_dir=c.data_dir, raw_data_dir=c.raw_data_dir)
@@ -186,7 +198,7 @@ class DetectionTask(Task):
         x = tf.image.convert_image_dtype(tf.constant(image), tf.float32)
         if image.shape[-1] == 1:
           x = tf.image.grayscale_to_rgb(x)
-        batch.append(augment.resize(x, image_size).numpy())
+        batch.append(_augment().resize(x, image_size).numpy())
       det = jax.device_get(detect(np.stack(batch)))
       return [{'boxes': det.boxes[i][det.valid[i]], 'classes': det.classes[i][det.valid[i]],
                'scores': det.scores[i][det.valid[i]]} for i in range(len(batch))]

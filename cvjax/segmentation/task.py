@@ -19,9 +19,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from cvjax.errors import UserError
-from cvjax.segmentation import data, metrics
+from cvjax.segmentation import metrics
 from cvjax.train import steps
 from cvjax.train.task import Task, image_batches
+
+
+def _data():
+  """`cvjax.segmentation.data`, imported on first use: it loads TensorFlow, which a
+  run refused for a bad flag, config or workdir never needs."""
+  from cvjax.segmentation import data  # pylint: disable=g-import-not-at-top
+  return data
 
 
 class _ConfusionEvaluator:
@@ -81,9 +88,9 @@ class SegmentationTask(Task):
     return _ConfusionEvaluator()
 
   def check(self, config):
-    if config.dataset not in data.WEIGHTS_ONLY:  # imported weights: restore and predict only
-      data.check_dataset(config.dataset)
-    data.check_augment(config.augment)  # fail on a bad op before anything is written
+    if config.dataset not in _data().WEIGHTS_ONLY:  # imported weights: restore and predict only
+      _data().check_dataset(config.dataset)
+    _data().check_augment(config.augment)  # fail on a bad op before anything is written
     if config.preprocessing not in (None, 'torch'):
       raise UserError(f'segmentation inputs are normalised with the ImageNet mean/std '
                       f'(preprocessing torch), got preprocessing {config.preprocessing!r}; '
@@ -98,23 +105,23 @@ class SegmentationTask(Task):
 
     def predict(images) -> np.ndarray:
       return np.concatenate([
-          np.asarray(apply(variables, data.normalize(data.resize_images(batch, size))))
+          np.asarray(apply(variables, _data().normalize(_data().resize_images(batch, size))))
           for batch in image_batches(images)])
     return predict
 
   def dataset_meta(self, config):
-    return data.dataset_meta(config.dataset, config.data_dir)
+    return _data().dataset_meta(config.dataset, config.data_dir)
 
   def train_batches(self, run, start_step):
     c = run.config
-    return data.train_batches(c.dataset, global_batch_size=c.batch_size,
+    return _data().train_batches(c.dataset, global_batch_size=c.batch_size,
                               image_size=run.image_size, sharding=steps.batch_sharded(run.mesh),
                               seed=c.seed, start_step=start_step, augment=c.augment,
                               data_dir=c.data_dir)
 
   def eval_batches(self, run, split):
     c = run.config
-    return data.eval_batches(c.dataset, split=split,
+    return _data().eval_batches(c.dataset, split=split,
                              global_batch_size=c.eval_batch_size or c.batch_size,
                              image_size=run.image_size, sharding=steps.batch_sharded(run.mesh),
                              data_dir=c.data_dir)

@@ -41,10 +41,17 @@ import optax
 from cvjax.detection import boxes as box_lib
 from cvjax.errors import UserError
 from cvjax.models import registry
-from cvjax.tasks import localization_data as data
 from cvjax.tasks.classification import cross_entropy
 from cvjax.train import steps
 from cvjax.train.task import Task, image_batches
+
+
+def _data():
+  """`cvjax.tasks.localization_data`, imported on first use: it loads TensorFlow, which a
+  run refused for a bad flag, config or workdir never needs."""
+  from cvjax.tasks import localization_data  # pylint: disable=g-import-not-at-top
+  return localization_data
+
 
 BOX_WEIGHT = 5.0   # λ, the box loss's weight next to the cross-entropy
 BOX_BETA = 0.1     # smooth L1's switch from quadratic to linear, in image sides
@@ -114,11 +121,11 @@ class LocalizationTask(Task):
     if registry.model_task(config.model) != 'localization':
       raise UserError(f"task 'localization' needs a localization model, got {config.model!r}; "
                       f"choose one of {', '.join(registry.list_models('localization'))}")
-    data.check_dataset(config.dataset)
-    data.check_augment(config.augment)
+    _data().check_dataset(config.dataset)
+    _data().check_augment(config.augment)
 
   def dataset_meta(self, config):
-    return data.dataset_meta(config.dataset, config.data_dir)
+    return _data().dataset_meta(config.dataset, config.data_dir)
 
   def loss(self, outputs, batch, run, axis_name):
     del axis_name  # the step pmeans the gradients: a local mean is the global one
@@ -140,14 +147,14 @@ class LocalizationTask(Task):
 
   def train_batches(self, run, start_step):
     c = run.config
-    return data.train_batches(c.dataset, global_batch_size=c.batch_size,
+    return _data().train_batches(c.dataset, global_batch_size=c.batch_size,
                               image_size=run.image_size, sharding=steps.batch_sharded(run.mesh),
                               seed=c.seed, start_step=start_step, augment=c.augment,
                               data_dir=c.data_dir)
 
   def eval_batches(self, run, split):
     c = run.config
-    return data.eval_batches(c.dataset, split=split,
+    return _data().eval_batches(c.dataset, split=split,
                              global_batch_size=c.eval_batch_size or c.batch_size,
                              image_size=run.image_size, sharding=steps.batch_sharded(run.mesh),
                              data_dir=c.data_dir)
@@ -166,7 +173,7 @@ class LocalizationTask(Task):
     def predict(images: Any) -> list[dict[str, Any]]:
       out = []
       for group in image_batches(images):
-        probabilities, box = jax.device_get(apply(data.normalize(data.resize(group, image_size))))
+        probabilities, box = jax.device_get(apply(_data().normalize(_data().resize(group, image_size))))
         out += [{'class': int(np.argmax(p)), 'probabilities': p, 'box': b}
                 for p, b in zip(probabilities, box)]
       return out
