@@ -159,7 +159,7 @@ class DetectionTask(Task):
 
   def dataset_meta(self, config):
     return _data().dataset_meta(config.dataset, data_dir=config.data_dir,
-                             raw_data_dir=config.raw_data_dir)
+                                raw_data_dir=config.raw_data_dir)
 
   def train_batches(self, run, start_step):
     c = run.config

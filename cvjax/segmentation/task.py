@@ -115,14 +115,14 @@ class SegmentationTask(Task):
   def train_batches(self, run, start_step):
     c = run.config
     return _data().train_batches(c.dataset, global_batch_size=c.batch_size,
-                              image_size=run.image_size, sharding=steps.batch_sharded(run.mesh),
-                              seed=c.seed, start_step=start_step, augment=c.augment,
-                              data_dir=c.data_dir)
+                                  image_size=run.image_size, sharding=steps.batch_sharded(run.mesh),
+                                  seed=c.seed, start_step=start_step, augment=c.augment,
+                                  data_dir=c.data_dir)
 
   def eval_batches(self, run, split):
     c = run.config
     return _data().eval_batches(c.dataset, split=split,
-                             global_batch_size=c.eval_batch_size or c.batch_size,
-                             image_size=run.image_size, sharding=steps.batch_sharded(run.mesh),
-                             data_dir=c.data_dir)
+                                 global_batch_size=c.eval_batch_size or c.batch_size,
+                                 image_size=run.image_size, sharding=steps.batch_sharded(run.mesh),
+                                 data_dir=c.data_dir)
 
