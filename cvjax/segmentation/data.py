@@ -61,21 +61,27 @@ def check_dataset(name: str) -> None:
                     f'{name!r}; use --dataset=cvjax_shapes')
 
 
-def check_augment(augment: str | None) -> str:
-  """The augmentation to use: None → 'flip_lr'; else one of AUGMENTS."""
+def check_augment(augment: str | None, task: str = 'segmentation') -> str:
+  """The augmentation to use: None → 'flip_lr'; else one of AUGMENTS ('' or 'flip_lr')."""
   augment = 'flip_lr' if augment is None else augment.strip()
   if augment not in AUGMENTS:
-    raise UserError(f'segmentation augment {augment!r} is not supported; use "flip_lr" or ""')
+    raise UserError(f'{task} augment {augment!r} is not supported; use "flip_lr" or ""')
   return augment
 
 
-def prepared_builder(name: str, data_dir: str | None = None):
-  """The TFDS builder of `name`, generated offline on first use."""
-  check_dataset(name)
+def generated_builder(name: str, data_dir: str | None = None):
+  """The TFDS builder of a generated dataset (`cvjax_shapes/...`), generated offline on
+  first use."""
   datasets.tensorflow()  # hides accelerators from TF before its first op
   builder = tfds.builder(name, data_dir=data_dir)
   builder.download_and_prepare()  # a no-op when prepared; generates offline otherwise
   return builder
+
+
+def prepared_builder(name: str, data_dir: str | None = None):
+  """The TFDS builder of segmentation dataset `name`, generated offline on first use."""
+  check_dataset(name)
+  return generated_builder(name, data_dir)
 
 
 def dataset_meta(name: str, data_dir: str | None = None) -> datasets.DatasetMeta:

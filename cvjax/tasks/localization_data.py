@@ -37,11 +37,11 @@ from cvjax.data import batching, datasets
 from cvjax.data import shapes
 from cvjax.detection import data as detection_data
 from cvjax.errors import UserError
+from cvjax.segmentation import data as segmentation_data
 from cvjax.segmentation.data import normalize  # noqa: F401  (the predictor's too)
 from cvjax.segmentation.data import resize_images as resize
 
 DATASETS = ('cvjax_shapes/single', 'cvjax_shapes/single_tiny')
-AUGMENTS = ('', 'flip_lr')
 
 
 def check_dataset(name: str) -> None:
@@ -52,20 +52,14 @@ def check_dataset(name: str) -> None:
 
 
 def check_augment(augment: str | None) -> str:
-  """The augmentation to use: None → 'flip_lr'; else one of AUGMENTS."""
-  augment = 'flip_lr' if augment is None else augment.strip()
-  if augment not in AUGMENTS:
-    raise UserError(f'localization augment {augment!r} is not supported; use "flip_lr" or ""')
-  return augment
+  """The augmentation to use: None → 'flip_lr'; else '' or 'flip_lr'."""
+  return segmentation_data.check_augment(augment, task='localization')
 
 
 def prepared_builder(name: str, data_dir: str | None = None):
   """The TFDS builder of `name`, generated offline on first use."""
   check_dataset(name)
-  datasets.tensorflow()  # hides accelerators from TF before its first op
-  builder = tfds.builder(name, data_dir=data_dir)
-  builder.download_and_prepare()  # a no-op when prepared; generates offline otherwise
-  return builder
+  return segmentation_data.generated_builder(name, data_dir)
 
 
 def dataset_meta(name: str, data_dir: str | None = None) -> datasets.DatasetMeta:
