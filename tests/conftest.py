@@ -6,7 +6,10 @@ environment at import time (tests only; the library never does this).
 import os
 import tempfile
 
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+# LLVM's expensive optimisation passes cost compile time that tests never get back: their
+# programs run a few steps. Values stay IEEE (no fast math); only code speed changes.
+COMPILE_FAST = '--xla_llvm_disable_expensive_passes=true'
+os.environ.setdefault('XLA_FLAGS', f'--xla_force_host_platform_device_count=8 {COMPILE_FAST}')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 # Keras is the parity reference on its JAX backend. Set before anything imports keras:

@@ -6,6 +6,7 @@ read their trial.flags); the slow ones run the real LeNet experiment on real MNI
 import csv
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -439,7 +440,9 @@ def test_summary_reports_the_flags_each_trial_recorded_not_the_latest_command(tm
 
 
 def _trial_env(devices):
-  return _env(XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+  flags = re.sub(r'--xla_force_host_platform_device_count=\d+',  # conftest's other flags stay
+                 f'--xla_force_host_platform_device_count={devices}', os.environ['XLA_FLAGS'])
+  return _env(XLA_FLAGS=flags,
               CUDA_VISIBLE_DEVICES='', JAX_PLATFORMS='cpu')
 
 
