@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from cvjax.tasks import fit
+from cvjax.train import TrainConfig
 from cvjax.train.checkpoint import Checkpoints
 
 pytestmark = pytest.mark.slow  # Each test runs an experiment program in a subprocess.
@@ -53,8 +55,6 @@ def _final(workdir):
 @pytest.mark.slow
 def test_killed_with_sigkill_and_rerun_ends_exactly_like_an_uninterrupted_run(real_mnist, tmp_path):
   straight, killed = str(tmp_path / 'straight'), str(tmp_path / 'killed')
-  subprocess.run(_command(real_mnist, straight), check=True, env=_env(), cwd=REPO,
-                 capture_output=True, text=True)
   proc = subprocess.Popen(_command(real_mnist, killed), env=_env(), cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   _wait_for_checkpoint(killed, proc, minimum_step=15)
@@ -62,6 +62,9 @@ def test_killed_with_sigkill_and_rerun_ends_exactly_like_an_uninterrupted_run(re
   proc.wait()
   assert not os.path.exists(os.path.join(killed, 'results.json'))
   assert os.path.exists(os.path.join(killed, '.lock'))  # left behind by the killed run
+  # The uninterrupted reference: the killed program's own config.json, run in this process.
+  with open(os.path.join(killed, 'config.json')) as f:
+    fit(TrainConfig.from_json(f.read()), straight)
   # The bytes a kill in the middle of the next metrics write leaves: half a record, no newline.
   with open(os.path.join(killed, 'metrics.jsonl'), 'a') as f:
     f.write('{"step": 29, "train_loss": 0.4')
