@@ -504,7 +504,7 @@ def test_download_probe_gives_up_fast_offline():
 @pytest.mark.skipif(not os.path.isdir(DEBIAN_FASHION),
                     reason=f'{DEBIAN_FASHION} missing (apt-get install dataset-fashion-mnist)')
 def test_real_fashion_mnist_builds_from_debian_files(tmp_path):
-  """The full build (about 25 s here) and the normalisation statistics it implies."""
+  """The full build and the normalisation statistics it implies."""
   start = time.perf_counter()
   meta = data.dataset_meta('fashion_mnist', data_dir=str(tmp_path), download=False)  # Debian's
   print(f'full Fashion-MNIST build: {time.perf_counter() - start:.1f} s')

@@ -37,17 +37,15 @@ def _softmax(logits):
 
 
 def _keras_model(name: str, size: int, images: np.ndarray, path: str):
-  """A keras.applications model with random weights, its head scaled so that the
-  probabilities are peaked (a 1e-4 check on near-uniform ones would be toothless),
+  """A keras.applications model with random weights (`_keras_app`), its head scaled so that
+  the probabilities are peaked (a 1e-4 check on near-uniform ones would be toothless),
   saved to `path`. Returns Keras' probabilities on `images` (caffe preprocessing)."""
   import keras
-  build = {'vgg16': keras.applications.VGG16, 'resnet50': keras.applications.ResNet50}[name]
+  build = {'vgg16': 'VGG16', 'resnet50': 'ResNet50'}[name]
   preprocess = {'vgg16': keras.applications.vgg16.preprocess_input,
                 'resnet50': keras.applications.resnet50.preprocess_input}[name]
-  keras.utils.set_random_seed(0)
-  model = build(weights=None, input_shape=(size, size, 3), classes=10, classifier_activation=None)
-  x = preprocess(images.astype(np.float32))
-  logits = np.asarray(model(x, training=False))
+  model = _keras_app(build, size, classes=10)
+  logits = _keras_logits(model, preprocess(images.astype(np.float32)))
   head = model.get_layer('predictions')
   scale = 4.0 / logits.std()
   head.set_weights([w * scale for w in head.get_weights()])  # logits × scale
@@ -146,8 +144,8 @@ def test_keras_vgg16_probabilities_match_keras_with_caffe_preprocessing(tmp_path
 # ------------------------------------- InceptionV3, Xception, DenseNet, MobileNets, EfficientNet
 
 
-def _keras_app(name: str, size: int, seed: int = 0, **kwargs):
-  """keras.applications `name` (weights=None, 7 classes, logits) holding random weights:
+def _keras_app(name: str, size: int, seed: int = 0, classes: int = 7, **kwargs):
+  """keras.applications `name` (weights=None, `classes` logits) holding random weights:
   He-scaled kernels, BN γ, β, mean and variance all random (a mix-up of any two would
   show); EfficientNet's Normalization holds the ImageNet mean and true variance (std²).
   Built shape-only, then initialised with these values: seconds instead of a minute of
@@ -155,7 +153,7 @@ def _keras_app(name: str, size: int, seed: int = 0, **kwargs):
   import keras
   with keras.StatelessScope(initialize_variables=False):
     model = getattr(keras.applications, name)(
-        weights=None, input_shape=(size, size, 3), classes=7, classifier_activation=None,
+        weights=None, input_shape=(size, size, 3), classes=classes, classifier_activation=None,
         **kwargs)
   rng = np.random.default_rng(seed)
   for layer in model.layers:
