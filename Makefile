@@ -34,11 +34,13 @@ lint: setup
 	$(VENV)/bin/ruff check cvjax experiments launch benchmarks tests
 	$(VENV)/bin/lint-imports
 
+# worksteal: a worker that runs out of tests takes queued ones from the other, so one long
+# test near the end does not leave a core idle.
 test: lint fashion-mnist
-	$(PY) -m pytest -q -n 2 --durations=25 tests
+	$(PY) -m pytest -q -n 2 --dist worksteal --durations=25 tests
 
 test-fast: lint fashion-mnist
-	$(PY) -m pytest -q -n 2 -m "not slow" tests
+	$(PY) -m pytest -q -n 2 --dist worksteal -m "not slow" tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info
