@@ -20,6 +20,11 @@ def _batch(n=16, size=32, classes=10, seed=0, dtype=np.float32):
           'label': rng.integers(0, classes, n).astype(np.int32)}
 
 
+def _init(model, tx, shape):
+  """A fresh TrainState, jitted like the loop's (eagerly, the init compiles op by op)."""
+  return jax.jit(lambda key: create_train_state(model, tx, key, shape))(jax.random.PRNGKey(0))
+
+
 def _train(num_devices, model_name='resnet20', steps_to_run=2, tx=None, dtype=jnp.float32,
            size=16, conv_impl='xla', depth=None):
   mesh = steps.make_mesh(num_devices)
@@ -29,7 +34,7 @@ def _train(num_devices, model_name='resnet20', steps_to_run=2, tx=None, dtype=jn
   if depth:  # a shallower CIFAR ResNet: the same blocks, shortcuts and BatchNorms
     model = model.clone(depth=depth)
   tx = tx or optax.sgd(0.1, momentum=0.9)
-  state = create_train_state(model, tx, jax.random.PRNGKey(0), (1, size, size, 3))
+  state = _init(model, tx, (1, size, size, 3))
   state = jax.device_put(state, steps.replicated(mesh))
   step = steps.parallel_train_step(mesh, ClassificationTask())
   history = []
@@ -67,7 +72,7 @@ def test_eight_device_step_equals_plain_single_device_step_not_eight_times_it():
   """Guards the shard_map trap: an extra reduction would scale the step by 8."""
   mesh_state, _ = _train(8, 'lenet5', steps_to_run=1, tx=optax.sgd(0.1), size=32)
   model = models.get_model('lenet5', num_classes=10)
-  state = create_train_state(model, optax.sgd(0.1), jax.random.PRNGKey(0), (1, 32, 32, 3))
+  state = _init(model, optax.sgd(0.1), (1, 32, 32, 3))
   initial = jax.device_get(state.params)
   plain, _ = jax.jit(lambda s, b: steps.train_step(s, b, task=ClassificationTask(), axis_name=None))(state, _batch(seed=0))
   assert _max_diff(mesh_state.params, jax.device_get(plain.params)) < 2e-5
@@ -84,7 +89,7 @@ class _DropoutNet(nn.Module):
 
 def test_dropout_masks_differ_between_steps_but_repeat_for_the_same_step():
   model = _DropoutNet()
-  state = create_train_state(model, optax.sgd(0.0), jax.random.PRNGKey(0), (1, 32, 32, 3))
+  state = _init(model, optax.sgd(0.0), (1, 32, 32, 3))
   step = jax.jit(lambda s, b: steps.train_step(s, b, task=ClassificationTask(), axis_name=None))
   batch = _batch(n=4)
   _, m1 = step(state, batch)
@@ -97,7 +102,7 @@ def test_dropout_masks_differ_between_steps_but_repeat_for_the_same_step():
 def test_eval_step_counts_only_masked_in_examples():
   mesh = steps.make_mesh(8)
   model = models.get_model('lenet5', num_classes=10)
-  state = create_train_state(model, optax.sgd(0.1), jax.random.PRNGKey(0), (1, 32, 32, 1))
+  state = _init(model, optax.sgd(0.1), (1, 32, 32, 1))
   state = jax.device_put(state, steps.replicated(mesh))
   rng = np.random.default_rng(0)
   batch = {'image': rng.normal(size=(16, 32, 32, 1)).astype(np.float32),

@@ -58,6 +58,11 @@ class _TinyResNet(nn.Module):
     return nn.Dense(self.num_classes, name='fc')(x.mean(axis=(1, 2)))
 
 
+def _init(model, tx, shape):
+  """A fresh TrainState, jitted like the loop's (eagerly, the init compiles op by op)."""
+  return jax.jit(lambda key: create_train_state(model, tx, key, shape))(jax.random.PRNGKey(0))
+
+
 def test_frozen_params_and_bn_statistics_stay_bit_identical_through_training_steps():
   """Top stage + head trainable, momentum + weight decay: 3 steps change nothing
   frozen (not even through weight decay), and frozen BN statistics stay put."""
@@ -67,7 +72,7 @@ def test_frozen_params_and_bn_statistics_stay_bit_identical_through_training_ste
   assert freezer.description == 'all but layer2_0, fc'
   config = TrainConfig(optimizer='momentum', learning_rate=0.1, weight_decay=1e-3)
   tx = optim.make_optimizer(config, optax.constant_schedule(0.1), freezer)
-  state = create_train_state(model, tx, jax.random.PRNGKey(0), shape)
+  state = _init(model, tx, shape)
   batch = {'image': jax.random.normal(jax.random.PRNGKey(1), (8, 16, 16, 3)),
            'label': jnp.arange(8) % 5}
   step = jax.jit(lambda s, b: steps.train_step(s, b, task=ClassificationTask(), axis_name=None, freezer=freezer))
@@ -196,7 +201,7 @@ def test_init_from_refuses_a_source_with_nothing_in_common_or_other_preprocessin
 
 def _lenet_state():
   model = models.get_model('lenet5', num_classes=10)
-  return create_train_state(model, optax.sgd(0.1), jax.random.PRNGKey(0), (1, 32, 32, 1))
+  return _init(model, optax.sgd(0.1), (1, 32, 32, 1))
 
 
 def test_two_phase_trains_the_head_then_the_top_stage_at_a_tenth_of_the_learning_rate(
