@@ -184,3 +184,40 @@ def test_detection_config_errors_name_the_fix(shapes_dir, tmp_path):
     fit(TrainConfig(model='ssd300_vgg16', **{**base, 'dataset': 'voc2007'}),
         str(tmp_path / 'b'))
   assert not os.path.exists(tmp_path / 'a' / 'checkpoints')
+
+
+def test_track_runs_the_trained_detector_on_every_frame(trained, tmp_path, capsys):
+  """`cvjax.track --detector=WORKDIR --frames=DIR`: det rows are restore().predict's boxes in
+  pixels, one frame number per image, and the trackers follow them."""
+  pytest.importorskip('skimage')
+  from cvjax import track
+  from cvjax.data import shapes_video as sv
+  from cvjax.tracking import mot
+  workdir, _ = trained
+  seq_dir = str(tmp_path / 'seq')
+  sv.write_sequence(seq_dir, index=0, seed=0, config=sv.TINY)
+  paths = track.frame_paths(seq_dir)
+  assert len(paths) == sv.TINY.num_frames
+  rows = track.detector_rows(workdir, paths, min_score=0.0)
+  found = cvjax.restore(workdir).predict(track.read_image(paths[2]))[0]  # the JPEG as written
+  third = rows[rows[:, 0] == 3]
+  assert len(third) == len(found['scores']) > 0
+  y0, x0, y1, x1 = found['boxes'][0]
+  np.testing.assert_allclose(third[0, 2:8], [x0 * 128, y0 * 96, (x1 - x0) * 128,
+                                             (y1 - y0) * 96, found['scores'][0],
+                                             found['classes'][0]], rtol=1e-6)
+  assert set(rows[:, 0]) <= set(range(1, 17)) and (rows[:, 1] == -1).all()
+  out = str(tmp_path / 'tracks.txt')
+  assert track.main([f'--detector={workdir}', f'--frames={seq_dir}', '--min_score=0',
+                     '--n_init=1', f'--out={out}', f'--ground_truth={seq_dir}/gt/gt.txt']) == 0
+  printed = capsys.readouterr().out
+  assert 'sort: ' in printed and 'mota' in printed
+  tracks = mot.read(out)
+  assert len(tracks) and (tracks[:, 1] >= 1).all() and set(tracks[:, 0]) <= set(rows[:, 0])
+  assert track.main([f'--detector={workdir}', f'--frames={seq_dir}', '--min_score=2']) == 2
+  assert capsys.readouterr().err == 'error: --min_score must be in [0, 1], got 2.0\n'
+  mot.write(str(tmp_path / 'det.txt'), rows)
+  assert track.main([f'--detections={tmp_path}/det.txt', f'--frames={seq_dir}',
+                     '--tracker=deepsort', f'--embedder={workdir}']) == 2
+  assert capsys.readouterr().err == (
+      f'error: --embedder={workdir} is a detection run; give a classification run\n')

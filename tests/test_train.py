@@ -101,6 +101,37 @@ def test_restore_predicts_the_test_digits_as_well_as_training_measured(finished_
   assert accuracy == pytest.approx(results['test_accuracy'], abs=1e-3)
 
 
+def test_a_classification_run_embeds_crops_for_deepsort(finished_run, real_mnist, tmp_path,
+                                                        capsys):
+  """`cvjax.track --embedder=WORKDIR`: the run's penultimate features, L2-normalised, of RGB
+  crops of any size (here grey digits); a batch's padding changes no embedding."""
+  pytest.importorskip('skimage')
+  from cvjax import track
+  from cvjax.data import shapes_video as sv
+  from cvjax.tracking import mot
+  workdir, _ = finished_run
+  embed = track.workdir_embedder(workdir)
+  digits = [np.repeat(d, 3, axis=-1) for d in real_mnist['test_images'][:3]]
+  digits[2] = digits[2][3:25, 5:20]                       # a 22×15 crop, resized to 32²
+  together = embed(digits)
+  assert together.shape == (3, 84) and together.dtype == np.float32   # LeNet's F6 layer
+  np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(np.concatenate([embed(digits[:1]), embed(digits[1:])]), together,
+                             rtol=1e-5, atol=1e-6)
+  assert not np.allclose(together[0], together[1], atol=1e-2)
+  seq_dir = str(tmp_path / 'seq')
+  seq = sv.write_sequence(seq_dir, index=0, seed=0, config=sv.TINY)
+  mot.write(str(tmp_path / 'det.txt'), sv.noisy_detections(seq['gt'], seed=0))
+  out = str(tmp_path / 'tracks.txt')
+  assert track.main([f'--detections={tmp_path}/det.txt', f'--frames={seq_dir}',
+                     '--tracker=deepsort', f'--embedder={workdir}', f'--out={out}']) == 0
+  assert capsys.readouterr().out.startswith('deepsort: ')
+  assert len(mot.read(out)) > 0
+  assert track.main([f'--detector={workdir}', f'--frames={seq_dir}']) == 2
+  assert capsys.readouterr().err == (
+      f'error: --detector={workdir} is a classification run, not a detector\n')
+
+
 def test_one_and_eight_devices_train_to_the_same_numbers(real_mnist, tmp_path):
   # The loop's sharding of data and eval sums; test_steps runs the step with either conv impl.
   conv_impl = 'xla'
