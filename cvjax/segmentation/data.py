@@ -24,7 +24,6 @@ process builds its rows of every batch in numpy (`local_train_batches`,
 from __future__ import annotations
 
 import functools
-import itertools
 from typing import Iterator
 
 import jax
@@ -154,22 +153,14 @@ def local_train_batches(name: str, *, global_batch_size: int, image_size: int, s
                         data_dir: str | None = None) -> Iterator[dict[str, np.ndarray]]:
   """This process's rows of `train_batches`, as numpy arrays."""
   augment = check_augment(augment)
-  mine = batching.process_rows(global_batch_size)
   images, masks = load_split(name, 'train', image_size, data_dir)
-  n = len(images)
-  steps = n // global_batch_size
-  if steps == 0:
-    raise UserError(f'batch size {global_batch_size} is larger than the {n} training images '
-                    f'of {name}; use a smaller --batch_size')
+  steps = batching.shuffled_steps(len(images), global_batch_size, seed=seed,
+                                  start_step=start_step, name=name)
 
   def generate():
-    for step in itertools.count(start_step):
-      epoch, k = divmod(step, steps)
-      order = np.random.default_rng([seed, epoch]).permutation(n)
-      index = order[k * global_batch_size:(k + 1) * global_batch_size][mine]
+    for index, flip in steps:
       x, y = normalize(images[index]), masks[index].astype(np.int32)
       if augment == 'flip_lr':
-        flip = np.random.default_rng([seed, epoch, k]).random(global_batch_size)[mine] < 0.5
         x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
         y = np.where(flip[:, None, None], y[:, :, ::-1], y)
       yield {'image': x, 'segmentation': y}
@@ -189,16 +180,12 @@ def eval_batches(name: str, *, split: str, global_batch_size: int, image_size: i
 def local_eval_batches(name: str, *, split: str, global_batch_size: int, image_size: int,
                        data_dir: str | None = None) -> Iterator[dict[str, np.ndarray]]:
   """This process's rows of `eval_batches`, as numpy arrays."""
-  mine = batching.process_rows(global_batch_size)
   images, masks = load_split(name, split, image_size, data_dir)
-  n = len(images)
+  steps = batching.padded_steps(len(images), global_batch_size)
 
   def generate():
-    for start in range(0, n, global_batch_size):
-      index = np.arange(start, start + global_batch_size)[mine]
-      valid = index < n
-      safe = np.minimum(index, n - 1)
-      x = np.where(valid[:, None, None, None], normalize(images[safe]), 0.0).astype(np.float32)
-      y = np.where(valid[:, None, None], masks[safe], 0).astype(np.int32)
+    for index, valid in steps:
+      x = np.where(valid[:, None, None, None], normalize(images[index]), 0.0).astype(np.float32)
+      y = np.where(valid[:, None, None], masks[index], 0).astype(np.int32)
       yield {'image': x, 'segmentation': y, 'mask': valid}
   return generate()

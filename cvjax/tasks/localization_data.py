@@ -25,7 +25,6 @@ global jax.Arrays.
 from __future__ import annotations
 
 import functools
-import itertools
 from typing import Iterator
 
 import jax
@@ -124,22 +123,14 @@ def local_train_batches(name: str, *, global_batch_size: int, image_size: int, s
                         data_dir: str | None = None) -> Iterator[dict[str, np.ndarray]]:
   """This process's rows of `train_batches`, as numpy arrays."""
   augment = check_augment(augment)
-  mine = batching.process_rows(global_batch_size)
   images, labels, boxes = load_split(name, 'train', image_size, data_dir)
-  n = len(images)
-  steps = n // global_batch_size
-  if steps == 0:
-    raise UserError(f'batch size {global_batch_size} is larger than the {n} training images '
-                    f'of {name}; use a smaller --batch_size')
+  steps = batching.shuffled_steps(len(images), global_batch_size, seed=seed,
+                                  start_step=start_step, name=name)
 
   def generate():
-    for step in itertools.count(start_step):
-      epoch, k = divmod(step, steps)
-      order = np.random.default_rng([seed, epoch]).permutation(n)
-      index = order[k * global_batch_size:(k + 1) * global_batch_size][mine]
+    for index, flip in steps:
       x, b = normalize(images[index]), boxes[index]
       if augment == 'flip_lr':
-        flip = np.random.default_rng([seed, epoch, k]).random(global_batch_size)[mine] < 0.5
         fx, fb = flip_lr(x, b)
         x, b = np.where(flip[:, None, None, None], fx, x), np.where(flip[:, None], fb, b)
       yield {'image': x, 'label': labels[index], 'box': b.astype(np.float32)}
@@ -159,17 +150,13 @@ def eval_batches(name: str, *, split: str, global_batch_size: int, image_size: i
 def local_eval_batches(name: str, *, split: str, global_batch_size: int, image_size: int,
                        data_dir: str | None = None) -> Iterator[dict[str, np.ndarray]]:
   """This process's rows of `eval_batches`, as numpy arrays."""
-  mine = batching.process_rows(global_batch_size)
   images, labels, boxes = load_split(name, split, image_size, data_dir)
-  n = len(images)
+  steps = batching.padded_steps(len(images), global_batch_size)
 
   def generate():
-    for start in range(0, n, global_batch_size):
-      index = np.arange(start, start + global_batch_size)[mine]
-      valid = index < n
-      safe = np.minimum(index, n - 1)
-      x = np.where(valid[:, None, None, None], normalize(images[safe]), 0.0).astype(np.float32)
-      yield {'image': x, 'label': np.where(valid, labels[safe], 0).astype(np.int32),
-             'box': np.where(valid[:, None], boxes[safe], 0.0).astype(np.float32),
+    for index, valid in steps:
+      x = np.where(valid[:, None, None, None], normalize(images[index]), 0.0).astype(np.float32)
+      yield {'image': x, 'label': np.where(valid, labels[index], 0).astype(np.int32),
+             'box': np.where(valid[:, None], boxes[index], 0.0).astype(np.float32),
              'mask': valid}
   return generate()
