@@ -57,6 +57,34 @@ def parse(flag_values: flags.FlagValues, argv: Sequence[str]) -> list[str]:
     raise UserError(f'--{missing[1]} is required' if missing else message) from None
 
 
+def read_image(path: str, flag: str | None = 'image', mode: str = 'RGB'):
+  """Pixels of the image file at `path`: uint8[H, W, 3] for `mode` 'RGB', [H, W, 1] for 'L'.
+
+  A missing file or one PIL cannot read is a `UserError` naming it as `--flag=path` (or
+  the bare path when `flag` is None).
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
+  name = f'--{flag}={path}' if flag else path
+  if not os.path.exists(path):
+    raise UserError(f'{name} does not exist')
+  try:
+    with Image.open(path) as image:
+      pixels = np.asarray(image.convert(mode), np.uint8)
+  except (UnidentifiedImageError, OSError) as e:
+    raise UserError(f'{name} is not an image PIL can read ({e})') from None
+  return pixels[..., None] if pixels.ndim == 2 else pixels
+
+
+def check_image_out(path: str, flag: str = 'out') -> None:
+  """`UserError` unless PIL can write an image to `path`, judged by its extension."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  extension = os.path.splitext(path)[1].lower()
+  if extension not in Image.registered_extensions():
+    raise UserError(f'--{flag}={path}: unknown image extension {extension!r}; '
+                    'use e.g. .png or .jpg')
+
+
 def check_no_positional(rest: Sequence[str]) -> None:
   if len(rest) > 1:
     raise UserError(f'unexpected arguments {list(rest[1:])}; flags look like --name=value')

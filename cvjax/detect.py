@@ -21,7 +21,6 @@ from typing import Sequence
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow only resizes here
 
 from absl import flags  # noqa: E402
-import numpy as np  # noqa: E402
 
 from cvjax import cli  # noqa: E402
 from cvjax.detection import draw  # noqa: E402
@@ -42,20 +41,13 @@ flags.mark_flags_as_required(['workdir', 'image'], flag_values=FLAGS)
 def detect(workdir: str, image_path: str, out: str | None, min_score: float = 0.5,
            step: int | None = None) -> dict:
   """Detections of the run in `workdir` on the image at `image_path`; draws them to `out`."""
-  from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
   from cvjax import restoring  # loads TensorFlow and orbax
-  if not os.path.exists(image_path):
-    raise UserError(f'--image={image_path} does not exist')
-  try:
-    image = np.asarray(Image.open(image_path).convert('RGB'))
-  except (UnidentifiedImageError, OSError) as e:
-    raise UserError(f'--image={image_path} is not an image PIL can read ({e})') from None
+  image = cli.read_image(image_path)
   if not 0.0 <= min_score <= 1.0:
     raise UserError(f'--min_score must be in [0, 1], got {min_score}')
   if out is not None:
-    ext = os.path.splitext(out)[1].lower()
-    if ext not in Image.registered_extensions():
-      raise UserError(f'--out={out}: unknown image extension {ext!r}; use e.g. .png or .jpg')
+    cli.check_image_out(out)
   restored = restoring.restore(workdir, step)
   if restored.config.task != 'detection':
     raise UserError(f'{workdir} is a {restored.config.task} run, not a detector')

@@ -53,21 +53,14 @@ def segment(workdir: str, image_path: str, out: str | None, alpha: float = 0.5,
             step: int | None = None) -> dict:
   """The class shares of the run in `workdir` on the image at `image_path`; draws the
   mask over it to `out`. Returns {'image', 'mask': int32[H, W], 'classes': [...]}."""
-  from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
   from cvjax import restoring  # loads TensorFlow and orbax
   from cvjax.segmentation import data  # loads TensorFlow
-  if not os.path.exists(image_path):
-    raise UserError(f'--image={image_path} does not exist')
-  try:
-    image = np.asarray(Image.open(image_path).convert('RGB'))
-  except (UnidentifiedImageError, OSError) as e:
-    raise UserError(f'--image={image_path} is not an image PIL can read ({e})') from None
+  image = cli.read_image(image_path)
   if not 0.0 <= alpha <= 1.0:
     raise UserError(f'--alpha must be in [0, 1], got {alpha}')
   if out is not None:
-    ext = os.path.splitext(out)[1].lower()
-    if ext not in Image.registered_extensions():
-      raise UserError(f'--out={out}: unknown image extension {ext!r}; use e.g. .png or .jpg')
+    cli.check_image_out(out)
   restored = restoring.restore(workdir, step)
   if restored.config.task != 'segmentation':
     raise UserError(f'{workdir} is a {restored.config.task} run, not a segmenter')

@@ -80,14 +80,6 @@ def frame_paths(directory: str) -> list[str]:
   return paths
 
 
-def read_image(path: str) -> np.ndarray:
-  from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
-  try:
-    return np.asarray(Image.open(path).convert('RGB'))
-  except (UnidentifiedImageError, OSError) as e:
-    raise UserError(f'{path} is not an image PIL can read ({e})') from None
-
-
 def detector_rows(workdir: str, paths: list[str], min_score: float) -> np.ndarray:
   """MOTChallenge det rows f[N, 10] of the detection run in `workdir` on each frame
   (column 8, `x`, holds the class)."""
@@ -99,7 +91,7 @@ def detector_rows(workdir: str, paths: list[str], min_score: float) -> np.ndarra
     raise UserError(f'--detector={workdir} is a {restored.config.task} run, not a detector')
   rows = []
   for t, path in enumerate(paths):
-    image = read_image(path)
+    image = cli.read_image(path, flag=None)
     h, w = image.shape[:2]
     found = restored.predict(image)[0]
     for box, cls, score in zip(found['boxes'], found['classes'], found['scores']):
@@ -238,7 +230,7 @@ def run(f: flags.FlagValues) -> int:
     embedder = workdir_embedder(f.embedder) if f.embedder else 'histogram'
     tracker = DeepSort(embedder=embedder, bgr=False,
                        gating_only_position=f.gating_only_position, **kwargs)
-  frames = [read_image(p) for p in paths] if paths else None
+  frames = [cli.read_image(p, flag=None) for p in paths] if paths else None
   start = time.perf_counter()
   rows = mot.track_sequence(tracker, detections, num_frames, frames=frames)
   seconds = time.perf_counter() - start

@@ -327,20 +327,6 @@ def default_image(run, index: int = 0) -> tuple[np.ndarray, str]:
   return skdata.astronaut(), 'scikit-image astronaut photo'
 
 
-def load_image(path: str, channels: int) -> np.ndarray:
-  """A PNG/JPEG file as uint8[H, W, channels] (1: grey, 3: RGB)."""
-  from PIL import Image, UnidentifiedImageError
-  if not os.path.isfile(path):
-    raise errors.UserError(f'--image={path} does not exist')
-  try:
-    with Image.open(path) as im:
-      im = im.convert('L' if channels == 1 else 'RGB')
-      arr = np.asarray(im, np.uint8)
-  except UnidentifiedImageError:
-    raise errors.UserError(f'--image={path} is not an image PIL can read') from None
-  return arr[..., None] if arr.ndim == 2 else arr
-
-
 # ---------------------------------------------------------------------- figures
 
 
@@ -462,7 +448,8 @@ def picture(what: str, workdir: str, out: str, *, image: str | None = None,
   if what == 'filters':
     return save(plot_filters(run, dpi=dpi), out)
   if image is not None:
-    img, caption = load_image(image, input_shape(run)[2]), os.path.basename(image)
+    mode = 'L' if input_shape(run)[2] == 1 else 'RGB'
+    img, caption = cli.read_image(image, mode=mode), os.path.basename(image)
   else:
     img, caption = default_image(run, index)
   return save(plot_feature_maps(run, img, layer, caption=caption, dpi=dpi), out)

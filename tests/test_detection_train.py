@@ -190,7 +190,7 @@ def test_track_runs_the_trained_detector_on_every_frame(trained, tmp_path, capsy
   """`cvjax.track --detector=WORKDIR --frames=DIR`: det rows are restore().predict's boxes in
   pixels, one frame number per image, and the trackers follow them."""
   pytest.importorskip('skimage')
-  from cvjax import track
+  from cvjax import cli, track
   from cvjax.data import shapes_video as sv
   from cvjax.tracking import mot
   workdir, _ = trained
@@ -199,7 +199,7 @@ def test_track_runs_the_trained_detector_on_every_frame(trained, tmp_path, capsy
   paths = track.frame_paths(seq_dir)
   assert len(paths) == sv.TINY.num_frames
   rows = track.detector_rows(workdir, paths, min_score=0.0)
-  found = cvjax.restore(workdir).predict(track.read_image(paths[2]))[0]  # the JPEG as written
+  found = cvjax.restore(workdir).predict(cli.read_image(paths[2], flag=None))[0]  # the JPEG as written
   third = rows[rows[:, 0] == 3]
   assert len(third) == len(found['scores']) > 0
   y0, x0, y1, x1 = found['boxes'][0]

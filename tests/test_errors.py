@@ -1,4 +1,4 @@
-"""The wording of the errors a user sees for a value that is not among the choices."""
+"""The wording of the errors a user sees: a value not among the choices, an image file a tool cannot use."""
 from cvjax.errors import unknown_choice
 
 MODELS = [f'resnet{d}' for d in (18, 20, 34, 50, 56, 101, 152)] + \
@@ -22,3 +22,24 @@ def test_few_choices_are_listed_with_the_closest_first():
       "unknown optimizer 'adm'; did you mean 'adam', 'adamw'? (valid choices: adam, adamw, sgd)"
   assert str(unknown_choice('optimizer', 'rmsprop', ('sgd', 'adam'))) == \
       "unknown optimizer 'rmsprop'; valid choices: adam, sgd"
+
+
+def test_tools_read_images_and_name_the_flag_of_a_bad_one(tmp_path):
+  import numpy as np
+  import pytest
+  from PIL import Image
+  from cvjax import cli
+  from cvjax.errors import UserError
+  rgb = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+  Image.fromarray(rgb).save(tmp_path / 'a.png')
+  np.testing.assert_array_equal(cli.read_image(str(tmp_path / 'a.png')), rgb)
+  grey = cli.read_image(str(tmp_path / 'a.png'), mode='L')
+  assert grey.shape == (4, 6, 1) and grey.dtype == np.uint8
+  with pytest.raises(UserError, match=f'^--image={tmp_path}/b.png does not exist$'):
+    cli.read_image(str(tmp_path / 'b.png'))
+  (tmp_path / 'c.png').write_text('not an image')
+  with pytest.raises(UserError, match=f'^{tmp_path}/c.png is not an image PIL can read'):
+    cli.read_image(str(tmp_path / 'c.png'), flag=None)
+  cli.check_image_out('boxes.jpg')
+  with pytest.raises(UserError, match=r"^--picture=p\.txt: unknown image extension '\.txt'; use "):
+    cli.check_image_out('p.txt', flag='picture')
