@@ -172,23 +172,13 @@ class Darknet53(nn.Module):
     return 1 + sum(1 + 3 * b for b in self.stage_sizes)
 
 
-class YOLOv3(nn.Module):
-  """Darknet-53 → three-scale head → per-scale raw maps (see the module doc).
-
-  anchors: flat (w0, h0, …, w8, h8) normalised to the input, smallest first (Darknet's
-    order); map k (coarsest first) uses anchors 3·(2 − k) … 3·(2 − k) + 2. Pairs
-    ((w, h), ...) are accepted too. `--model_kwargs=anchors=(...)` sets them
-    (`python -m cvjax.anchors` computes them for a dataset).
-  ignore_threshold: the loss ignores no-object terms of predictions overlapping a ground
-    truth box by more than this (IoU).
-  score_threshold, nms_threshold, max_detections, candidates_per_class: post-processing.
-  """
+class _YOLODetector(nn.Module):
+  """The fields and decoding settings YOLOv3 and YOLOv3-tiny share (a subclass sets
+  `anchors`' default and `num_scales`)."""
   family: ClassVar[str] = 'yolo'  # how cvjax.detection trains and decodes it
 
   num_classes: int = 80
-  anchors: Sequence[Any] = normalised(COCO_ANCHORS)
-  width: int = 32
-  stage_sizes: Sequence[int] = (1, 2, 8, 8, 4)
+  anchors: Sequence[Any] = ()
   input_size: int = 416
   ignore_threshold: float = 0.5
   score_threshold: float = 0.005
@@ -207,6 +197,34 @@ class YOLOv3(nn.Module):
   def __post_init__(self):
     object.__setattr__(self, 'anchors', _flat_anchors(self.anchors, self.num_scales))
     super().__post_init__()
+
+  def scale_anchors(self) -> list[np.ndarray]:
+    """Per map (coarsest first) its anchors f32[A, 2] (w, h), normalised."""
+    return _scale_anchors(self.anchors, self.num_scales)
+
+  def postprocess_config(self) -> PostprocessConfig:
+    return PostprocessConfig(score_threshold=self.score_threshold,
+                             nms_threshold=self.nms_threshold,
+                             max_detections=self.max_detections,
+                             candidates_per_class=self.candidates_per_class)
+
+
+class YOLOv3(_YOLODetector):
+  """Darknet-53 → three-scale head → per-scale raw maps (see the module doc).
+
+  anchors: flat (w0, h0, …, w8, h8) normalised to the input, smallest first (Darknet's
+    order); map k (coarsest first) uses anchors 3·(2 − k) … 3·(2 − k) + 2. Pairs
+    ((w, h), ...) are accepted too. `--model_kwargs=anchors=(...)` sets them
+    (`python -m cvjax.anchors` computes them for a dataset).
+  ignore_threshold: the loss ignores no-object terms of predictions overlapping a ground
+    truth box by more than this (IoU).
+  score_threshold, nms_threshold, max_detections, candidates_per_class: post-processing.
+  """
+  anchors: Sequence[Any] = normalised(COCO_ANCHORS)
+  width: int = 32
+  stage_sizes: Sequence[int] = (1, 2, 8, 8, 4)
+
+  num_scales: ClassVar[int] = 3
 
   @nn.compact
   def __call__(self, x, train: bool = False) -> tuple[jax.Array, ...]:
@@ -232,45 +250,16 @@ class YOLOv3(nn.Module):
       outputs.append(layers.output(y, per_map, self.num_classes))
     return tuple(outputs)
 
-  def scale_anchors(self) -> list[np.ndarray]:
-    """Per map (coarsest first) its anchors f32[A, 2] (w, h), normalised."""
-    return _scale_anchors(self.anchors, self.num_scales)
 
-  def postprocess_config(self) -> PostprocessConfig:
-    return PostprocessConfig(score_threshold=self.score_threshold,
-                             nms_threshold=self.nms_threshold,
-                             max_detections=self.max_detections,
-                             candidates_per_class=self.candidates_per_class)
-
-
-class YOLOv3Tiny(nn.Module):
+class YOLOv3Tiny(_YOLODetector):
   """`yolov3-tiny.cfg`: seven 3×3 convs with maxpools → two scales (13², 26² at 416²).
 
   anchors: flat (w0, h0, …, w5, h5) normalised, smallest first; map 0 (coarse) uses
   anchors 3-5, map 1 anchors 0-2 (the cfg's masks). Other fields as `YOLOv3`.
   """
-  family: ClassVar[str] = 'yolo'
-
-  num_classes: int = 80
   anchors: Sequence[Any] = normalised(TINY_COCO_ANCHORS)
-  input_size: int = 416
-  ignore_threshold: float = 0.5
-  score_threshold: float = 0.005
-  nms_threshold: float = 0.45
-  max_detections: int = 200
-  candidates_per_class: int = 400
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  bn_axis_name: str | None = None
-  conv_impl: str = 'xla'
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
 
   num_scales: ClassVar[int] = 2
-
-  def __post_init__(self):
-    object.__setattr__(self, 'anchors', _flat_anchors(self.anchors, self.num_scales))
-    super().__post_init__()
 
   @nn.compact
   def __call__(self, x, train: bool = False) -> tuple[jax.Array, ...]:
@@ -290,9 +279,6 @@ class YOLOv3Tiny(nn.Module):
     y = layers.conv_bn(jnp.concatenate([y, route], axis=-1), 256, 3)   # 21
     fine = layers.output(y, per_map, self.num_classes)          # 22, [yolo] 23
     return coarse, fine
-
-  scale_anchors = YOLOv3.scale_anchors
-  postprocess_config = YOLOv3.postprocess_config
 
 
 class TinyBackbone(nn.Module):
