@@ -70,3 +70,17 @@ def real_mnist(tmp_path_factory):
   data.dataset_meta('mnist', data_dir=str(data_dir), raw_data_dir=str(raw_dir))
   return {'raw_dir': str(raw_dir), 'data_dir': str(data_dir),
           'test_images': splits['test'][0][..., None], 'test_labels': splits['test'][1].astype(int)}
+
+
+# The modules that hold the suite's longest tests run first, so that with `-n 2
+# --dist worksteal` the last test of a run is a short one, not a minute-long one on
+# one worker while the other sits idle.
+LONGEST_FIRST = ('test_launch.py', 'test_experiments.py', 'test_yolo.py', 'test_data.py',
+                 'test_steps.py')
+
+
+def pytest_collection_modifyitems(items):
+  def rank(item):
+    name = item.path.name
+    return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+  items.sort(key=rank)  # stable: each module's tests keep their order
