@@ -4,6 +4,7 @@ The fast tests drive the launcher with a stand-in experiment (a few lines of Pyt
 read their trial.flags); the slow ones run the real LeNet experiment on real MNIST digits.
 """
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -528,20 +529,22 @@ def test_two_processes_on_loopback_match_one_process_with_two_devices(real_mnist
            '--eval_every_steps=5', '--checkpoint_every_steps=5', '--log_every_steps=5']
   single, multi = tmp_path / 'single', tmp_path / 'multi'
   port = _free_port()
-  procs = [subprocess.Popen([sys.executable, *flags, f'--workdir={single}'], cwd=REPO,
-                            env=_trial_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)]
-  for i in range(2):
-    procs.append(subprocess.Popen(
-        [sys.executable, *flags, f'--workdir={multi}', f'--coordinator_address=127.0.0.1:{port}',
-         '--num_processes=2', f'--process_id={i}'], cwd=REPO,
-        env={**_trial_env(1), 'JAX_CPU_COLLECTIVES_IMPLEMENTATION': 'gloo'},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  procs = [subprocess.Popen(
+      [sys.executable, *flags, f'--workdir={multi}', f'--coordinator_address=127.0.0.1:{port}',
+       '--num_processes=2', f'--process_id={i}'], cwd=REPO,
+      env={**_trial_env(1), 'JAX_CPU_COLLECTIVES_IMPLEMENTATION': 'gloo'},
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
   outputs = [p.communicate(timeout=400)[0] for p in procs]
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out[-3000:]
-  assert 'process 0 of 2, 1 local / 2 global devices' in outputs[1]
-  assert 'process 1 of 2, 1 local / 2 global devices' in outputs[2]
+  assert 'process 0 of 2, 1 local / 2 global devices' in outputs[0]
+  assert 'process 1 of 2, 1 local / 2 global devices' in outputs[1]
+  # The one-process reference: the run's own config on 2 of this process's devices.
+  from cvjax.tasks import fit
+  from cvjax.train import TrainConfig
+  config = TrainConfig.from_json((multi / 'config.json').read_text())
+  assert config.num_devices is None
+  fit(dataclasses.replace(config, num_devices=2), str(single))
 
   def final(workdir):
     with open(workdir / 'results.json') as f:
