@@ -172,11 +172,11 @@ def test_a_torchvision_state_dict_lands_on_the_right_paths(tmp_path):
 
 _TORCH_REFERENCE = """
 import sys, numpy as np, torch
-from torchvision.models.segmentation import deeplabv3_resnet50
-directory = sys.argv[1]
+from torchvision.models import segmentation
+name, weights, directory = sys.argv[1:]
 torch.manual_seed(0)
-model = deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=21,
-                           aux_loss=False).eval()
+model = getattr(segmentation, name)(weights=None, weights_backbone=None, num_classes=21,
+                                    aux_loss=False).eval()
 with torch.no_grad():
   for module in model.modules():
     if isinstance(module, torch.nn.BatchNorm2d):  # statistics that matter
@@ -191,26 +191,33 @@ with torch.no_grad():
   scale = 4.0 / float(model(x)['out'].std())  # peaked probabilities
   head.weight.mul_(scale)
   head.bias.mul_(scale)
-  np.savez(f'{directory}/deeplab.npz', **{k: v.numpy() for k, v in model.state_dict().items()})
+  if weights.endswith('.pth'):
+    torch.save(model.state_dict(), f'{directory}/{weights}')
+  else:
+    np.savez(f'{directory}/{weights}', **{k: v.numpy() for k, v in model.state_dict().items()})
   probs = torch.softmax(model(x)['out'], 1).numpy().transpose(0, 2, 3, 1)
   np.save(f'{directory}/reference.npy', probs)
 """
 
 
 @pytest.mark.slow
-def test_deeplabv3_resnet50_probabilities_match_torchvision(tmp_path):
-  """torchvision's own model (weights=None, perturbed BN statistics), its state_dict as
-  .npz, converted, restored: per-pixel class probabilities on 64² photos within 1e-4."""
+@pytest.mark.parametrize('name, weights', [('deeplabv3_resnet50', 'deeplab.npz'),
+                                           ('deeplabv3_resnet101', 'deeplab.pth')])
+def test_deeplabv3_probabilities_match_torchvision(name, weights, tmp_path):
+  """torchvision's own model (weights=None, perturbed BN statistics), its state_dict saved
+  as .npz or by torch.save, converted, restored: per-pixel class probabilities on 64²
+  photos within 1e-4."""
   import importlib.util
   if not (importlib.util.find_spec('torch') and importlib.util.find_spec('torchvision')):
     pytest.skip('torch is optional and not installed (pip install torch torchvision)')
   images = np.random.default_rng(1).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
   images[:, 16:48, 16:48] //= 3  # some structure for the atrous convs to see
   np.save(tmp_path / 'images.npy', images)
-  subprocess.run([sys.executable, '-c', _TORCH_REFERENCE, str(tmp_path)], check=True, timeout=600)
+  subprocess.run([sys.executable, '-c', _TORCH_REFERENCE, name, weights, str(tmp_path)],
+                 check=True, timeout=600)
   reference = np.load(tmp_path / 'reference.npy')
-  out = pretrained.convert('torchvision', 'deeplabv3_resnet50', str(tmp_path / 'deeplab.npz'),
-                           str(tmp_path / 'run'), image_size=64)
+  out = pretrained.convert('torchvision', name, str(tmp_path / weights), str(tmp_path / 'run'),
+                           image_size=64)
   probs = cvjax.restore(out).predict(images)
   assert probs.shape == (1, 64, 64, 21) and probs.dtype == np.float32
   assert reference.max() > 0.5
