@@ -344,8 +344,8 @@ def test_darknet_weights_land_where_the_cfg_puts_them(tmp_path, capsys):
     else:
       np.testing.assert_array_equal(scope(params)[f'conv{i}']['bias'], arrays[0])
   x = rng.uniform(size=(1, 64, 64, 3)).astype(np.float32)
-  _, inter = restored.model.apply(restored.variables, x, capture_intermediates=True,
-                                  mutable=['intermediates'])
+  _, inter = jax.jit(lambda v, x: restored.model.apply(  # eagerly, every op would compile
+      v, x, capture_intermediates=True, mutable=['intermediates']))(restored.variables, x)
   beta, gamma, mean, var, w = written[0]
   conv = jax.lax.conv_general_dilated(x.transpose(0, 3, 1, 2), w, (1, 1), ((1, 1), (1, 1)),
                                       dimension_numbers=('NCHW', 'OIHW', 'NCHW'))
