@@ -236,7 +236,7 @@ def test_restored_tiny_segmenter_predicts_probabilities_and_segment_draws_them(t
   from cvjax.train import freeze
   from cvjax.train.config import TrainConfig
   model = get_model('deeplabv3_tiny', 7)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+  variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
   arrays = {f'{c}/{p}': np.asarray(v) for c in ('params', 'batch_stats')
             for p, v in freeze.flat_paths(variables[c]).items()}
   config = TrainConfig(task='segmentation', model='deeplabv3_tiny', dataset='cvjax_shapes/tiny',
@@ -246,7 +246,7 @@ def test_restored_tiny_segmenter_predicts_probabilities_and_segment_draws_them(t
   predict = cvjax.restore(workdir).predict
   probs = predict(images)
   assert probs.shape == (1, 64, 64, 7) and probs.dtype == np.float32
-  expected = jax.nn.softmax(model.apply(variables, data.normalize(images)))
+  expected = jax.nn.softmax(jax.jit(model.apply)(variables, data.normalize(images)))
   np.testing.assert_allclose(probs, expected, atol=1e-5)
   assert predict([images[0, :48, :40]]).shape == (1, 64, 64, 7)  # resized to the input
 

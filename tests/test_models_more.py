@@ -384,12 +384,13 @@ def test_vit_dropout_is_random_in_train_and_off_in_eval():
   model = vit.ViT(patch_size=4, hidden_size=16, depth=1, num_heads=2, mlp_dim=32,
                   num_classes=3, dropout_rate=0.3)
   x = jax.random.normal(_key(1), (2, 8, 8, 1))
-  variables = model.init(_key(), x)
+  variables = jax.jit(model.init)(_key(), x)  # eagerly, every op would compile
   head = variables['params']['head']
   variables['params']['head'] = {**head, 'kernel': jnp.ones_like(head['kernel'])}  # zero-init
-  evals = [model.apply(variables, x) for _ in range(2)]
+  apply = jax.jit(model.apply, static_argnames='train')
+  evals = [apply(variables, x) for _ in range(2)]
   np.testing.assert_array_equal(*evals)
-  train = [model.apply(variables, x, train=True, rngs={'dropout': _key(s)}) for s in (2, 3, 2)]
+  train = [apply(variables, x, train=True, rngs={'dropout': _key(s)}) for s in (2, 3, 2)]
   assert not np.allclose(train[0], train[1]) and not np.allclose(train[0], evals[0])
   np.testing.assert_array_equal(train[0], train[2])
 

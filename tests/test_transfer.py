@@ -252,8 +252,8 @@ def test_feature_extraction_computes_base_and_head_in_bf16_with_half_precision(
   meta = task.dataset_meta(config)
   assert task.build_model(config, meta)[0].dtype == model.dtype == 'bfloat16'
   x = jnp.asarray(real_mnist['test_images'][:16], jnp.float32) / 255.0
-  half = features.feature_fn(model, head)(variables, x)
-  full = features.feature_fn(model.clone(dtype=jnp.float32), head)(variables, x)
+  half = jax.jit(features.feature_fn(model, head))(variables, x)
+  full = jax.jit(features.feature_fn(model.clone(dtype=jnp.float32), head))(variables, x)
   assert half.dtype == jnp.float32  # features are kept in float32
   assert 0 < float(jnp.abs(half - full).max()) < 0.05 * float(jnp.abs(full).max())
 
