@@ -1,13 +1,16 @@
 """SORT and DeepSORT side by side on generated videos: cvjax against deep-sort-realtime.
 
   python -m benchmarks.tracking [--sequences=4] [--seed=0] [--config=default] \\
-      [--peers=deep_sort_realtime] [--embedder=runs/appearance_cnn_shapes_crops] [--json]
+      [--peers=deep_sort_realtime] [--embedder=runs/appearance_cnn_shapes_crops] \\
+      [--detector=runs/ssd128_shapes_cpu --min_score=0.5] [--json]
 
 Each of --sequences `cvjax_shapes_video` sequences (`cvjax.data.shapes_video`, index
 0.., --seed) is tracked from the same simulated detections (`noisy_detections`:
 10% misses, objects under 40% visible missed, 5% box jitter, 0.3 false positives per
-frame). DeepSORT's appearance embeddings are colour histograms of the detected boxes
-(`ColourHistogramEmbedder`), computed once and handed to both DeepSORTs (`embeds=`),
+frame), or with --detector=WORKDIR from that cvjax detection run's boxes on every frame
+(`cvjax.track.frame_detections`). DeepSORT's appearance embeddings are colour histograms
+of the detected boxes (`ColourHistogramEmbedder`), computed once and handed to both
+DeepSORTs (`embeds=`),
 so frames/s is the trackers' own time (association, Kalman filter, bookkeeping).
 With --embedder=WORKDIR (a cvjax classification run, `cvjax.track.workdir_embedder`)
 both DeepSORTs run once more on its L2-normalised penultimate features. "centre gate":
@@ -51,6 +54,10 @@ flags.DEFINE_string('peers', 'deep_sort_realtime', "Comma-separated: 'deep_sort_
                     flag_values=FLAGS)
 flags.DEFINE_string('embedder', None, 'A cvjax classification workdir: DeepSORT also with its '
                     'features.', flag_values=FLAGS)
+flags.DEFINE_string('detector', None, 'A cvjax detection workdir: track its detections on the '
+                    'frames instead of the simulated ones.', flag_values=FLAGS)
+flags.DEFINE_float('min_score', 0.5, '--detector: lowest score kept, in [0, 1].',
+                   flag_values=FLAGS)
 flags.DEFINE_bool('json', False, 'Print one JSON object.', flag_values=FLAGS)
 
 
@@ -77,19 +84,24 @@ def trackers(peers: list[str], embedders: list[str]) -> dict:
 
 
 def compare(num_sequences: int, seed: int, config, peers: list[str],
-            embedder_workdir: str | None = None) -> dict[str, dict]:
-  """{tracker name: metrics.evaluate(...) + frames_per_s} over the pooled sequences."""
+            embedder_workdir: str | None = None, detector_workdir: str | None = None,
+            min_score: float = 0.5) -> dict[str, dict]:
+  """{tracker name: metrics.evaluate(...) + frames_per_s} over the pooled sequences; the
+  detections are simulated, or those of the detection run `detector_workdir`."""
   embedders = {'histogram': ColourHistogramEmbedder()}
-  if embedder_workdir:
+  if embedder_workdir or detector_workdir:
     from cvjax import track  # pylint: disable=g-import-not-at-top  (JAX, TensorFlow)
+  if embedder_workdir:
     embedders['learned'] = track.workdir_embedder(embedder_workdir)
+  detector = track.load_detector(detector_workdir) if detector_workdir else None
   candidates = trackers(peers, list(embedders))
   gt_all, out_all = [], {name: [] for name in candidates}
   seconds = dict.fromkeys(candidates, 0.0)
   frames_total = 0
   for index in range(num_sequences):
     seq = shapes_video.generate_sequence(index, seed, config)
-    det = shapes_video.noisy_detections(seq['gt'], seed=seed * 1000 + index)
+    det = (track.frame_detections(detector, seq['frames'], min_score) if detector else
+           shapes_video.noisy_detections(seq['gt'], seed=seed * 1000 + index))
     per_frame = mot.by_frame(det, config.num_frames)
     crops = [[frame[max(int(r[3]), 0):max(int(r[3]) + int(r[5]), 0),
                     max(int(r[2]), 0):max(int(r[2]) + int(r[4]), 0)] for r in rows]
@@ -129,13 +141,18 @@ def run(f: flags.FlagValues) -> int:
   for p in peers:
     if p not in PEERS:
       raise unknown_choice('peer', p, PEERS)
-  table = compare(f.sequences, f.seed, CONFIGS[f.config], peers, f.embedder)
+  if f.detector:
+    from cvjax import track  # pylint: disable=g-import-not-at-top  (JAX, TensorFlow)
+    track.check_min_score(f.min_score)
+  table = compare(f.sequences, f.seed, CONFIGS[f.config], peers, f.embedder, f.detector,
+                  f.min_score)
   if f.json:
     print(json.dumps(table))
   else:
     config = CONFIGS[f.config]
     print(f'{f.sequences} sequences x {config.num_frames} frames ({config.width}x{config.height}), '
-          f'seed {f.seed}')
+          f'seed {f.seed}; detections: '
+          + (f'{f.detector} (score >= {f.min_score})' if f.detector else 'simulated'))
     print(metrics.format_table(table))
   return 0
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from absl import flags
 import numpy as np
@@ -80,18 +80,21 @@ def frame_paths(directory: str) -> list[str]:
   return paths
 
 
-def detector_rows(workdir: str, paths: list[str], min_score: float) -> np.ndarray:
-  """MOTChallenge det rows f[N, 10] of the detection run in `workdir` on each frame
-  (column 8, `x`, holds the class)."""
+def load_detector(workdir: str):
+  """`cvjax.restore(workdir)` of a detection run; a `UserError` for a run of another task."""
   from cvjax import restoring  # pylint: disable=g-import-not-at-top  (TensorFlow, orbax)
-  if not 0.0 <= min_score <= 1.0:
-    raise UserError(f'--min_score must be in [0, 1], got {min_score}')
   restored = restoring.restore(workdir)
   if restored.config.task != 'detection':
     raise UserError(f'--detector={workdir} is a {restored.config.task} run, not a detector')
+  return restored
+
+
+def frame_detections(restored, frames: Iterable[np.ndarray], min_score: float) -> np.ndarray:
+  """MOTChallenge det rows f[N, 10] of a restored detector on each uint8[H, W, 3] frame:
+  frame numbers from 1, boxes in pixels, those scoring at least `min_score` (in [0, 1]);
+  column 8 (`x`) holds the class."""
   rows = []
-  for t, path in enumerate(paths):
-    image = cli.read_image(path, flag=None)
+  for t, image in enumerate(frames):
     h, w = image.shape[:2]
     found = restored.predict(image)[0]
     for box, cls, score in zip(found['boxes'], found['classes'], found['scores']):
@@ -100,6 +103,18 @@ def detector_rows(workdir: str, paths: list[str], min_score: float) -> np.ndarra
         rows.append([t + 1, -1, x0 * w, y0 * h, (x1 - x0) * w, (y1 - y0) * h, float(score),
                      int(cls), -1, -1])
   return np.asarray(rows, np.float64).reshape(-1, 10)
+
+
+def check_min_score(min_score: float) -> None:
+  if not 0.0 <= min_score <= 1.0:
+    raise UserError(f'--min_score must be in [0, 1], got {min_score}')
+
+
+def detector_rows(workdir: str, paths: list[str], min_score: float) -> np.ndarray:
+  """`frame_detections` of the detection run in `workdir` on the image files `paths`."""
+  check_min_score(min_score)
+  restored = load_detector(workdir)
+  return frame_detections(restored, (cli.read_image(p, flag=None) for p in paths), min_score)
 
 
 def workdir_embedder(workdir: str) -> Callable[[Sequence[np.ndarray]], np.ndarray]:

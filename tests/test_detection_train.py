@@ -216,6 +216,12 @@ def test_track_runs_the_trained_detector_on_every_frame(trained, tmp_path, capsy
   assert len(tracks) and (tracks[:, 1] >= 1).all() and set(tracks[:, 0]) <= set(rows[:, 0])
   assert track.main([f'--detector={workdir}', f'--frames={seq_dir}', '--min_score=2']) == 2
   assert capsys.readouterr().err == 'error: --min_score must be in [0, 1], got 2.0\n'
+  from benchmarks import tracking as bench
+  assert bench.main(['--config=tiny', '--sequences=1', '--peers=', f'--detector={workdir}',
+                     '--min_score=0', '--json']) == 0
+  table = json.loads(capsys.readouterr().out)
+  assert {'cvjax sort', 'cvjax deepsort'} <= set(table)
+  assert all(0 <= t['precision'] <= 1 and t['frames_per_s'] > 0 for t in table.values())
   mot.write(str(tmp_path / 'det.txt'), rows)
   assert track.main([f'--detections={tmp_path}/det.txt', f'--frames={seq_dir}',
                      '--tracker=deepsort', f'--embedder={workdir}']) == 2
