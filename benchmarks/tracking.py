@@ -141,9 +141,7 @@ def run(f: flags.FlagValues) -> int:
   for p in peers:
     if p not in PEERS:
       raise unknown_choice('peer', p, PEERS)
-  if f.detector:
-    from cvjax import track  # pylint: disable=g-import-not-at-top  (JAX, TensorFlow)
-    track.check_min_score(f.min_score)
+  cli.check_unit_interval('min_score', f.min_score)
   table = compare(f.sequences, f.seed, CONFIGS[f.config], peers, f.embedder, f.detector,
                   f.min_score)
   if f.json:

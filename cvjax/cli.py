@@ -76,6 +76,12 @@ def read_image(path: str, flag: str | None = 'image', mode: str = 'RGB'):
   return pixels[..., None] if pixels.ndim == 2 else pixels
 
 
+def check_unit_interval(flag: str, value: float) -> None:
+  """`UserError` unless 0 <= `value` <= 1 (a score threshold, an opacity)."""
+  if not 0.0 <= value <= 1.0:
+    raise UserError(f'--{flag} must be in [0, 1], got {value}')
+
+
 def check_image_out(path: str, flag: str = 'out') -> None:
   """`UserError` unless PIL can write an image to `path`, judged by its extension."""
   from PIL import Image  # pylint: disable=g-import-not-at-top

@@ -44,8 +44,7 @@ def detect(workdir: str, image_path: str, out: str | None, min_score: float = 0.
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from cvjax import restoring  # loads TensorFlow and orbax
   image = cli.read_image(image_path)
-  if not 0.0 <= min_score <= 1.0:
-    raise UserError(f'--min_score must be in [0, 1], got {min_score}')
+  cli.check_unit_interval('min_score', min_score)
   if out is not None:
     cli.check_image_out(out)
   restored = restoring.restore(workdir, step)

@@ -57,8 +57,7 @@ def segment(workdir: str, image_path: str, out: str | None, alpha: float = 0.5,
   from cvjax import restoring  # loads TensorFlow and orbax
   from cvjax.segmentation import data  # loads TensorFlow
   image = cli.read_image(image_path)
-  if not 0.0 <= alpha <= 1.0:
-    raise UserError(f'--alpha must be in [0, 1], got {alpha}')
+  cli.check_unit_interval('alpha', alpha)
   if out is not None:
     cli.check_image_out(out)
   restored = restoring.restore(workdir, step)

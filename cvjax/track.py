@@ -105,14 +105,9 @@ def frame_detections(restored, frames: Iterable[np.ndarray], min_score: float) -
   return np.asarray(rows, np.float64).reshape(-1, 10)
 
 
-def check_min_score(min_score: float) -> None:
-  if not 0.0 <= min_score <= 1.0:
-    raise UserError(f'--min_score must be in [0, 1], got {min_score}')
-
-
 def detector_rows(workdir: str, paths: list[str], min_score: float) -> np.ndarray:
   """`frame_detections` of the detection run in `workdir` on the image files `paths`."""
-  check_min_score(min_score)
+  cli.check_unit_interval('min_score', min_score)
   restored = load_detector(workdir)
   return frame_detections(restored, (cli.read_image(p, flag=None) for p in paths), min_score)
 

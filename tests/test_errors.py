@@ -43,3 +43,13 @@ def test_tools_read_images_and_name_the_flag_of_a_bad_one(tmp_path):
   cli.check_image_out('boxes.jpg')
   with pytest.raises(UserError, match=r"^--picture=p\.txt: unknown image extension '\.txt'; use "):
     cli.check_image_out('p.txt', flag='picture')
+
+
+def test_scores_and_opacities_must_lie_in_the_unit_interval():
+  import pytest
+  from cvjax import cli
+  from cvjax.errors import UserError
+  cli.check_unit_interval('alpha', 0.0)
+  cli.check_unit_interval('alpha', 1.0)
+  with pytest.raises(UserError, match=r'^--min_score must be in \[0, 1\], got 1.5$'):
+    cli.check_unit_interval('min_score', 1.5)
