@@ -105,13 +105,6 @@ def frame_detections(restored, frames: Iterable[np.ndarray], min_score: float) -
   return np.asarray(rows, np.float64).reshape(-1, 10)
 
 
-def detector_rows(workdir: str, paths: list[str], min_score: float) -> np.ndarray:
-  """`frame_detections` of the detection run in `workdir` on the image files `paths`."""
-  cli.check_unit_interval('min_score', min_score)
-  restored = load_detector(workdir)
-  return frame_detections(restored, (cli.read_image(p, flag=None) for p in paths), min_score)
-
-
 def workdir_embedder(workdir: str) -> Callable[[Sequence[np.ndarray]], np.ndarray]:
   """An embedder (RGB crops → float32[N, D]) from a cvjax classification run: each crop
   resized to the run's input size, its eval preprocessing, then the input of the
@@ -226,9 +219,12 @@ def run(f: flags.FlagValues) -> int:
   _check_out(f.gif, 'gif', ('.gif',))
   if f.ground_truth and not os.path.isfile(f.ground_truth):
     raise UserError(f'--ground_truth={f.ground_truth} does not exist')
+  cli.check_unit_interval('min_score', f.min_score)
   paths = frame_paths(f.frames) if f.frames else None
+  detector = load_detector(f.detector) if f.detector else None
+  frames = [cli.read_image(p, flag=None) for p in paths] if paths else None
   detections = (mot.read(f.detections) if f.detections
-                else detector_rows(f.detector, paths, f.min_score))
+                else frame_detections(detector, frames, f.min_score))
   num_frames = len(paths) if paths else int(detections[:, 0].max(initial=0))
   if paths and len(detections) and detections[:, 0].max() > len(paths):
     raise UserError(f'--detections has frame {int(detections[:, 0].max())} but --frames holds '
@@ -240,7 +236,6 @@ def run(f: flags.FlagValues) -> int:
     embedder = workdir_embedder(f.embedder) if f.embedder else 'histogram'
     tracker = DeepSort(embedder=embedder, bgr=False,
                        gating_only_position=f.gating_only_position, **kwargs)
-  frames = [cli.read_image(p, flag=None) for p in paths] if paths else None
   start = time.perf_counter()
   rows = mot.track_sequence(tracker, detections, num_frames, frames=frames)
   seconds = time.perf_counter() - start

@@ -198,7 +198,8 @@ def test_track_runs_the_trained_detector_on_every_frame(trained, tmp_path, capsy
   sv.write_sequence(seq_dir, index=0, seed=0, config=sv.TINY)
   paths = track.frame_paths(seq_dir)
   assert len(paths) == sv.TINY.num_frames
-  rows = track.detector_rows(workdir, paths, min_score=0.0)
+  rows = track.frame_detections(track.load_detector(workdir),
+                                [cli.read_image(p, flag=None) for p in paths], min_score=0.0)
   found = cvjax.restore(workdir).predict(cli.read_image(paths[2], flag=None))[0]  # the JPEG as written
   third = rows[rows[:, 0] == 3]
   assert len(third) == len(found['scores']) > 0
