@@ -42,7 +42,7 @@ def detect(workdir: str, image_path: str, out: str | None, min_score: float = 0.
            step: int | None = None) -> dict:
   """Detections of the run in `workdir` on the image at `image_path`; draws them to `out`."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from cvjax import restoring  # loads TensorFlow and orbax
+  from cvjax import restoring  # loads JAX, Flax and orbax
   image = cli.read_image(image_path)
   cli.check_unit_interval('min_score', min_score)
   if out is not None:

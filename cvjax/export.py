@@ -121,7 +121,7 @@ def export(workdir: str, fmt: str, out: str, *, step: int | None = None,
     UserError: unknown format or platform, no run in `workdir`, `out` an
       existing file.
   """
-  from cvjax import restoring  # loads TensorFlow and orbax
+  from cvjax import restoring  # loads JAX, Flax and orbax
   _check(fmt, platforms)
   if not os.path.isdir(workdir):
     raise errors.UserError(f'workdir {workdir} does not exist; give the directory of a '

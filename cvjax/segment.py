@@ -54,7 +54,7 @@ def segment(workdir: str, image_path: str, out: str | None, alpha: float = 0.5,
   """The class shares of the run in `workdir` on the image at `image_path`; draws the
   mask over it to `out`. Returns {'image', 'mask': int32[H, W], 'classes': [...]}."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from cvjax import restoring  # loads TensorFlow and orbax
+  from cvjax import restoring  # loads JAX, Flax and orbax
   from cvjax.segmentation import data  # loads TensorFlow
   image = cli.read_image(image_path)
   cli.check_unit_interval('alpha', alpha)

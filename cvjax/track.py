@@ -82,7 +82,7 @@ def frame_paths(directory: str) -> list[str]:
 
 def load_detector(workdir: str):
   """`cvjax.restore(workdir)` of a detection run; a `UserError` for a run of another task."""
-  from cvjax import restoring  # pylint: disable=g-import-not-at-top  (TensorFlow, orbax)
+  from cvjax import restoring  # loads JAX, Flax and orbax
   restored = restoring.restore(workdir)
   if restored.config.task != 'detection':
     raise UserError(f'--detector={workdir} is a {restored.config.task} run, not a detector')
@@ -111,14 +111,13 @@ def workdir_embedder(workdir: str) -> Callable[[Sequence[np.ndarray]], np.ndarra
   classifier head, L2-normalised."""
   import jax  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from cvjax import data, restoring  # pylint: disable=g-import-not-at-top
+  from cvjax import data, models, restoring  # pylint: disable=g-import-not-at-top
   from cvjax.tasks.features import feature_fn  # pylint: disable=g-import-not-at-top
   from cvjax.train import freeze  # pylint: disable=g-import-not-at-top
   restored = restoring.restore(workdir)
   config = restored.config
   if config.task != 'classification':
     raise UserError(f'--embedder={workdir} is a {config.task} run; give a classification run')
-  from cvjax import models  # pylint: disable=g-import-not-at-top
   height, _, channels = models.model_input_shape(config.model)
   size = config.image_size or height
   head = freeze.head_modules(restored.model, (1, size, size, channels))

@@ -166,7 +166,7 @@ def feature_map_grid(maps: np.ndarray, *, max_maps: int = MAX_MAPS, pad: int = 1
 
 def restore(workdir: str):
   """`cvjax.restore(workdir)`, with a one-line `UserError` if there is no run there."""
-  from cvjax import restoring  # loads TensorFlow and orbax
+  from cvjax import restoring  # loads JAX, Flax and orbax
   if not os.path.isdir(workdir):
     raise errors.UserError(f'workdir {workdir} does not exist; give the directory of a '
                            'training run (it holds config.json and checkpoints/)')

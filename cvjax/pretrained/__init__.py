@@ -20,10 +20,7 @@ import importlib
 import os
 
 from cvjax.errors import UserError, unknown_choice
-
-SOURCES = ('keras', 'torchvision', 'darknet')  # darknet: `cvjax.pretrained.darknet` (YOLOv3)
-SSD_MODELS = ('vgg16_features', 'ssd300_vgg16')  # torchvision names, `cvjax.pretrained.ssd`
-DEEPLAB_MODELS = ('deeplabv3_resnet50', 'deeplabv3_resnet101')  # `cvjax.pretrained.deeplab`
+from cvjax.pretrained.names import DEEPLAB_MODELS, SOURCES, SSD_MODELS
 
 
 def load(source: str, model: str, weights: str, image_size: int | None = None,
@@ -37,16 +34,16 @@ def load(source: str, model: str, weights: str, image_size: int | None = None,
   if source not in SOURCES:
     raise unknown_choice('source', source, SOURCES)
   if source == 'torchvision' and model in SSD_MODELS:
-    from cvjax.pretrained import ssd  # loads TensorFlow and orbax
+    from cvjax.pretrained import ssd  # loads orbax
     return ssd.load(weights, model, image_size, num_classes)
   if source == 'darknet':
-    from cvjax.pretrained import darknet  # loads TensorFlow and orbax
+    from cvjax.pretrained import darknet  # loads orbax
     return darknet.load(weights, model, image_size, num_classes)
   if num_classes is not None:
     raise UserError(f'--num_classes is for torchvision vgg16_features only; {source} {model} '
                     'takes its classes from the weights')
   if source == 'torchvision' and model in DEEPLAB_MODELS:
-    from cvjax.pretrained import deeplab  # loads TensorFlow and orbax
+    from cvjax.pretrained import deeplab  # loads orbax
     return deeplab.load(weights, model, image_size)
   return importlib.import_module(f'cvjax.pretrained.{source}').load(weights, model, image_size)
 
@@ -71,7 +68,7 @@ def convert(source: str, model: str, weights: str, out: str,
     UserError: a bad name or file, or the first missing / unexpected / mis-shaped tensor;
       nothing is written then.
   """
-  from cvjax.pretrained import common  # loads TensorFlow and orbax
+  from cvjax.pretrained import common  # loads orbax
   if os.path.exists(out):  # fail before reading a large file
     raise UserError(f'--out={out} already exists; choose a new directory')
   config, arrays = load(source, model, weights, image_size, num_classes)

@@ -32,8 +32,8 @@ import re
 
 from cvjax import models
 from cvjax.errors import UserError, unknown_choice
-from cvjax.pretrained import DEEPLAB_MODELS as MODELS
 from cvjax.pretrained import common, torchvision
+from cvjax.pretrained.names import DEEPLAB_MODELS as MODELS
 from cvjax.train.config import TrainConfig
 
 DATASET = 'voc'  # torchvision's 21 classes: background + the PASCAL VOC 20 (predict only)

@@ -27,8 +27,8 @@ import numpy as np
 from cvjax import models
 from cvjax.errors import UserError, unknown_choice
 from cvjax.models import ssd
-from cvjax.pretrained import SSD_MODELS as MODELS
 from cvjax.pretrained import common, torchvision
+from cvjax.pretrained.names import SSD_MODELS as MODELS
 from cvjax.train.config import TrainConfig
 
 IMAGE_SIZE = 300
