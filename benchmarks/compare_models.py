@@ -24,12 +24,8 @@ The ImageNet layouts (GoogLeNet, DenseNet-121, MobileNets, EfficientNet-B0) run 
 they are, down to 1×1 maps. Writes <out_dir>/model_comparison.md (the table) and
 <out_dir>/model_comparison.png (accuracy vs images/s, log scale, marker area ∝ params).
 
-Budget: ~20 minutes for the defaults (9 models, 100 steps of 64 = 6,400 training images each,
-2,000 test images) on a 2-core CPU. Measured 22 min 07 s on this project's shared 2-core
-machine with a load average of 4-5 from other jobs: per model 26 s (LeNet-5) to 308 s
-(DenseNet-121), of which compilation is 20-90 s; the same run at 150 steps under heavier
-load took 27 min 38 s; the committed table (session 3, with the CPU conv lowerings in every
-family) took 14 min 21 s at load ~2.
+Budget: 6,400 training images and 2,000 test images per model for the defaults; the wall
+time of a run, with its load, is in docs/models.md beside the committed table.
 Fashion-MNIST must be prepared (`make fashion-mnist`; any run then builds the TFDS copy offline).
 """
 from __future__ import annotations

@@ -73,8 +73,8 @@ def serving_function(run) -> tuple[Callable, tuple[int, int, int], str]:
 
   f: x float32[b, S, S, C] → probabilities float32[b, K] for classification,
   the model's raw outputs otherwise. The model computes its convolutions with
-  XLA's own op: the CPU lowerings a run may have trained with suit this machine,
-  the export is for any of its platforms.
+  XLA's own op: the CPU lowerings a run may have trained with are for the CPU
+  backend, the export is for any of its platforms.
   """
   h, _, c = registry.model_input_shape(run.config.model)
   s = run.config.image_size or h

@@ -463,8 +463,8 @@ def readme_pictures(workdir: str = README_WORKDIR, out_dir: str = os.path.join('
   From run `workdir`: training_curves.png (curves), filters.png (first-layer
   filters), feature_maps.png (first conv's maps for test image `index`).
   With `with_profile`, also alexnet_profile.png: `cvjax.profile` of AlexNet at
-  227², batch 8, forward and forward+backward, measured here (about two
-  minutes on two CPU cores); its table is printed.
+  227², batch 8, forward and forward+backward, timed on this backend; its table
+  is printed.
   """
   if not os.path.isdir(workdir):
     raise errors.UserError(f'workdir {workdir} does not exist; train the default run first '
