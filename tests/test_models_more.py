@@ -610,13 +610,17 @@ def test_family_flagfiles_state_their_command_and_use_known_flags_and_models():
   import dataclasses
   from cvjax.train.config import TrainConfig, parse_kwargs
   files = _family_flagfiles()
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   assert len(files) >= 20  # each family on CIFAR-sized inputs and on ImageNet, plus FCN
   known = {f.name for f in dataclasses.fields(TrainConfig)} | {'workdir'}
   datasets = collections.Counter()
   for name, lines in files.items():
     assert lines[0].endswith(f'--flagfile=experiments/configs/{name}'), name
     comments = ' '.join(l for l in lines if l.startswith('#'))
-    assert 'measured' in comments or 'Expect' in comments, name  # the result, or 'not measured'
+    docs = re.findall(r'docs/[\w./-]+\.md', comments)  # where its results are written up
+    assert docs or 'measured' in comments or 'Expect' in comments, name  # or 'not measured'
+    for doc in docs:
+      assert os.path.exists(os.path.join(repo, doc)), (name, doc)
     flags = dict(l[2:].split('=', 1) for l in lines if l.startswith('--'))
     assert set(flags) <= known, (name, set(flags) - known)
     assert flags['model'] in list_models(None), name
