@@ -40,6 +40,24 @@ def test_iou_and_thresholded_hungarian_matching():
   # The cheapest total uses (0, 1) = 0.9, over the threshold: only (1, 0) stays.
   assert assignment.min_cost_matching(cost, 0.7) == ([(0, 0)], [1], [1])
   assert assignment.min_cost_matching(np.zeros((0, 3)), 0.7) == ([], [], [0, 1, 2])
+  # deep_sort's order: the columns the solver left out, then those of rejected pairs.
+  assert assignment.min_cost_matching(np.array([[0.9, 0.9, 0.1], [0.95, 0.9, 0.8]]), 0.7) == (
+      [(0, 2)], [1], [1, 0])
+
+
+@pytest.mark.parametrize('tracker', [Sort, lambda: DeepSort(embedder=None)])
+def test_new_tracks_are_numbered_as_deep_sort_numbers_them(tracker):
+  tracker = tracker()
+  embeds = {'embeds': np.ones((1, 3))} if isinstance(tracker, DeepSort) else {}
+  tracker.update_tracks([([10, 10, 20, 20], 0.9, 0)], **embeds)
+  far = [([200, 10, 20, 20], 0.9, 0), ([10, 200, 20, 20], 0.9, 0)]
+  if embeds:
+    embeds = {'embeds': np.ones((2, 3))}
+  tracks = tracker.update_tracks(far, **embeds)
+  # Track 1 is the solver's choice for detection 0 and too far from it: detection 1,
+  # which the solver left out, is born first.
+  born = {t.track_id: t.to_ltwh().tolist() for t in tracks if t.track_id > 1}
+  assert born == {2: [10, 200, 20, 20], 3: [200, 10, 20, 20]}
 
 
 def _bounce(num_frames=40, speed=2.0, size=100.0):
@@ -126,7 +144,7 @@ def test_deepsort_matches_deep_sort_realtime_given_the_same_embeddings():
         continue
       raw.append(([*(start[i] + velocity[i] * t + rng.normal(0, 1, 2)), *size[i]], 0.9, 'x'))
       embeds.append(identity[i] + rng.normal(0, 0.3, dim))
-    if rng.uniform() < 0.3:  # a false positive
+    for _ in range(rng.integers(0, 3)):  # false positives, up to two in a frame
       raw.append(([*rng.uniform(0, 300, 2), 30, 30], 0.5, 'x'))
       embeds.append(rng.normal(size=dim))
     a = ours.update_tracks(raw, embeds=embeds)

@@ -40,7 +40,10 @@ def min_cost_matching(cost: np.ndarray, max_cost: float) -> tuple[list, list, li
   """Hungarian assignment (`scipy.optimize.linear_sum_assignment`) on cost f[N, M];
   pairs costing more than `max_cost` are left unmatched.
 
-  Returns (matches [(row, col)], unmatched rows, unmatched cols), each sorted.
+  Returns (matches [(row, col)] in row order, unmatched rows, unmatched cols). The
+  unmatched come in deep_sort's and SORT's order: first those the solver left out,
+  ascending, then those of the pairs it rejected, in row order. New tracks are born,
+  and numbered, in the order of the unmatched detections.
   """
   n, m = cost.shape
   if n == 0 or m == 0:
@@ -49,11 +52,13 @@ def min_cost_matching(cost: np.ndarray, max_cost: float) -> tuple[list, list, li
   # good pair for a cheaper impossible one.
   cost = np.where(cost > max_cost, max_cost + 1e-5, cost)
   rows, cols = scipy.optimize.linear_sum_assignment(cost)
-  matches = [(int(r), int(c)) for r, c in zip(rows, cols) if cost[r, c] <= max_cost]
-  matched_rows = {r for r, _ in matches}
-  matched_cols = {c for _, c in matches}
-  return (matches, [r for r in range(n) if r not in matched_rows],
-          [c for c in range(m) if c not in matched_cols])
+  pairs = [(int(r), int(c)) for r, c in zip(rows, cols)]
+  matches = [(r, c) for r, c in pairs if cost[r, c] <= max_cost]
+  rejected = [(r, c) for r, c in pairs if cost[r, c] > max_cost]
+  assigned_rows, assigned_cols = set(rows.tolist()), set(cols.tolist())
+  return (matches,
+          [r for r in range(n) if r not in assigned_rows] + [r for r, _ in rejected],
+          [c for c in range(m) if c not in assigned_cols] + [c for _, c in rejected])
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, max_overlap: float) -> list[int]:
