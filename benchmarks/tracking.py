@@ -36,7 +36,7 @@ if __name__ == '__main__':  # before NumPy/SciPy load BLAS; not when imported (t
 from absl import flags  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cvjax import cli  # noqa: E402
+from cvjax import cli, track  # noqa: E402
 from cvjax.data import shapes_video  # noqa: E402
 from cvjax.errors import UserError, unknown_choice  # noqa: E402
 from cvjax.tracking import ColourHistogramEmbedder, DeepSort, Sort, metrics, mot  # noqa: E402
@@ -89,8 +89,6 @@ def compare(num_sequences: int, seed: int, config, peers: list[str],
   """{tracker name: metrics.evaluate(...) + frames_per_s} over the pooled sequences; the
   detections are simulated, or those of the detection run `detector_workdir`."""
   embedders = {'histogram': ColourHistogramEmbedder()}
-  if embedder_workdir or detector_workdir:
-    from cvjax import track  # pylint: disable=g-import-not-at-top  (JAX, TensorFlow)
   if embedder_workdir:
     embedders['learned'] = track.workdir_embedder(embedder_workdir)
   detector = track.load_detector(detector_workdir) if detector_workdir else None
