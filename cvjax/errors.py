@@ -51,3 +51,9 @@ class Preempted(Exception):
 class Interrupted(Preempted):
   """Ctrl-C (SIGINT) arrived; a checkpoint was written and the run can be resumed."""
   exit_status = 130
+
+
+class CheckpointWriteError(UserError):
+  """The filesystem refused a checkpoint write (full, read-only, ...); the complete
+  checkpoints are intact. Orbax's background threads may still wait for the failed
+  write, so a program should exit with `os._exit` after reporting it."""

@@ -57,7 +57,9 @@ def restore(workdir: str, step: int | None = None) -> Restored:
   # Restoring for inference needs no particular device count.
   config_1 = config.replace(num_devices=1, batch_size=1, eval_batch_size=1)
   run = tasks.build_run(config_1, with_data=config.num_classes is None)
-  ckpts = Checkpoints(os.path.join(workdir, 'checkpoints'), keep=max(config.keep_checkpoints, 1))
+  # A reader: never creates, cleans or moves anything in a run it does not own (the run
+  # may be training right now).
+  ckpts = Checkpoints(os.path.join(workdir, 'checkpoints'), read_only=True)
   try:
     template = run.abstract_state()  # shapes and shardings only: no compiled random init
     if step is None:

@@ -5,10 +5,25 @@ as a plain state dict (params, batch_stats, opt_state, step, rng); `meta` is
 JSON: the config, eval metrics and the early-stopping bookkeeping.
 Orbax writes each step to a temporary folder and renames it when complete, so
 a run killed mid-save never leaves a half-written step that looks finished.
+
+Owners and readers. Only the run that holds the workdir's lock opens
+`Checkpoints(directory)` as the writer: it saves, deletes old steps, cleans the
+temporary folders of saves that never finished and sets damaged steps aside.
+Everyone else (`cvjax.restore`, the tools, a notebook) opens
+`Checkpoints(directory, read_only=True)`, which creates, cleans and moves
+nothing, so looking at a live run never disturbs it.
+
+Damaged steps. A step that does not restore is skipped for the one before it.
+The writer then moves it to `<workdir>/damaged_checkpoints/<step>-<UTC time>`
+(nothing is deleted) so that the resumed run can write that step again.
 """
 from __future__ import annotations
 
+import contextlib
+import logging as std_logging
 import os
+import re
+import time
 from typing import Any
 
 import jax
@@ -18,41 +33,67 @@ from absl import logging
 from flax import serialization
 from orbax.checkpoint import checkpoint_managers as policies
 
-from cvjax.errors import UserError
+from cvjax.errors import CheckpointWriteError, UserError
+
+DAMAGED = 'damaged_checkpoints'  # beside checkpoints/: steps that did not restore
 
 
 class Checkpoints:
   """A CheckpointManager that keeps the newest `keep` steps and the best one.
 
-  "Best" is the highest `best_metric` passed to `save(metrics=...)`.
+  "Best" is the highest `best_metric` passed to `save(metrics=...)`. With
+  `read_only=True` (every reader of a run it does not own) nothing is created,
+  cleaned, deleted or moved, and `save` is refused.
   """
 
   def __init__(self, directory: str, keep: int = 3, async_save: bool = True,
-               best_metric: str = 'eval_accuracy'):
+               best_metric: str = 'eval_accuracy', *, read_only: bool = False):
     if keep < 1:
       raise UserError(f'keep_checkpoints must be at least 1, got {keep}')
-    preservation = policies.AnyPreservationPolicy([
-        policies.LatestN(keep),
-        policies.BestN(get_metric_fn=lambda m: m[best_metric], reverse=False, n=1,
-                       keep_checkpoints_without_metrics=False),
-    ])
-    options = ocp.CheckpointManagerOptions(
-        preservation_policy=preservation, enable_async_checkpointing=async_save,
-        create=True, cleanup_tmp_directories=True)
     self.directory = os.path.abspath(directory)
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=('state', 'meta'))
+    self.read_only = read_only
+    self._pending: int | None = None  # the step of an async save not yet known to be on disk
+    self._failed: CheckpointWriteError | None = None
+    if read_only:
+      options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
+                                             cleanup_tmp_directories=False)
+    else:
+      preservation = policies.AnyPreservationPolicy([
+          policies.LatestN(keep),
+          policies.BestN(get_metric_fn=lambda m: m[best_metric], reverse=False, n=1,
+                         keep_checkpoints_without_metrics=False),
+      ])
+      options = ocp.CheckpointManagerOptions(
+          preservation_policy=preservation, enable_async_checkpointing=async_save,
+          create=True, cleanup_tmp_directories=True)
+    if read_only and not os.path.isdir(self.directory):
+      raise UserError(f'{self.directory} does not exist: the run has written no checkpoint yet')
+    try:
+      with _quiet_absl(read_only):  # orbax warns that a read-only manager is read-only
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_names=('state', 'meta'))
+    except OSError as e:
+      raise self._write_failed(None, e) from None
 
-  def all_steps(self) -> list[int]:
+  def all_steps(self, reload: bool = False) -> list[int]:
+    """The complete steps, oldest first; `reload` lists the directory again (a reader
+    of a live run sees the steps written since it opened)."""
+    if reload:
+      self.manager.reload()
     return sorted(self.manager.all_steps())
 
   def save(self, step: int, state, meta: dict[str, Any], metrics: dict | None = None,
            force: bool = True) -> None:
     """Starts an async save of `state` (a TrainState) and `meta` at `step`.
 
-    Raises UserError when the filesystem refuses the write (full, read-only, ...);
-    the checkpoints already complete are left as they are.
+    Raises CheckpointWriteError (a UserError) naming the step whose write the
+    filesystem refused (full, read-only, ...); the complete checkpoints are left
+    as they are.
     """
+    if self.read_only:
+      raise UserError(f'{self.directory} was opened read-only; only the run that holds '
+                      'the workdir lock writes checkpoints')
+    self.wait()  # a failure of the previous async save is reported as that step's
     try:
       self.manager.save(
           step,
@@ -60,8 +101,9 @@ class Checkpoints:
               state=ocp.args.StandardSave(_on_host(_state_dict(state))),
               meta=ocp.args.JsonSave(meta)),
           metrics=metrics, force=force)
-    except OSError as e:
+    except Exception as e:  # pylint: disable=broad-except
       raise self._write_failed(step, e) from None
+    self._pending = step
 
   def restore(self, step: int, template):
     """Restores step `step` into the structure and shardings of `template`."""
@@ -77,37 +119,127 @@ class Checkpoints:
             restored['meta'])
 
   def restore_latest(self, template):
-    """(state, meta) of the newest step that restores cleanly, or None.
+    """(state, meta) of the newest step that restores cleanly, or None when there is none.
 
-    A newest checkpoint that is corrupt is skipped with a warning and the one
-    before it is used; nothing is deleted.
+    A step that does not restore is skipped with a warning for the one before it.
+    The writer moves such a step to DAMAGED so that the run can write that step
+    again, but only once an older step has restored: when none restores (a
+    damaged disk, or checkpoints of another cvjax version) a UserError says so and
+    nothing is moved. A reader moves nothing, and lists the directory again when a
+    step vanished meanwhile (the live run deleted it).
     """
     target = _abstract(template)
-    for step in reversed(self.all_steps()):
+    damaged: list[tuple[int, str]] = []
+    tried: set[int] = set()
+    while True:
+      steps = [s for s in self.all_steps(reload=bool(tried)) if s not in tried]
+      if not steps:
+        break
+      step = steps[-1]
+      tried.add(step)
       try:
-        return self._restore(step, template, target)
+        restored = self._restore(step, template, target)
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning('checkpoint at step %d in %s cannot be restored (%s: %s); '
-                        'trying the previous one', step, self.directory,
-                        type(e).__name__, str(e).splitlines()[0] if str(e) else '')
+        if not os.path.isdir(os.path.join(self.directory, str(step))):
+          continue  # deleted by the run that owns it while we read
+        reason = f'{type(e).__name__}: {_first_line(e)}'
+        logging.warning('checkpoint at step %d in %s cannot be restored (%s); '
+                        'trying the previous one', step, self.directory, reason)
+        damaged.append((step, reason))
+        continue
+      if not self.read_only:
+        for bad, _ in damaged:
+          self._set_aside(bad)
+      return restored
+    if damaged:
+      listed = ', '.join(f'step {s} ({reason})' for s, reason in damaged)
+      raise UserError(f'no checkpoint in {self.directory} can be restored: {listed}; move '
+                      'the damaged steps out of that folder to start again from the last good '
+                      'one (or from scratch), or use a new --workdir')
     return None
 
+  def _set_aside(self, step: int) -> None:
+    """Moves the damaged `step` to <workdir>/DAMAGED/<step>-<UTC time>."""
+    stamp = time.strftime('%Y%m%d-%H%M%S', time.gmtime())
+    target_dir = os.path.join(os.path.dirname(self.directory), DAMAGED)
+    os.makedirs(target_dir, exist_ok=True)
+    target = os.path.join(target_dir, f'{step}-{stamp}')
+    n = 1
+    while os.path.exists(target):
+      n += 1
+      target = os.path.join(target_dir, f'{step}-{stamp}-{n}')
+    os.rename(os.path.join(self.directory, str(step)), target)
+    self.manager.reload()
+    logging.warning('moved the damaged checkpoint at step %d to %s; the run writes that step '
+                    'again', step, target)
+
   def wait(self) -> None:
-    """Blocks until pending async saves are on disk (UserError if one failed)."""
+    """Blocks until pending async saves are on disk (CheckpointWriteError if one failed;
+    after a failure, returns at once)."""
+    if self._failed is not None or self.read_only:
+      return
     try:
       self.manager.wait_until_finished()
-    except OSError as e:
-      raise self._write_failed(None, e) from None
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._write_failed(self._pending, e) from None
+    self._pending = None
 
-  def _write_failed(self, step: int | None, error: OSError) -> UserError:
-    done = self.all_steps()
-    which = f'at step {step} ' if step is not None else ''
-    return UserError(f'writing the checkpoint {which}in {self.directory} failed '
-                     f'({error.strerror or error}); the complete checkpoints {done} are intact: '
-                     'free space or fix the directory, then re-run to resume')
+  def _write_failed(self, step: int | None, error: Exception) -> Exception:
+    """CheckpointWriteError for a write the filesystem refused; `error` itself otherwise."""
+    reason = _os_error_reason(error)
+    if reason is None:
+      return error
+    self._failed = CheckpointWriteError(
+        f'writing the checkpoint {f"at step {step} " if step is not None else ""}in '
+        f'{self.directory} failed ({reason}); the complete checkpoints '
+        f'{_complete_steps(self.directory)} are intact: free space or fix the directory, '
+        'then re-run to resume')
+    return self._failed
 
   def close(self) -> None:
-    self.manager.close()
+    if self._failed is None:  # after a failed write orbax still waits for it: do not join
+      self.manager.close()
+
+
+@contextlib.contextmanager
+def _quiet_absl(quiet: bool):
+  """absl's Python logger at ERROR for the block (when `quiet`)."""
+  logger = std_logging.getLogger('absl')
+  level = logger.level
+  if quiet:
+    logger.setLevel(std_logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
+def _first_line(error: Exception) -> str:
+  text = str(error).strip()
+  return text.splitlines()[0][:300] if text else ''
+
+
+# tensorstore reports the errno of a failed write inside a ValueError's message.
+_ERRNO = re.compile(r"os_error_code='?(\d+)|\[Errno (\d+)\]")
+
+
+def _os_error_reason(error: Exception) -> str | None:
+  """strerror of the filesystem error behind `error` (an OSError, or orbax/tensorstore's
+  wrapping of one), None when `error` is not a filesystem error."""
+  if isinstance(error, OSError) and error.errno:
+    return error.strerror or os.strerror(error.errno)
+  found = _ERRNO.search(str(error))
+  if found:
+    return os.strerror(int(found[1] or found[2]))
+  return None
+
+
+def _complete_steps(directory: str) -> list[int]:
+  """The step folders under `directory`, read from the disk (not orbax's cache)."""
+  try:
+    return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+  except OSError:
+    return []
 
 
 def _state_dict(state) -> dict:

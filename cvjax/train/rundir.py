@@ -7,7 +7,8 @@
       metrics.jsonl         one JSON line per logged step (cvjax.train.writers)
       checkpoints/<step>/   orbax checkpoints, written to a temporary name and renamed
       results.json          the final test metrics (written atomically)
-      .lock                 "pid host" of the live run; removed when it ends
+      .lock                 flock of the live run, holding "pid host"; removed when it ends
+      damaged_checkpoints/  steps that did not restore, moved aside (cvjax.train.checkpoint)
 
 A workdir holds one run. Resuming with a config that differs in a field that defines
 what is trained (model, data, optimizer, seed, ...) is refused field by field; only the
@@ -18,8 +19,10 @@ new sibling directory instead of refusing; nothing is ever deleted.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
+import re
 import socket
 import time
 
@@ -29,7 +32,8 @@ from cvjax.errors import UserError
 from cvjax.train.config import TrainConfig
 
 LOCK = '.lock'
-RUN_FILES = ('config.json', 'checkpoints', 'metrics.jsonl', 'results.json', 'tensorboard')
+RUN_FILES = ('config.json', 'checkpoints', 'metrics.jsonl', 'results.json', 'tensorboard',
+             'damaged_checkpoints')
 
 
 def prepare(workdir: str) -> None:
@@ -57,71 +61,114 @@ def write_atomically(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
 class WorkdirLock:
   """`with WorkdirLock(workdir):` — at most one live run per workdir.
 
-  The lock file holds "pid host". A second run refuses with a UserError naming the
-  holder; a lock left by a dead process on this host is taken over with a warning (a
-  lock from another host is never judged stale: its pid means nothing here).
+  The lock is an exclusive `flock` on `workdir/.lock`, taken atomically: of any
+  number of runs started together, one holds it and every other is refused with a
+  UserError naming the holder (the file holds "pid host" for that message). The
+  kernel drops the lock when its process dies, so a lock file left by a killed run,
+  an empty one or one that cannot be parsed is taken over with a warning. A lock
+  file naming another host is never taken over: `flock` may not reach across the
+  hosts of a network filesystem, so its pid cannot be judged from here.
+
+  filename: the lock's name in `workdir` (a sweep directory uses its own).
   """
 
-  def __init__(self, workdir: str, enabled: bool = True):
-    self.path = os.path.join(workdir, LOCK)
+  def __init__(self, workdir: str, enabled: bool = True, filename: str = LOCK):
+    self.path = os.path.join(workdir, filename)
     self.enabled = enabled
     self.held = False
+    self._fd: int | None = None
 
   def __enter__(self) -> 'WorkdirLock':
     if not self.enabled:
       return self
-    me = f'{os.getpid()} {socket.gethostname()}'
-    for _ in range(2):
+    while self._fd is None:
+      fd = self._open()
       try:
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-      except FileExistsError:
-        self._take_over_if_stale()
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        holder = _holder(fd)
+        os.close(fd)
+        raise UserError(f'{os.path.dirname(self.path)} is in use by {holder}; wait for it to '
+                        'finish or choose another --workdir') from None
+      except OSError as e:
+        os.close(fd)
+        raise UserError(f'cannot lock {self.path} ({e.strerror}); choose a --workdir on a '
+                        'filesystem with file locks') from None
+      if not _same_file(fd, self.path):  # the previous holder removed it meanwhile: again
+        os.close(fd)
         continue
-      with os.fdopen(fd, 'w') as f:
-        f.write(me + '\n')
-      self.held = True
-      return self
-    raise UserError(f'could not lock {self.path}; another run is starting there')
+      self._fd = fd
+    self._take(self._fd)
+    self.held = True
+    return self
 
-  def _take_over_if_stale(self) -> None:
+  def _open(self) -> int:
     try:
-      with open(self.path) as f:
-        pid_text, _, host = f.read().strip().partition(' ')
-    except FileNotFoundError:
-      return  # released meanwhile: try again
+      return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+      raise UserError(f'cannot create the lock file {self.path} ({e.strerror}); free space or '
+                      'choose a writable --workdir') from None
+
+  def _take(self, fd: int) -> None:
+    """Writes "pid host" into the locked file, after judging what it held before."""
     here = socket.gethostname()
-    pid = int(pid_text) if pid_text.isdigit() else -1
-    if host == here and not _pid_alive(pid):
-      logging.warning('workdir lock %s was left by process %s, which is gone; taking it over',
-                      self.path, pid)
+    previous = os.pread(fd, 4096, 0).decode(errors='replace').strip()
+    pid, host = _parse_holder(previous)
+    if host is not None and host != here:
+      self._release(remove=False)
+      raise UserError(f'{os.path.dirname(self.path)} is in use by process {pid} on {host}; '
+                      f'wait for it to finish or choose another --workdir (if that run is gone, '
+                      f'delete {self.path})')
+    if previous:
+      logging.warning('workdir lock %s was left by %s, which is gone; taking it over',
+                      self.path, f'process {pid}' if pid else f'an unreadable lock {previous[:40]!r}')
+    try:
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, f'{os.getpid()} {here}\n'.encode(), 0)
+      os.fsync(fd)
+    except OSError as e:
+      self._release()
+      raise UserError(f'cannot write the lock file {self.path} ({e.strerror}); free space or '
+                      'choose a writable --workdir') from None
+
+  def _release(self, remove: bool = True) -> None:
+    """Removes the file while still holding it (a waiter that opened it then sees it is gone
+    and opens the new one), then unlocks."""
+    if remove:
       try:
         os.remove(self.path)
-      except FileNotFoundError:
+      except OSError:
         pass
-      return
-    raise UserError(f'{os.path.dirname(self.path)} is in use by process {pid_text} on {host}; '
-                    'wait for it to finish or choose another --workdir')
+    os.close(self._fd)
+    self._fd = None
 
   def __exit__(self, *exc) -> None:
     if self.held:
-      try:
-        os.remove(self.path)
-      except FileNotFoundError:
-        pass
+      self._release()
       self.held = False
+
+
+def _parse_holder(text: str) -> tuple[str | None, str | None]:
+  """(pid, host) of a lock file's "pid host"; (None, None) for anything else."""
+  found = re.fullmatch(r'(\d+) (\S+)', text.strip())
+  return (found[1], found[2]) if found else (None, None)
+
+
+def _holder(fd: int) -> str:
+  """"process PID on HOST" from a lock file's contents, for messages."""
+  pid, host = _parse_holder(os.pread(fd, 4096, 0).decode(errors='replace'))
+  return f'process {pid} on {host}' if pid else 'another run that is starting'
+
+
+def _same_file(fd: int, path: str) -> bool:
+  try:
+    here, there = os.fstat(fd), os.stat(path)
+  except FileNotFoundError:
+    return False
+  return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def read_config(workdir: str) -> TrainConfig | None:
