@@ -22,11 +22,17 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow only reads data
 
 from absl import app, flags, logging  # noqa: E402
 
-from cvjax import cli  # noqa: E402
-from cvjax.errors import Preempted, UserError  # noqa: E402
-from cvjax.train.config import TrainConfig, parse_kwargs  # noqa: E402
+from cvjax import cli, signals  # noqa: E402
+from cvjax.errors import CheckpointWriteError, Preempted, UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
+
+
+def _train_config():
+  """TrainConfig, imported on first use: it brings JAX, which takes seconds, and the stop
+  signals are handled from before that (see `main`)."""
+  from cvjax.train.config import TrainConfig  # pylint: disable=g-import-not-at-top
+  return TrainConfig
 
 
 def _main_module() -> str:
@@ -37,7 +43,7 @@ def _main_module() -> str:
 def _flag_kind(name: str) -> type:
   """The flag type of TrainConfig field `name`: int for 'int | None', dict for
   'dict[str, Any]', tuple for 'tuple[float, ...]', ..."""
-  hint = typing.get_type_hints(TrainConfig)[name]
+  hint = typing.get_type_hints(_train_config())[name]
   args = typing.get_args(hint)
   if isinstance(hint, types.UnionType) and type(None) in args:
     hint = next(a for a in args if a is not type(None))
@@ -48,8 +54,9 @@ def define_config_flags(module_name: str | None = None,
                         flag_values: flags.FlagValues = FLAGS) -> None:
   """One absl flag per TrainConfig field: same name, the field's default and help."""
   module_name = module_name or _main_module()
-  base = TrainConfig()
-  for field in dataclasses.fields(TrainConfig):
+  config_class = _train_config()
+  base = config_class()
+  for field in dataclasses.fields(config_class):
     kind = _flag_kind(field.name)
     default = getattr(base, field.name)
     helptext = field.metadata.get('help', '')
@@ -87,10 +94,12 @@ def _define_run_flags(module_name: str) -> None:
   flags.DEFINE_integer('process_id', None, "Multi-process: this process's index.", **common)
 
 
-def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> TrainConfig:
+def config_from_flags(flag_values: flags.FlagValues = FLAGS):
   """The TrainConfig the parsed flags describe."""
+  from cvjax.train.config import parse_kwargs  # pylint: disable=g-import-not-at-top
+  config_class = _train_config()
   values = {}
-  for field in dataclasses.fields(TrainConfig):
+  for field in dataclasses.fields(config_class):
     kind = _flag_kind(field.name)
     value = flag_values[field.name].value
     if kind is dict:
@@ -103,18 +112,22 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> TrainConfig:
     elif field.metadata.get('empty_is_none') and value == '':
       value = None
     values[field.name] = value
-  return TrainConfig(**values)
+  return config_class(**values)
 
 
 class _QuietLibraries:
-  """Drops INFO records of orbax and TFDS (dozens per checkpoint); keeps warnings."""
+  """Drops INFO records of orbax and TFDS (dozens per checkpoint), and orbax's ERROR
+  records: a checkpoint write the filesystem refuses is logged by orbax as several
+  tracebacks, and reported by cvjax as one `error:` line (CheckpointWriteError)."""
   noisy = ('/orbax/', '/tensorflow_datasets/', '/etils/')
 
   def filter(self, record) -> bool:
-    return record.levelno > 20 or not any(n in record.pathname for n in self.noisy)
+    if '/orbax/' in record.pathname:
+      return record.levelno == logging.WARNING
+    return record.levelno > logging.INFO or not any(n in record.pathname for n in self.noisy)
 
 
-def _train(argv, run=None) -> None:
+def _train(argv, run, stop: signals.StopRequest) -> None:
   logging.get_absl_handler().addFilter(_QuietLibraries())
   cli.check_no_positional(argv)
   from cvjax.train import distributed  # pylint: disable=g-import-not-at-top
@@ -125,7 +138,8 @@ def _train(argv, run=None) -> None:
   workdir = FLAGS.workdir or os.path.join('runs', f'{config.model}_{config.dataset}')
   logging.info('workdir %s', workdir)
   if run is None:
-    results = tasks.fit(config, workdir, set_aside=FLAGS.set_aside, reevaluate=FLAGS.reevaluate)
+    results = tasks.fit(config, workdir, set_aside=FLAGS.set_aside, reevaluate=FLAGS.reevaluate,
+                        stop=stop)
   else:  # a multi-phase recipe (experiments.transfer)
     results = run(config, workdir)
   # Every task's test metrics (classification: test_accuracy, test_loss first).
@@ -135,7 +149,7 @@ def _train(argv, run=None) -> None:
         f'train_seconds={results["train_seconds"]:.0f} -> {workdir}')
 
 
-def _drop_inapplicable_defaults(config: TrainConfig) -> TrainConfig:
+def _drop_inapplicable_defaults(config):
   """The experiment's default model_kwargs without the options `config.model` lacks
   (`experiments.lenet --model=resnet20` keeps LeNet's activation/pooling defaults out);
   options typed on the command line are kept and checked by the model."""
@@ -151,15 +165,43 @@ def _drop_inapplicable_defaults(config: TrainConfig) -> TrainConfig:
                                       if k in options})
 
 
-def _main(argv, run=None) -> None:
+def _exit_at_once(status: int = 130) -> None:
+  """Ends the program without unwinding: a second Ctrl-C, or orbax's threads still waiting
+  for a checkpoint write that failed. Checkpoints already complete are kept."""
+  if status == 130:
+    print('interrupted at once; nothing more was saved (checkpoints already written are '
+          'kept; re-run to resume from the newest)', file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(status)  # pylint: disable=protected-access
+
+
+def _skip_closed_loop_errors(hook):
+  """sys.unraisablehook without the "Event loop is closed" RuntimeErrors that tensorstore
+  reports when the writes of a checkpoint that failed complete into the event loop orbax
+  has already closed (dozens of tracebacks); the failure itself is one `error:` line."""
+  def unraisablehook(unraisable):
+    value = unraisable.exc_value
+    if isinstance(value, RuntimeError) and str(value) == 'Event loop is closed':
+      return
+    hook(unraisable)
+  return unraisablehook
+
+
+def _main(argv, run, stop: signals.StopRequest) -> None:
+  sys.unraisablehook = _skip_closed_loop_errors(sys.unraisablehook)
   try:
-    _train(argv, run)
+    stop.check('before training started: nothing was written')
+    _train(argv, run, stop)
+  except CheckpointWriteError as e:
+    cli.fail(str(e))
+    _exit_at_once(cli.USAGE_ERROR)
   except UserError as e:
     sys.exit(cli.fail(str(e)))
-  except Preempted as e:  # SIGTERM (143) or a first Ctrl-C (130): a checkpoint was written
+  except Preempted as e:  # SIGTERM (143) or a first Ctrl-C (130)
     print(f'{"interrupted" if e.exit_status == 130 else "preempted"}: {e}', file=sys.stderr)
     sys.exit(e.exit_status)
-  except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
+  except KeyboardInterrupt:  # a Ctrl-C outside the handlers (`fit` of a multi-phase recipe)
     print('interrupted; nothing more was saved (checkpoints already written are kept; '
           're-run to resume from the newest)', file=sys.stderr)
     sys.exit(130)
@@ -170,10 +212,14 @@ def main(defaults: dict, run=None) -> None:
 
   run: `run(config, workdir) -> results` in place of one `fit` (e.g. the two phases of
   experiments.transfer); its results need test_accuracy, test_loss, step, train_seconds.
+
+  SIGTERM and Ctrl-C are recorded from here on, before JAX is imported: the run stops at
+  its next safe point (Preempted / Interrupted), a second Ctrl-C ends it at once.
   """
-  module_name = _main_module()
-  define_config_flags(module_name)
-  _define_run_flags(module_name)
-  for name, value in defaults.items():
-    FLAGS.set_default(name, value)
-  app.run(functools.partial(_main, run=run), flags_parser=cli.absl_flags_parser)
+  with signals.stop_signals(on_second_interrupt=_exit_at_once) as stop:
+    module_name = _main_module()
+    define_config_flags(module_name)
+    _define_run_flags(module_name)
+    for name, value in defaults.items():
+      FLAGS.set_default(name, value)
+    app.run(functools.partial(_main, run=run, stop=stop), flags_parser=cli.absl_flags_parser)

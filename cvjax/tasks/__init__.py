@@ -36,11 +36,11 @@ def get_task(name: str) -> Task:
 
 
 def fit(config: TrainConfig, workdir: str, *, set_aside: bool = False,
-        reevaluate: bool = False) -> dict[str, Any]:
+        reevaluate: bool = False, stop=None) -> dict[str, Any]:
   """Trains (or resumes) `config` in `workdir` with the task `config.task` names
-  (`cvjax.train.fit` says what set_aside and reevaluate do)."""
+  (`cvjax.train.fit` says what set_aside, reevaluate and stop do)."""
   return loop.fit(config, workdir, get_task(config.task), set_aside=set_aside,
-                  reevaluate=reevaluate)
+                  reevaluate=reevaluate, stop=stop)
 
 
 def build_run(config: TrainConfig, *, with_data: bool = True):

@@ -26,8 +26,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import signal
-import threading
 import time
 from typing import Any
 
@@ -35,7 +33,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from cvjax.errors import Interrupted, Preempted, TrainingDiverged, UserError
+from cvjax import signals
+from cvjax.errors import TrainingDiverged, UserError
 from cvjax.train import rundir, steps
 from cvjax.train.checkpoint import Checkpoints
 from cvjax.train.config import TrainConfig
@@ -45,51 +44,21 @@ from cvjax.train.task import Task
 from cvjax.train.writers import MetricWriter, Progress
 
 
-def evaluate(run: Run, state: TrainState, eval_step, split: str) -> dict[str, float]:
-  """The task's metrics over every example of `split` (exactly once each)."""
+def evaluate(run: Run, state: TrainState, eval_step, split: str,
+             stop: signals.StopRequest | None = None) -> dict[str, float]:
+  """The task's metrics over every example of `split` (exactly once each).
+
+  With `stop`, a stop signal ends the evaluation between two batches (Interrupted or
+  Preempted).
+  """
   evaluator = run.task.evaluator(run)
   for batch in run.task.eval_batches(run, split):
+    if stop is not None:
+      stop.check(f'during the evaluation on {split}: the checkpoint of step '
+                 f'{int(state.step)} is kept; re-run the same command to evaluate it')
     sums, per_example = jax.device_get(eval_step(state, batch))
     evaluator.update(sums, per_example)
   return evaluator.result()
-
-
-class _StopRequest:
-  """Which stop signal arrived, if any: SIGTERM (preemption) or the first Ctrl-C."""
-
-  def __init__(self):
-    self.signal: int | None = None
-
-  def is_set(self) -> bool:
-    return self.signal is not None
-
-
-@contextlib.contextmanager
-def _stop_signals():
-  """Yields a `_StopRequest` set by SIGTERM or SIGINT; the loop then checkpoints the
-  current step and stops. After the first Ctrl-C a second one interrupts at once."""
-  request = _StopRequest()
-  if threading.current_thread() is not threading.main_thread():
-    yield request
-    return
-
-  def on_term(signum, frame):
-    del frame
-    request.signal = signum
-
-  def on_int(signum, frame):
-    on_term(signum, frame)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: at once
-    logging.warning('Ctrl-C: checkpointing the current step, then stopping '
-                    '(press Ctrl-C again to stop at once)')
-
-  previous = {s: signal.signal(s, h) for s, h in ((signal.SIGTERM, on_term),
-                                                   (signal.SIGINT, on_int))}
-  try:
-    yield request
-  finally:
-    for s, h in previous.items():
-      signal.signal(s, h)
 
 
 class _Bookkeeping:
@@ -121,7 +90,7 @@ class _Bookkeeping:
 
 
 def fit(config: TrainConfig, workdir: str, task: Task, *, set_aside: bool = False,
-        reevaluate: bool = False) -> dict[str, Any]:
+        reevaluate: bool = False, stop: signals.StopRequest | None = None) -> dict[str, Any]:
   """Trains (or resumes training) `config` as `task` in `workdir`; returns the results dict.
 
   `cvjax.tasks.fit(config, workdir)` looks the task up by `config.task`. The workdir
@@ -131,8 +100,21 @@ def fit(config: TrainConfig, workdir: str, task: Task, *, set_aside: bool = Fals
 
   Raises UserError for bad settings, TrainingDiverged for a non-finite loss
   (after making sure the last good checkpoint is on disk), Preempted after SIGTERM
-  and Interrupted after Ctrl-C (each after writing a checkpoint of the current step).
+  and Interrupted after Ctrl-C (each after writing a checkpoint of the current step,
+  or before anything is written when the signal came during start-up).
+
+  stop: the request set by the program's own stop-signal handlers
+  (`cvjax.signals.stop_signals`); without one, `fit` installs them for its duration.
   """
+  with contextlib.ExitStack() as handlers:
+    if stop is None:
+      stop = handlers.enter_context(signals.stop_signals())
+    return _fit_locked(config, workdir, task, set_aside, reevaluate, stop)
+
+
+def _fit_locked(config: TrainConfig, workdir: str, task: Task, set_aside: bool,
+                reevaluate: bool, stop: signals.StopRequest) -> dict[str, Any]:
+  stop.check('before training started: nothing was written')
   chief = jax.process_index() == 0
   if chief:
     rundir.prepare(workdir)
@@ -148,11 +130,11 @@ def fit(config: TrainConfig, workdir: str, task: Task, *, set_aside: bool = Fals
     # The state is replicated and each device draws its own random bits inside the
     # shard_map, so no random draw needs the partitionable threefry (see Run.init_state).
     with jax.threefry_partitionable(False):
-      return _fit(config, workdir, task, chief, changed, reevaluate)
+      return _fit(config, workdir, task, chief, changed, reevaluate, stop)
 
 
 def _fit(config: TrainConfig, workdir: str, task: Task, chief: bool, changed: dict,
-         reevaluate: bool) -> dict[str, Any]:
+         reevaluate: bool, stop: signals.StopRequest) -> dict[str, Any]:
   run = build_run(config, task)
   ckpts = Checkpoints(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints,
                       best_metric=f'eval_{task.main_metric}')
@@ -199,94 +181,95 @@ def _fit(config: TrainConfig, workdir: str, task: Task, chief: bool, changed: di
     ckpts.save(step, state, meta, metrics=metrics)
 
   batches = task.train_batches(run, start_batch)
+  stop.check(f'before training started: nothing new was written in {workdir}')
   progress = Progress(run.total_steps, start_step, config.log_every_steps, enabled=chief)
   step, stopped_early = start_step, False
   timed_from, timed_steps = None, 0  # timed_steps: train-step calls (micro-batches)
   loop_start = time.time()
   last_saved = max(ckpts.all_steps(), default=None)
   try:
-    with _stop_signals() as preempt:
-      while step < run.total_steps and not stopped_early:
-        batch = next(batches)
-        if timed_from is None and 'image' in batch:  # TensorBoard's grid of augmented inputs
-          writer.images(step + 1, 'augmented_inputs', batch['image'])
-        state, metrics = train_step(state, batch)
-        host = jax.device_get(metrics)  # also the per-step NaN check
-        # A skipped fp16 overflow step has a finite loss (only its scaled gradients
-        # overflowed), so it passes; a nan/inf loss itself stops the run.
-        if not np.isfinite(host['loss']):
-          raise TrainingDiverged(
-              f'loss is {host["loss"]} at step {step + 1}; stopped. The last good checkpoint '
-              f'(step {last_saved}) is kept in {ckpts.directory}; try a lower '
-              f'--learning_rate or --grad_clip_norm')
-        if host.get('overflow') and host['loss_scale'] <= state.loss_scale.min_scale:
-          raise TrainingDiverged(
-              f'fp16 gradients overflow even at loss scale {host["loss_scale"]:g} at step '
-              f'{step + 1}; stopped. Try --half_precision=bf16 or a lower --learning_rate')
-        updated = host.pop('updated', 1.0) > 0
-        for k, v in host.items():  # window means over micro-batches
-          book.train_sums[k] = book.train_sums.get(k, 0.0) + float(v)
-        book.train_count += 1
-        if timed_from is None:  # exclude compilation from the throughput
-          timed_from = time.time()
-        else:
-          timed_steps += 1
-        if not updated:  # mid-accumulation or a skipped fp16 step: no optimizer step yet
-          continue
-        step += 1
+    while step < run.total_steps and not stopped_early:
+      batch = next(batches)
+      if timed_from is None and 'image' in batch:  # TensorBoard's grid of augmented inputs
+        writer.images(step + 1, 'augmented_inputs', batch['image'])
+      state, metrics = train_step(state, batch)
+      host = jax.device_get(metrics)  # also the per-step NaN check
+      # A skipped fp16 overflow step has a finite loss (only its scaled gradients
+      # overflowed), so it passes; a nan/inf loss itself stops the run.
+      if not np.isfinite(host['loss']):
+        raise TrainingDiverged(
+            f'loss is {host["loss"]} at step {step + 1}; stopped. The last good checkpoint '
+            f'(step {last_saved}) is kept in {ckpts.directory}; try a lower '
+            f'--learning_rate or --grad_clip_norm')
+      if host.get('overflow') and host['loss_scale'] <= state.loss_scale.min_scale:
+        raise TrainingDiverged(
+            f'fp16 gradients overflow even at loss scale {host["loss_scale"]:g} at step '
+            f'{step + 1}; stopped. Try --half_precision=bf16 or a lower --learning_rate')
+      updated = host.pop('updated', 1.0) > 0
+      for k, v in host.items():  # window means over micro-batches
+        book.train_sums[k] = book.train_sums.get(k, 0.0) + float(v)
+      book.train_count += 1
+      if timed_from is None:  # exclude compilation from the throughput
+        timed_from = time.time()
+      else:
+        timed_steps += 1
+      if not updated:  # mid-accumulation or a skipped fp16 step: no optimizer step yet
+        continue
+      step += 1
 
-        if step % config.log_every_steps == 0 or step == run.total_steps:
-          scalars = {f'train_{k}': v / book.train_count for k, v in book.train_sums.items()}
-          scalars['learning_rate'] = float(run.schedule(step - 1))
-          writer.write(step, scalars)
-          progress.update(step, scalars)
-          book.train_sums, book.train_count = {}, 0
-        else:
-          progress.update(step)
+      if step % config.log_every_steps == 0 or step == run.total_steps:
+        scalars = {f'train_{k}': v / book.train_count for k, v in book.train_sums.items()}
+        scalars['learning_rate'] = float(run.schedule(step - 1))
+        writer.write(step, scalars)
+        progress.update(step, scalars)
+        book.train_sums, book.train_count = {}, 0
+      else:
+        progress.update(step)
 
-        ckpt_metrics = None
-        if step % eval_every == 0 or step == run.total_steps:
-          with progress.phase(f'evaluating on {config.eval_split}'):
-            result = evaluate(run, state, eval_step, config.eval_split)
-          book.last_eval = {**result, 'step': step, 'split': config.eval_split}
-          if watched not in result:
-            raise UserError(f'early_stopping_metric {watched!r} is not measured by the '
-                            f'{task.name} task; it measures {sorted(result)}')
-          book.update(result[watched], higher_is_better)
-          shown = {f'eval_{k}': v for k, v in result.items() if k != 'count'}
-          writer.write(step, shown)
-          logging.info('step %d: eval on %s %s', step, config.eval_split,
-                       ' '.join(f'{k}={v:.4f}' for k, v in shown.items()))
-          ckpt_metrics = {f'eval_{task.main_metric}': result[task.main_metric]}
-          patience = config.early_stopping_patience
-          if patience and book.evals_since_best >= patience:
-            logging.info('early stopping at step %d: no better %s in %d evaluations',
-                         step, watched, patience)
-            stopped_early = True
+      ckpt_metrics = None
+      if step % eval_every == 0 or step == run.total_steps:
+        with progress.phase(f'evaluating on {config.eval_split}'):
+          result = evaluate(run, state, eval_step, config.eval_split)
+        book.last_eval = {**result, 'step': step, 'split': config.eval_split}
+        if watched not in result:
+          raise UserError(f'early_stopping_metric {watched!r} is not measured by the '
+                          f'{task.name} task; it measures {sorted(result)}')
+        book.update(result[watched], higher_is_better)
+        shown = {f'eval_{k}': v for k, v in result.items() if k != 'count'}
+        writer.write(step, shown)
+        logging.info('step %d: eval on %s %s', step, config.eval_split,
+                     ' '.join(f'{k}={v:.4f}' for k, v in shown.items()))
+        ckpt_metrics = {f'eval_{task.main_metric}': result[task.main_metric]}
+        patience = config.early_stopping_patience
+        if patience and book.evals_since_best >= patience:
+          logging.info('early stopping at step %d: no better %s in %d evaluations',
+                       step, watched, patience)
+          stopped_early = True
 
-        if (step % ckpt_every == 0 or step == run.total_steps or stopped_early
-            or preempt.is_set()):
-          book.train_seconds += time.time() - loop_start
-          loop_start = time.time()
-          save(step, ckpt_metrics)
-          last_saved = step
-        if preempt.is_set():
-          ckpts.wait()
-          stop = Interrupted if preempt.signal == signal.SIGINT else Preempted
-          name = 'Ctrl-C' if stop is Interrupted else 'SIGTERM'
-          raise stop(f'{name} at step {step}: checkpoint written to '
-                     f'{os.path.join(ckpts.directory, str(step))}; re-run the same command to '
-                     'resume')
+      if (step % ckpt_every == 0 or step == run.total_steps or stopped_early
+          or stop.is_set()):
+        book.train_seconds += time.time() - loop_start
+        loop_start = time.time()
+        save(step, ckpt_metrics)
+        last_saved = step
+      if stop.is_set():
+        ckpts.wait()
+        raise stop.error(f'at step {step}: checkpoint written to '
+                         f'{os.path.join(ckpts.directory, str(step))}; re-run the same command '
+                         'to resume')
   finally:
-    ckpts.wait()
-    progress.close()
-    writer.flush()
+    try:
+      ckpts.wait()
+      ckpts.close()
+    finally:
+      progress.close()
+      writer.flush()
 
   book.train_seconds += time.time() - loop_start
   final = book.last_eval
   if not final or final.get('step') != step or final.get('split') != 'test':
     with progress.phase('evaluating on test'):
-      final = evaluate(run, state, eval_step, 'test')
+      final = evaluate(run, state, eval_step, 'test', stop)
   elapsed = time.time() - timed_from if timed_from else 0.0
   results = {
       'step': step,
@@ -302,7 +285,6 @@ def _fit(config: TrainConfig, workdir: str, task: Task, chief: bool, changed: di
   if chief:
     rundir.write_atomically(results_path, json.dumps(results, indent=2))
   writer.close()
-  ckpts.close()
   logging.info('done: %s', json.dumps(results))
   return results
 
