@@ -17,9 +17,10 @@ with its own `trial.flags`: base flags, passthrough flags, the trial's values an
 
 Re-running the same command skips finished trials (those with results.json) and
 resumes the others from their checkpoints. It may add trials (another --grid), but
-once a trial has started it may not change the flags every trial gets (base
-flagfile lines and passthrough flags): trials keep what they ran, so that is
-refused. Backends: `local` (see launch.local) and `slurm` (see launch.slurm). The
+once a trial has started (or was submitted to SLURM) it may not change the flags
+every trial gets (base flagfile lines and passthrough flags): trials keep what they
+ran, so that is refused. One launcher at a time works on ROOT (ROOT/.sweep.lock); a
+second one started meanwhile is refused with one error line. Backends: `local` (see launch.local) and `slurm` (see launch.slurm). The
 summary (launch.summarize) is written at the end of a local sweep and by a follow-up
 job on SLURM. Exit status: 0 when every trial is done, 1 when any failed, 2 for bad
 arguments, 143/130 when the sweep was stopped.
@@ -39,11 +40,13 @@ import xml.etree.ElementTree as ET
 from absl import app, flags
 
 from cvjax.errors import UserError
+from cvjax.locking import WorkdirLock
 from launch import space
 from launch import trials as trials_lib
 from launch.trials import Trial
 
 FLAGS = flags.FLAGS
+SWEEP_LOCK = '.sweep.lock'  # held by the launcher working on ROOT
 _FLAGFILE = re.compile(r'^--?flagfile(=|$)')
 
 
@@ -182,7 +185,6 @@ def plan(argv: list[str]) -> dict:
     if name == 'workdir':
       raise UserError('--workdir is the sweep directory; each trial gets ROOT/<trial>')
   root = os.path.abspath(FLAGS.workdir)
-  check_same_flags(root, FLAGS.workdir, base_lines, passthrough)
   names = space.trial_names(overrides)
   trials = [Trial(n, o) for n, o in zip(names, overrides)]
   return {'experiment': FLAGS.experiment, 'root': root,
@@ -200,8 +202,9 @@ def check_same_flags(root: str, workdir: str, base_lines: list[str],
   before = trials_lib.by_name(old.get('base_lines', base_lines) + old.get('passthrough', []))
   now = trials_lib.by_name(base_lines + passthrough)
   changed = [n for n in dict.fromkeys([*before, *now]) if before.get(n) != now.get(n)]
-  started = any(trials_lib.status(t, root)['status'] != 'not started'
-                for t in trials_lib.trials_of(old))
+  # Trials submitted to SLURM read their trial.flags when they start: already committed.
+  started = bool(old.get('slurm_jobs')) or any(
+      trials_lib.status(t, root)['status'] != 'not started' for t in trials_lib.trials_of(old))
   if not changed or not started:  # e.g. after a --dry_run: nothing ran with the old flags
     return
   value = trials_lib.flag_value
@@ -305,14 +308,28 @@ def run_slurm(p: dict) -> int:
   return 0
 
 
+def sweep_lock(root: str) -> WorkdirLock:
+  """The lock one launcher holds on ROOT from reading it to its last trial: a second launcher
+  on the same ROOT (other flags, or the same command twice) is refused at once, so no trial
+  is written, run or reported by two launchers."""
+  try:
+    os.makedirs(root, exist_ok=True)
+  except OSError as e:
+    raise UserError(f'--workdir={root} cannot be created ({e.strerror}); choose a writable '
+                    'location') from None
+  return WorkdirLock(root, filename=SWEEP_LOCK)
+
+
 def main(argv: list[str]) -> None:
   try:
     p = plan(argv)
-    if FLAGS.check_flags:
+    if FLAGS.check_flags:  # before anything is written
       defined = experiment_flags(p['experiment'])
       check_names(p['experiment'], defined, p['swept'], p['passthrough'], p['base_lines'])
-    write_trials(p)
-    code = run_local(p) if FLAGS.backend == 'local' else run_slurm(p)
+    with sweep_lock(p['root']):
+      check_same_flags(p['root'], FLAGS.workdir, p['base_lines'], p['passthrough'])
+      write_trials(p)
+      code = run_local(p) if FLAGS.backend == 'local' else run_slurm(p)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

@@ -590,3 +590,46 @@ def test_a_tensorstore_write_error_is_a_checkpoint_write_error_naming_its_step(t
   monkeypatch.setattr(ocp.CheckpointManager, 'save', a_bug)
   with pytest.raises(ValueError, match='a tree mismatch'):
     Checkpoints(str(tmp_path / 'other'), keep=5, async_save=False).save(1, state, {'step': 1})
+
+
+# ---- sweeps ----------------------------------------------------------------------------------
+
+SLOW_EXPERIMENT = r'''
+import json, os, sys, time
+flagfile = [a.split('=', 1)[1] for a in sys.argv[1:] if a.startswith('--flagfile=')][0]
+flags = dict(l.strip()[2:].split('=', 1) for l in open(flagfile) if l.startswith('--'))
+time.sleep(float(flags.get('sleep', 0)))
+with open(os.path.join(flags['workdir'], 'results.json'), 'w') as f:
+  json.dump({'step': int(flags['num_train_steps']), 'test_accuracy': float(flags['learning_rate']),
+             'test_loss': 0.0, 'train_seconds': 1.0, 'images_per_second': 1.0}, f)
+'''
+
+
+@pytest.mark.slow
+def test_a_second_sweep_on_a_busy_sweep_directory_is_refused_and_the_first_reports_its_own(
+    tmp_path):
+  (tmp_path / 'slow_experiment.py').write_text(SLOW_EXPERIMENT)
+  env = {**_env(), 'PYTHONPATH': f'{REPO}{os.pathsep}{tmp_path}', 'CUDA_VISIBLE_DEVICES': ''}
+  root = tmp_path / 'sweep'
+
+  def sweep(*extra):
+    return [sys.executable, '-m', 'launch.sweep', '--experiment=slow_experiment',
+            f'--workdir={root}', '--nocheck_flags', '--grid=learning_rate=0.1,0.01', *extra]
+  first = subprocess.Popen(sweep('--num_train_steps=100', '--sleep=4'), cwd=str(tmp_path),
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 60
+  while not (root / 'sweep.json').exists() and time.time() < deadline:
+    time.sleep(0.05)
+  for extra in (['--num_train_steps=150', '--sleep=4'], ['--num_train_steps=100', '--sleep=4']):
+    second = subprocess.run(sweep(*extra), cwd=str(tmp_path), env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert second.returncode == 2 and second.stdout == '', second.stdout + second.stderr
+    assert second.stderr.strip().splitlines() == [
+        f'error: {root} is in use by process {first.pid} on {socket.gethostname()}; wait for '
+        'it to finish or choose another --workdir']
+  out, err = first.communicate(timeout=120)
+  assert first.returncode == 0, out + err
+  for trial in ('lr=0.1', 'lr=0.01'):
+    assert json.loads((root / trial / 'results.json').read_text())['step'] == 100
+    assert '--num_train_steps=100' in (root / trial / 'trial.flags').read_text()
+  assert not (root / '.sweep.lock').exists()
