@@ -633,3 +633,28 @@ def test_a_second_sweep_on_a_busy_sweep_directory_is_refused_and_the_first_repor
     assert json.loads((root / trial / 'results.json').read_text())['step'] == 100
     assert '--num_train_steps=100' in (root / trial / 'trial.flags').read_text()
   assert not (root / '.sweep.lock').exists()
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_start_is_one_error_line_and_leaves_no_lock(real_mnist, tmp_path,
+                                                                   small_tmpfs):
+  disk = small_tmpfs('2m')
+  filler = os.path.join(disk, 'filler')
+  with open(filler, 'wb', buffering=0) as f:   # fill it up
+    try:
+      while True:
+        f.write(b'\0' * 4096)
+    except OSError:
+      pass
+  workdir = os.path.join(disk, 'run')
+  args = _lenet_args(real_mnist, workdir, '--num_train_steps=10', '--eval_every_steps=1000',
+                     '--log_every_steps=5')
+  full = subprocess.run(args, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert full.returncode == 2, full.stderr[-3000:]
+  assert 'Traceback' not in full.stderr, full.stderr[-3000:]
+  (line,) = _error_lines(full.stderr)
+  assert 'No space left on device' in line and 'free space' in line, line
+  assert not os.path.exists(os.path.join(workdir, rundir.LOCK))
+  os.remove(filler)
+  again = subprocess.run(args, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0, again.stderr[-3000:]

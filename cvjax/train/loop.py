@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import time
@@ -109,7 +110,18 @@ def fit(config: TrainConfig, workdir: str, task: Task, *, set_aside: bool = Fals
   with contextlib.ExitStack() as handlers:
     if stop is None:
       stop = handlers.enter_context(signals.stop_signals())
-    return _fit_locked(config, workdir, task, set_aside, reevaluate, stop)
+    try:
+      return _fit_locked(config, workdir, task, set_aside, reevaluate, stop)
+    except OSError as e:
+      if e.errno not in _REFUSED_WRITES:
+        raise
+      raise UserError(f'writing {e.filename or workdir} failed ({e.strerror}); the complete '
+                      'checkpoints are intact: free space or fix the directory, then re-run to '
+                      'resume') from None
+
+
+# What a filesystem says when it refuses a write (full, over quota, read-only, not ours).
+_REFUSED_WRITES = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def _fit_locked(config: TrainConfig, workdir: str, task: Task, set_aside: bool,

@@ -50,11 +50,16 @@ def write_atomically(path: str, text: str) -> None:
   """Writes `text` to `path` through a temporary sibling and a rename: a reader (or a
   `kill -9`) sees the old file or the new one, never half of one."""
   tmp = f'{path}.{os.getpid()}.tmp'
-  with open(tmp, 'w') as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  try:
+    with open(tmp, 'w') as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except OSError:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
 
 
 def read_config(workdir: str) -> TrainConfig | None:
