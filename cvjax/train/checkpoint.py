@@ -93,6 +93,8 @@ class Checkpoints:
     if self.read_only:
       raise UserError(f'{self.directory} was opened read-only; only the run that holds '
                       'the workdir lock writes checkpoints')
+    if self._failed is not None:
+      raise self._failed
     self.wait()  # a failure of the previous async save is reported as that step's
     try:
       self.manager.save(
