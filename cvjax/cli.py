@@ -22,6 +22,7 @@ print the docstring and the program's own flags.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -39,40 +40,126 @@ _REQUIRED = re.compile(r'flag --(\w+)=None: Flag --\1 must have a value other th
 
 
 def fail(message: str) -> int:
-  """Prints `error: message` on stderr; returns the usage-error exit status."""
-  print(f'error: {message}', file=sys.stderr)
+  """Prints `error: message` on stderr, on one line; returns the usage-error exit status."""
+  print(f'error: {_one_line(message)}', file=sys.stderr)
   return USAGE_ERROR
 
 
 def parse(flag_values: flags.FlagValues, argv: Sequence[str]) -> list[str]:
   """Parses `argv` (program name first) into `flag_values`; absl errors become UserError.
 
+  Each file a `--flagfile` names is checked first (it exists, is a file, is UTF-8 text):
+  absl's own reading of a missing one is a cryptic message and of a binary one a traceback.
   Returns the positional arguments left over (program name first).
   """
+  for path in _flagfiles(argv[1:]):
+    read_text(path, 'flagfile')
   try:
     return flag_values(list(argv))
   except flags.Error as e:
     message = _one_line(str(e))
     missing = _REQUIRED.fullmatch(message)
     raise UserError(f'--{missing[1]} is required' if missing else message) from None
+  except UnicodeDecodeError as e:  # a flagfile named inside another flagfile
+    raise UserError(f'a file named by --flagfile is not UTF-8 text ({e.reason} at byte '
+                    f'{e.start}); give a text file of --name=value lines') from None
+
+
+def _flagfiles(args: Sequence[str]) -> list[str]:
+  """The paths of the `--flagfile=PATH` / `--flagfile PATH` arguments (absl's spellings)."""
+  paths = []
+  for i, arg in enumerate(args):
+    if arg == '--':
+      break
+    name, eq, value = arg.partition('=')
+    if name in ('--flagfile', '-flagfile'):
+      if eq:
+        paths.append(value)
+      elif i + 1 < len(args):
+        paths.append(args[i + 1])
+  return paths
+
+
+def _named(path: str, flag: str | None) -> str:
+  return f'--{flag}={path}' if flag else path
+
+
+def read_text(path: str, flag: str | None = None) -> str:
+  """The text of the UTF-8 file at `path` (a leading byte-order mark dropped).
+
+  A missing file, a directory, one the system will not open, or bytes that are not
+  UTF-8 are a `UserError` naming it as `--flag=path` (or the bare path when `flag` is
+  None).
+  """
+  name = _named(path, flag)
+  try:
+    with open(path, 'rb') as f:
+      data = f.read()
+  except FileNotFoundError:
+    raise UserError(f'{name} does not exist') from None
+  except IsADirectoryError:
+    raise UserError(f'{name} is a directory; give a file') from None
+  except (OSError, ValueError) as e:  # permissions, a dangling path, a NUL in the name
+    raise UserError(f'{name} cannot be read ({getattr(e, "strerror", None) or e})') from None
+  try:
+    return data.decode('utf-8-sig')
+  except UnicodeDecodeError as e:
+    line = data.count(b'\n', 0, e.start) + 1
+    raise UserError(f'{name} is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}); '
+                    'expected a text file') from None
+
+
+def read_json(path: str, flag: str | None = None, what: str = 'JSON'):
+  """The JSON value in the file at `path` (objects as dicts, arrays as lists; NaN and
+  Infinity are read as floats).
+
+  Besides `read_text`'s errors, an empty file or text that is not JSON is a `UserError`
+  naming the file, the line and column, and `what` was expected there.
+  """
+  return parse_json(read_text(path, flag), _named(path, flag), what)
+
+
+def parse_json(text: str, name: str, what: str = 'JSON'):
+  """`json.loads(text)`; empty or malformed text is a `UserError` naming `name` (the
+  file), the line and column, and `what` was expected."""
+  if not text.strip():
+    raise UserError(f'{name} is empty; expected {what}')
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError as e:
+    raise UserError(f'{name} is not JSON ({e.msg} at line {e.lineno}, column {e.colno}); '
+                    f'expected {what}') from None
+  except (ValueError, RecursionError) as e:  # a 5,000-digit number; arrays nested 1,000 deep
+    raise UserError(f'{name} is not JSON cvjax can read ({type(e).__name__}: '
+                    f'{str(e)[:80] or "nested too deeply"}); expected {what}') from None
 
 
 def read_image(path: str, flag: str | None = 'image', mode: str = 'RGB'):
   """Pixels of the image file at `path`: uint8[H, W, 3] for `mode` 'RGB', [H, W, 1] for 'L'.
 
-  A missing file or one PIL cannot read is a `UserError` naming it as `--flag=path` (or
-  the bare path when `flag` is None).
+  A missing file, one PIL cannot read (not an image, truncated, corrupt), an image
+  larger than PIL's decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`) or one
+  without pixels is a `UserError` naming it as `--flag=path` (or the bare path when
+  `flag` is None).
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
-  name = f'--{flag}={path}' if flag else path
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  name = _named(path, flag)
   if not os.path.exists(path):
     raise UserError(f'{name} does not exist')
+  if os.path.isdir(path):
+    raise UserError(f'{name} is a directory; give an image file')
   try:
     with Image.open(path) as image:
       pixels = np.asarray(image.convert(mode), np.uint8)
-  except (UnidentifiedImageError, OSError) as e:
-    raise UserError(f'{name} is not an image PIL can read ({e})') from None
+  except Image.DecompressionBombError as e:
+    raise UserError(f'{name} has more pixels than PIL decodes safely ({e}); give a smaller '
+                    'image') from None
+  except Exception as e:  # pylint: disable=broad-except  # PIL's decoders raise many kinds
+    raise UserError(f'{name} is not an image PIL can read '
+                    f'({_one_line(str(e)) or type(e).__name__})') from None
+  if pixels.size == 0:
+    raise UserError(f'{name} has no pixels (shape {pixels.shape})')
   return pixels[..., None] if pixels.ndim == 2 else pixels
 
 
