@@ -47,8 +47,7 @@ def read_config(workdir: str) -> TrainConfig:
   config_path = os.path.join(workdir, 'config.json')
   if not os.path.exists(config_path):
     raise UserError(f'{workdir} has no config.json; is it a cvjax workdir?')
-  with open(config_path) as f:
-    return TrainConfig.from_json(f.read())
+  return TrainConfig.from_file(config_path)
 
 
 def restore(workdir: str, step: int | None = None) -> Restored:

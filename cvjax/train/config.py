@@ -13,9 +13,15 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import json
+import math
+import numbers
+import types
+import typing
 from typing import Any
 
+from cvjax import cli
 from cvjax.errors import UserError, unknown_choice
 from cvjax.models import CONV_IMPLS
 from cvjax.train import freeze as freezing
@@ -31,13 +37,29 @@ HALF_PRECISIONS = {'bf16': 'bfloat16', 'fp16': 'float16'}
 
 
 def field(default: Any = dataclasses.MISSING, *, help: str, choices=None,  # pylint: disable=redefined-builtin
-          resumable: bool = False, empty_is_none: bool = False, default_factory=None):
-  """A TrainConfig field with its flag help (and, optionally, the values a flag accepts)."""
+          resumable: bool = False, empty_is_none: bool = False, default_factory=None,
+          minimum=None, maximum=None, exclusive_minimum=None, exclusive_maximum=None,
+          words: str | None = None):
+  """A TrainConfig field with its flag help and the values it accepts.
+
+  choices: the values a string field accepts. minimum / maximum (inclusive) and
+  exclusive_minimum / exclusive_maximum bound a number, or each number of a tuple;
+  every number must be finite as well. words: what `validate` says the field must be,
+  where the bounds' own wording ('positive', 'in [0, 1)') is not the one to use.
+  """
   metadata = {'help': help, 'choices': choices, 'resumable': resumable,
-              'empty_is_none': empty_is_none}
+              'empty_is_none': empty_is_none, 'minimum': minimum, 'maximum': maximum,
+              'exclusive_minimum': exclusive_minimum, 'exclusive_maximum': exclusive_maximum,
+              'words': words}
   if default_factory is not None:
     return dataclasses.field(default_factory=default_factory, metadata=metadata)
   return dataclasses.field(default=default, metadata=metadata)
+
+
+POSITIVE = {'exclusive_minimum': 0}    # sizes, intervals, rates: > 0
+NON_NEGATIVE = {'minimum': 0}          # lengths and strengths that may be 0
+# JAX's keys are 32-bit: larger seeds would repeat the draws of smaller ones.
+MAX_SEED = 2**32 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +81,8 @@ class TrainConfig:
       default_factory=dict, help='Extra model arguments, e.g. "activation=relu,pooling=max".')
   dataset: str = field('fashion_mnist', help='TFDS dataset name (mnist, fashion_mnist, cifar10, '
                        'cifar100, tf_flowers, imagenet2012, voc2007, cvjax_shapes, ...).')
-  image_size: int | None = field(None, help="Model input size; default: the model's natural size.")
+  image_size: int | None = field(None, help="Model input size; default: the model's natural size.",
+                                 **POSITIVE)
   augment: str | None = field(None, help='Train augmentation ops, e.g. "pad_crop(4)|flip_lr"; '
                               'default: the dataset\'s; "" for none.')
   eval_split: str = field('test', help='Split evaluated during training.', resumable=True)
@@ -68,47 +91,56 @@ class TrainConfig:
                                    'used to build the TFDS dataset offline.', resumable=True)
 
   # How long.
-  batch_size: int = field(128, help='Global batch size (all devices).')
+  batch_size: int = field(128, help='Global batch size (all devices).', **POSITIVE)
   eval_batch_size: int | None = field(None, help='Global eval batch size (default: batch_size).',
-                                      resumable=True)
-  num_epochs: float | None = field(10.0, help='Training length in epochs.', resumable=True)
+                                      resumable=True, **POSITIVE)
+  num_epochs: float | None = field(10.0, help='Training length in epochs.', resumable=True,
+                                   **POSITIVE)
   num_train_steps: int | None = field(None, help='Training length in optimizer steps; overrides '
-                                      'num_epochs.', resumable=True)
+                                      'num_epochs.', resumable=True, **POSITIVE)
 
   # Optimisation.
   optimizer: str = field('momentum', help='Optimizer.', choices=OPTIMIZERS)
-  learning_rate: float = field(0.1, help='Peak learning rate.')
-  momentum: float = field(0.9, help='Momentum for momentum/nesterov.')
+  learning_rate: float = field(0.1, help='Peak learning rate.', **POSITIVE)
+  momentum: float = field(0.9, help='Momentum for momentum/nesterov.', minimum=0,
+                          exclusive_maximum=1)
   schedule: str = field('cosine', help='Learning-rate schedule.', choices=SCHEDULES)
-  warmup_epochs: float = field(0.0, help='Linear warmup length in epochs.')
+  warmup_epochs: float = field(0.0, help='Linear warmup length in epochs.', **NON_NEGATIVE)
   decay_epochs: tuple[float, ...] = field((), help="Epochs at which the 'step' schedule "
-                                          'multiplies the learning rate by decay_factor.')
-  decay_factor: float = field(0.1, help="'step' schedule multiplier.")
+                                          'multiplies the learning rate by decay_factor.',
+                                          **NON_NEGATIVE)
+  decay_factor: float = field(0.1, help="'step' schedule multiplier.", exclusive_minimum=0,
+                              maximum=1)
   weight_decay: float = field(0.0, help='L2 weight decay on kernels (coupled for sgd/adam, '
-                              'decoupled for adamw).')
-  label_smoothing: float = field(0.0, help='Label smoothing.')
-  grad_clip_norm: float | None = field(None, help='Clip gradients to this global norm.')
+                              'decoupled for adamw).', **NON_NEGATIVE)
+  label_smoothing: float = field(0.0, help='Label smoothing.', minimum=0, exclusive_maximum=1)
+  grad_clip_norm: float | None = field(None, help='Clip gradients to this global norm.',
+                                       **POSITIVE)
 
   # Bookkeeping.
-  seed: int = field(0, help='Seed for init, data order, augmentation and dropout.')
-  log_every_steps: int = field(100, help='Training metrics interval.', resumable=True)
+  seed: int = field(0, help='Seed for init, data order, augmentation and dropout.', minimum=0,
+                    maximum=MAX_SEED)
+  log_every_steps: int = field(100, help='Training metrics interval.', resumable=True,
+                               **POSITIVE)
   eval_every_steps: int | None = field(None, help='Evaluation interval (default: each epoch).',
-                                       resumable=True)
+                                       resumable=True, **POSITIVE)
   checkpoint_every_steps: int | None = field(None, help='Checkpoint interval (default: each '
-                                             'epoch).', resumable=True)
+                                             'epoch).', resumable=True, **POSITIVE)
   keep_checkpoints: int = field(3, help='Newest checkpoints kept (the best one is kept too).',
-                                resumable=True)
+                                resumable=True, **POSITIVE)
   early_stopping_patience: int | None = field(None, help='Stop after this many evaluations '
-                                              'without improvement.', resumable=True)
+                                              'without improvement.', resumable=True,
+                                              **POSITIVE)
   early_stopping_metric: str | None = field(None, help='Eval metric watched by early stopping '
                                             "(default: the task's main metric, e.g. accuracy; "
                                             '"loss" is minimised).', resumable=True)
   num_devices: int | None = field(None, help='Use only the first N devices (default: all).',
-                                  resumable=True)
+                                  resumable=True, **POSITIVE)
 
   # Transfer learning and imported weights (cvjax.train.freeze, cvjax.train.warm_start).
   num_classes: int | None = field(None, help="Model outputs; default: the dataset's. Set by "
-                                  'cvjax.convert, so restoring converted weights needs no data.')
+                                  'cvjax.convert, so restoring converted weights needs no data.',
+                                  **POSITIVE)
   preprocessing: str | None = field(None, help='Input convention of imported weights: caffe '
                                     '(Keras VGG/ResNet), torch (torchvision), tf (Keras '
                                     'MobileNet/Inception); default: the dataset\'s mean/std.',
@@ -125,10 +157,12 @@ class TrainConfig:
   half_precision: str | None = field(None, help='Compute in bf16 or fp16 (params, optimizer '
                                      'state, BN statistics, logits and loss stay float32; fp16 '
                                      'adds dynamic loss scaling). Default: float32.',
-                                     choices=tuple(HALF_PRECISIONS), empty_is_none=True)
+                                     choices=tuple(HALF_PRECISIONS), empty_is_none=True,
+                                     words='one of bf16, fp16 (or unset for float32)')
   grad_accum_steps: int = field(1, help='Average the gradients of K micro-batches of '
                                 '--batch_size per optimizer step (effective batch batch_size × '
-                                'K; steps, epochs and schedules count optimizer steps).')
+                                'K; steps, epochs and schedules count optimizer steps).',
+                                **POSITIVE, words='a positive integer')
   remat: bool = field(False, help='Recompute residual blocks in the backward pass: less '
                       'activation memory, ~1/3 more compute (models that declare it).')
   conv_impl: str = field('auto', help='How convolutions are computed: auto (the CPU lowerings '
@@ -137,35 +171,20 @@ class TrainConfig:
                          'way.', choices=CONV_IMPLS, resumable=True)
 
   def validate(self) -> None:
-    """Raises `UserError` for settings that cannot work."""
-    if self.optimizer not in OPTIMIZERS:
-      raise unknown_choice('optimizer', self.optimizer, OPTIMIZERS)
-    if self.schedule not in SCHEDULES:
-      raise unknown_choice('schedule', self.schedule, SCHEDULES)
-    if self.batch_size <= 0:
-      raise UserError(f'batch_size must be positive, got {self.batch_size}')
-    if self.num_train_steps is None and not self.num_epochs:
+    """Raises `UserError` for settings that cannot work.
+
+    Each field is checked against its declaration: its type, its choices, and for a
+    number that it is finite and within the bounds of its `field(...)` (e.g.
+    'learning_rate must be a finite number > 0, got nan'); then the settings that
+    depend on each other.
+    """
+    for f in dataclasses.fields(self):
+      check_field(f, getattr(self, f.name))
+    if self.num_train_steps is None and self.num_epochs is None:
       raise UserError('set num_train_steps or a positive num_epochs')
-    if self.num_train_steps is not None and self.num_train_steps <= 0:
-      raise UserError(f'num_train_steps must be positive, got {self.num_train_steps}')
-    if self.learning_rate <= 0:
-      raise UserError(f'learning_rate must be positive, got {self.learning_rate}')
-    if not 0 <= self.label_smoothing < 1:
-      raise UserError(f'label_smoothing must be in [0, 1), got {self.label_smoothing}')
-    if self.half_precision is not None and self.half_precision not in HALF_PRECISIONS:
-      raise UserError(f'half_precision must be one of bf16, fp16 (or unset for float32), '
-                      f'got {self.half_precision!r}')
     if self.half_precision and 'dtype' in self.model_kwargs:
       raise UserError(f'half_precision={self.half_precision} and model_kwargs '
                       f'dtype={self.model_kwargs["dtype"]} both set the compute dtype; use one')
-    if self.grad_accum_steps < 1:
-      raise UserError(f'grad_accum_steps must be a positive integer, got {self.grad_accum_steps}')
-    if self.preprocessing is not None and self.preprocessing not in PREPROCESSINGS:
-      raise unknown_choice('preprocessing', self.preprocessing, PREPROCESSINGS)
-    if self.num_classes is not None and self.num_classes <= 0:
-      raise UserError(f'num_classes must be positive, got {self.num_classes}')
-    if self.conv_impl not in CONV_IMPLS:
-      raise unknown_choice('conv_impl', self.conv_impl, CONV_IMPLS)
     freezing.parse_freeze(self.freeze)
     if self.init_exclude not in (None, '', 'head'):
       freezing.compile_pattern(self.init_exclude, 'init_exclude')
@@ -179,18 +198,164 @@ class TrainConfig:
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
   @classmethod
-  def from_json(cls, text: str) -> 'TrainConfig':
-    raw = json.loads(text)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(raw) - known
+  def from_json(cls, text: str, source: str = 'the config') -> 'TrainConfig':
+    """The TrainConfig `to_json` wrote as `text`, its values' types checked (not their
+    ranges: that is `validate`). Text that is not a JSON object, an unknown field or a
+    value of the wrong type is a `UserError` naming `source` (e.g. the file) and the key."""
+    raw = cli.parse_json(text, source, 'a JSON object of TrainConfig fields')
+    if not isinstance(raw, dict):
+      raise UserError(f'{source} holds a JSON {_json_kind(raw)}; expected a JSON object of '
+                      'TrainConfig fields')
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(raw) - set(fields)
     if unknown:
-      raise UserError(f'config has unknown fields {sorted(unknown)}; was it written by a newer cvjax?')
-    if 'decay_epochs' in raw:
-      raw['decay_epochs'] = tuple(raw['decay_epochs'])
-    return cls(**raw)
+      names = sorted(unknown)
+      listed = ', '.join(_shown(n, 30) for n in names[:5]) + (', ...' if len(names) > 5 else '')
+      raise UserError(f'{source} has unknown fields [{listed}]; was it written by a newer '
+                      'cvjax?')
+    values = {}
+    for name, value in raw.items():
+      kind, _ = field_types()[name]
+      if kind is tuple and isinstance(value, list):
+        value = tuple(value)
+      elif kind is float and _is_number(value, integer=True) and _finite(value):
+        value = float(value)
+      try:
+        check_type(fields[name], value)
+      except UserError as e:
+        raise UserError(f'{source}: {e}') from None
+      values[name] = value
+    return cls(**values)
+
+  @classmethod
+  def from_file(cls, path: str) -> 'TrainConfig':
+    """The TrainConfig in the JSON file at `path` (a workdir's config.json), validated.
+
+    A missing, unreadable or empty file, text that is not JSON (the message gives the
+    line), an unknown field, a value of the wrong type or outside its range is a
+    `UserError` that names `path`, the key and what was expected.
+    """
+    config = cls.from_json(cli.read_text(path), source=path)
+    try:
+      config.validate()
+    except UserError as e:
+      raise UserError(f'{path}: {e}') from None
+    return config
 
   def replace(self, **changes) -> 'TrainConfig':
     return dataclasses.replace(self, **changes)
+
+
+@functools.cache
+def field_types() -> dict[str, tuple[type, bool]]:
+  """{field name: (its type without None: int, float, str, bool, tuple or dict; whether
+  None is allowed)}, from TrainConfig's annotations."""
+  out = {}
+  for name, hint in typing.get_type_hints(TrainConfig).items():
+    args = typing.get_args(hint)
+    optional = isinstance(hint, types.UnionType) and type(None) in args
+    if optional:
+      hint = next(a for a in args if a is not type(None))
+    out[name] = (typing.get_origin(hint) or hint, optional)
+  return out
+
+
+def check_field(f: dataclasses.Field, value) -> None:
+  """`UserError` unless `value` is of field `f`'s type, among its choices, and (numbers)
+  finite and within its bounds."""
+  check_type(f, value)
+  kind, _ = field_types()[f.name]
+  meta = f.metadata
+  if value is None or kind not in (int, float, tuple):
+    return
+  bounds = _bounds(meta)
+  for number in value if kind is tuple else (value,):
+    if kind is not int and not _finite(number):
+      plural = 'finite numbers' if kind is tuple else 'a finite number'
+      raise UserError(f'{f.name} must be {meta["words"] or f"{plural} {bounds}".strip()}, '
+                      f'got {_shown(value)}')
+    if not _within(number, meta):
+      words = {'> 0': 'positive', '>= 0': '0 or more'}.get(bounds, bounds)
+      each = 'each ' if kind is tuple else ''
+      raise UserError(f'{f.name} must {each}be {meta["words"] or words}, got {_shown(value)}')
+
+
+def check_type(f: dataclasses.Field, value) -> None:
+  """`UserError` unless `value` has field `f`'s type (and is among its choices)."""
+  kind, optional = field_types()[f.name]
+  meta = f.metadata
+  if value is None and optional:
+    return
+  choices = meta['choices']
+  if choices:
+    if isinstance(value, str) and value in choices:
+      return
+    if meta['words']:
+      raise UserError(f'{f.name} must be {meta["words"]}, got {_shown(value)}')
+    if not isinstance(value, str):
+      raise UserError(f'{f.name} must be one of {", ".join(choices)}, got {_shown(value)}')
+    raise unknown_choice(f.name, value if len(value) <= 60 else value[:57] + '...', choices)
+  bounds = _bounds(meta)
+  expected, ok = {
+      int: (f'an integer {bounds}', _is_number(value, integer=True)),
+      float: (f'a number {bounds}', _is_number(value, integer=False)),
+      bool: ('true or false', isinstance(value, bool)),
+      str: ('a string', isinstance(value, str)),
+      tuple: (f'a list of numbers {bounds}', isinstance(value, tuple) and all(
+          _is_number(v, integer=False) for v in value)),
+      dict: ('a dict of model arguments {name: value}', isinstance(value, dict) and all(
+          isinstance(k, str) for k in value)),
+  }[kind]
+  if not ok:
+    raise UserError(f'{f.name} must be {meta["words"] or expected.strip()}, got {_shown(value)}')
+
+
+def _is_number(value, integer: bool) -> bool:
+  """True for ints (and floats unless `integer`), numpy's included, False for bools."""
+  return not isinstance(value, bool) and isinstance(
+      value, numbers.Integral if integer else numbers.Real)
+
+
+def _finite(number) -> bool:
+  """math.isfinite, False for an int too large for a float."""
+  try:
+    return math.isfinite(number)
+  except OverflowError:
+    return False
+
+
+def _bounds(meta) -> str:
+  """The bounds of a field as text: '> 0', '>= 0', 'in [0, 1)', '' for none."""
+  low, low_open = meta['minimum'], False
+  if meta['exclusive_minimum'] is not None:
+    low, low_open = meta['exclusive_minimum'], True
+  high, high_open = meta['maximum'], False
+  if meta['exclusive_maximum'] is not None:
+    high, high_open = meta['exclusive_maximum'], True
+  if low is not None and high is not None:
+    return f'in {"(" if low_open else "["}{low}, {high}{")" if high_open else "]"}'
+  if low is not None:
+    return f'{">" if low_open else ">="} {low}'
+  if high is not None:
+    return f'{"<" if high_open else "<="} {high}'
+  return ''
+
+
+def _within(number, meta) -> bool:
+  checks = ((meta['minimum'], lambda b: number >= b), (meta['exclusive_minimum'], lambda b: number > b),
+            (meta['maximum'], lambda b: number <= b), (meta['exclusive_maximum'], lambda b: number < b))
+  return all(bound is None or holds(bound) for bound, holds in checks)
+
+
+def _shown(value, limit: int = 60) -> str:
+  """repr(value), shortened to `limit` characters (always one line)."""
+  text = repr(value)
+  return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
+def _json_kind(value) -> str:
+  return {list: 'array', str: 'string', bool: 'boolean', type(None): 'null'}.get(
+      type(value), 'number')
 
 
 def parse_kwargs(text: str) -> dict:

@@ -52,8 +52,9 @@ def compile_pattern(text: str, what: str) -> re.Pattern:
   """`re.compile(text)`, or a UserError naming the setting `what`."""
   try:
     return re.compile(text)
-  except re.error as e:
-    raise UserError(f'{what}={text!r} is not a valid regular expression ({e})') from None
+  except (re.error, OverflowError, RecursionError) as e:  # a{99999999999}, ((((...
+    raise UserError(f'{what}={text[:60]!r} is not a valid regular expression '
+                    f'({e or type(e).__name__})') from None
 
 
 def parse_freeze(text: str | None) -> FreezeSpec | None:

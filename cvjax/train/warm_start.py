@@ -31,8 +31,7 @@ def read_workdir(workdir: str):
   config_path = os.path.join(workdir, 'config.json')
   if not os.path.exists(config_path):
     raise UserError(f'init_from={workdir!r} has no config.json; is it a cvjax workdir?')
-  with open(config_path) as f:
-    config = TrainConfig.from_json(f.read())
+  config = TrainConfig.from_file(config_path)
   directory = os.path.join(workdir, 'checkpoints')
   steps = sorted((int(d) for d in os.listdir(directory) if d.isdigit()), reverse=True) \
       if os.path.isdir(directory) else []
