@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
+import numbers
 import sys
 from typing import Sequence
 
@@ -56,61 +56,131 @@ _COCO_LABELS = {
 }
 
 
-def _load(path: str, what: str):
-  if not os.path.exists(path):
-    raise UserError(f'--{what}={path} does not exist')
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except json.JSONDecodeError as e:
-    raise UserError(f'--{what}={path} is not JSON ({e.msg} at line {e.lineno})') from None
+def read_coco(ground_truth: dict, detections: list, *, ground_truth_name: str = '--ground_truth',
+              detections_name: str = '--detections'):
+  """COCO-format dicts → (gt Boxes, dt Boxes, image ids, {category id: name}).
 
-
-def _xyxy(bbox, where: str):
-  try:
-    x, y, w, h = (float(v) for v in bbox)
-  except (TypeError, ValueError):
-    raise UserError(f'{where}: bbox must be [x, y, width, height], got {bbox!r}') from None
-  return [x, y, x + w, y + h]
-
-
-def read_coco(ground_truth: dict, detections: list):
-  """COCO-format dicts → (gt Boxes, dt Boxes, image ids, {category id: name})."""
+  Every record is checked: ids are integers, each annotation's image and category and
+  each detection's image exist, a bbox is [x, y, width, height] of finite numbers with
+  width, height ≥ 0, scores and areas are finite numbers. Anything else is a `UserError`
+  naming the input (`*_name`, e.g. '--ground_truth=gt.json'), the record
+  ('annotations[3].bbox') and what was expected.
+  """
+  g, d = ground_truth_name, detections_name
   if not isinstance(ground_truth, dict) or not all(
       k in ground_truth for k in ('images', 'annotations', 'categories')):
-    raise UserError('--ground_truth must be a COCO annotation file with "images", '
+    raise UserError(f'{g} must be a COCO annotation file with "images", '
                     '"annotations" and "categories"')
   if not isinstance(detections, list):
-    raise UserError('--detections must be a COCO results list: [{"image_id", "category_id", '
+    raise UserError(f'{d} must be a COCO results list: [{{"image_id", "category_id", '
                     '"bbox", "score"}, ...]')
-  image_ids = [im['id'] for im in ground_truth['images']]
-  categories = {c['id']: c.get('name', str(c['id'])) for c in ground_truth['categories']}
-  anns = ground_truth['annotations']
-  try:
-    gt_boxes = [_xyxy(a['bbox'], f'annotation {a.get("id")}') for a in anns]
-    gt = Boxes(image=[a['image_id'] for a in anns], category=[a['category_id'] for a in anns],
-               boxes=np.asarray(gt_boxes).reshape(-1, 4),
-               area=[a.get('area', (b[2] - b[0]) * (b[3] - b[1])) for a, b in zip(anns, gt_boxes)],
-               crowd=[bool(a.get('iscrowd', 0)) for a in anns],
-               ignore=[bool(a.get('difficult', 0) or a.get('ignore', 0)) for a in anns])
-    dt = Boxes(image=[d['image_id'] for d in detections],
-               category=[d['category_id'] for d in detections],
-               boxes=np.asarray([_xyxy(d['bbox'], 'detection') for d in detections]).reshape(-1, 4),
-               scores=[float(d['score']) for d in detections])
-  except KeyError as e:
-    raise UserError(f'a record lacks the field {e.args[0]!r}') from None
-  unknown = set(dt.image.tolist()) - set(image_ids)
+  for key in ('images', 'annotations', 'categories'):
+    if not isinstance(ground_truth[key], list):
+      raise UserError(f'{g}: "{key}" must be a list of objects, got {_shown(ground_truth[key])}')
+  image_ids = _unique_ids(ground_truth['images'], f'{g}: images')
+  categories = {}
+  for i, c in zip(_unique_ids(ground_truth['categories'], f'{g}: categories'),
+                  ground_truth['categories']):
+    name = c.get('name', str(i))
+    if not isinstance(name, str):
+      raise UserError(f'{g}: the category with id {i} has a name that is not a string: '
+                      f'{_shown(name)}')
+    categories[i] = name
+  known_images = set(image_ids)
+  gt = dict(image=[], category=[], boxes=[], area=[], crowd=[], ignore=[])
+  for n, a in enumerate(ground_truth['annotations']):
+    where = f'{g}: annotations[{n}]'
+    image, category = _id(a, 'image_id', where), _id(a, 'category_id', where)
+    if image not in known_images:
+      raise UserError(f'{where}.image_id {image} is not the id of an entry of "images"')
+    if category not in categories:
+      raise UserError(f'{where}.category_id {category} is not the id of an entry of '
+                      '"categories"')
+    box = _xyxy(a.get('bbox'), f'{where}.bbox')
+    area = a.get('area', (box[2] - box[0]) * (box[3] - box[1]))
+    if not _finite_number(area) or area < 0:
+      raise UserError(f'{where}.area must be a finite number >= 0, got {_shown(area)}')
+    marks = [a.get(k, 0) for k in ('iscrowd', 'difficult', 'ignore')]
+    for key, value in zip(('iscrowd', 'difficult', 'ignore'), marks):
+      if not (isinstance(value, bool) or _finite_number(value)):
+        raise UserError(f'{where}.{key} must be 0 or 1 (or true/false), got {_shown(value)}')
+    for key, value in zip(gt, (image, category, box, area, bool(marks[0]),
+                               bool(marks[1] or marks[2]))):
+      gt[key].append(value)
+  dt = dict(image=[], category=[], boxes=[], scores=[])
+  for n, r in enumerate(detections):
+    where = f'{d}: [{n}]'
+    image, category = _id(r, 'image_id', where), _id(r, 'category_id', where)
+    box = _xyxy(r.get('bbox'), f'{where}.bbox')
+    score = r.get('score')
+    if not _finite_number(score):
+      raise UserError(f'{where}.score must be a finite number, got {_shown(score)}')
+    for key, value in zip(dt, (image, category, box, score)):
+      dt[key].append(value)
+  unknown = set(dt['image']) - known_images
   if unknown:
-    raise UserError(f'{len(unknown)} detections refer to images not in the ground truth '
-                    f'(e.g. image_id {sorted(unknown)[0]})')
-  return gt, dt, image_ids, categories
+    raise UserError(f'{d}: {sum(i in unknown for i in dt["image"])} detections refer to images '
+                    f'not in the ground truth (e.g. image_id {sorted(unknown)[0]})')
+  return (Boxes(**{k: (np.asarray(v, np.float64).reshape(-1, 4) if k == 'boxes' else v)
+                   for k, v in gt.items()}),
+          Boxes(**{k: (np.asarray(v, np.float64).reshape(-1, 4) if k == 'boxes' else v)
+                   for k, v in dt.items()}),
+          image_ids, categories)
 
 
-def evaluate(ground_truth: dict, detections: list, metric: str) -> dict:
-  """The numbers `main` prints, as a dict (see module doc)."""
+def _shown(value, limit: int = 60) -> str:
+  text = repr(value)
+  return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
+def _finite_number(value) -> bool:
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy's too
+    return False
+  try:
+    return math.isfinite(value)
+  except OverflowError:  # an int beyond float's range
+    return False
+
+
+def _id(record, key: str, where: str) -> int:
+  """record[key], an integer id (COCO's); a `UserError` naming `where` otherwise."""
+  if not isinstance(record, dict):
+    raise UserError(f'{where} must be an object, got {_shown(record)}')
+  if key not in record:
+    raise UserError(f'{where} has no "{key}"')
+  value = record[key]
+  if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+      or not -2**63 <= value < 2**63):
+    raise UserError(f'{where}.{key} must be an integer, got {_shown(value)}')
+  return int(value)
+
+
+def _unique_ids(records: list, where: str) -> list[int]:
+  ids = [_id(r, 'id', f'{where}[{n}]') for n, r in enumerate(records)]
+  if len(set(ids)) < len(ids):
+    seen = set()
+    repeated = next(i for i in ids if i in seen or seen.add(i))
+    raise UserError(f'{where}: id {repeated} appears twice; ids must be unique')
+  return ids
+
+
+def _xyxy(bbox, where: str) -> list[float]:
+  """COCO [x, y, width, height] → [x1, y1, x2, y2]; a `UserError` naming `where` unless
+  four finite numbers with width, height ≥ 0."""
+  if isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_finite_number(v) for v in bbox):
+    x, y, w, h = (float(v) for v in bbox)
+    if w >= 0 and h >= 0 and all(math.isfinite(v) for v in (x + w, y + h, w * h)):
+      return [x, y, x + w, y + h]
+  raise UserError(f'{where} must be [x, y, width, height]: finite numbers, width and '
+                  f'height >= 0; got {_shown(bbox)}')
+
+
+def evaluate(ground_truth: dict, detections: list, metric: str, **names) -> dict:
+  """The numbers `main` prints, as a dict (see module doc); `names` name the inputs in
+  errors (`read_coco`'s ground_truth_name, detections_name)."""
   if metric not in METRICS:
     raise UserError(f'unknown metric {metric!r}; valid choices: {", ".join(METRICS)}')
-  gt, dt, image_ids, categories = read_coco(ground_truth, detections)
+  gt, dt, image_ids, categories = read_coco(ground_truth, detections, **names)
   if metric == 'coco':
     return metrics.coco_metrics(gt, dt, image_ids=image_ids, category_ids=list(categories))
   gt.ignore = gt.ignore | gt.crowd
@@ -118,6 +188,16 @@ def evaluate(ground_truth: dict, detections: list, metric: str) -> dict:
                             category_ids=sorted(categories))
   return {'mAP': voc['mAP'],
           'per_class': {categories[c]: ap for c, ap in voc['per_class'].items()}}
+
+
+def evaluate_files(ground_truth: str, detections: str, metric: str) -> dict:
+  """`evaluate` of a COCO annotation file and a COCO results file. A missing, unreadable,
+  empty, non-JSON or malformed file is a `UserError` naming it as --ground_truth=PATH or
+  --detections=PATH, with the record and what was expected."""
+  return evaluate(cli.read_json(ground_truth, 'ground_truth', 'a COCO annotation file'),
+                  cli.read_json(detections, 'detections', 'a COCO results list'), metric,
+                  ground_truth_name=f'--ground_truth={ground_truth}',
+                  detections_name=f'--detections={detections}')
 
 
 def format_table(result: dict, metric: str) -> str:
@@ -138,8 +218,7 @@ def _json_safe(value):
 def run(f: flags.FlagValues) -> int:
   if f.metric not in METRICS:
     raise UserError(f'unknown metric {f.metric!r}; valid choices: {", ".join(METRICS)}')
-  result = evaluate(_load(f.ground_truth, 'ground_truth'), _load(f.detections, 'detections'),
-                    f.metric)
+  result = evaluate_files(f.ground_truth, f.detections, f.metric)
   print(json.dumps(_json_safe(result)) if f.json else format_table(result, f.metric))
   return 0
 

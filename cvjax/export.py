@@ -216,19 +216,36 @@ def load(out: str) -> Callable[[np.ndarray], Any]:
   """Reloads an export directory; returns x float32[b, S, S, C] → outputs (numpy).
 
   Uses `tf.saved_model.load` or `jax.export.deserialize` per the export's
-  `cvjax_export.json`, i.e. only the exported artifact, not the run.
+  `cvjax_export.json`, i.e. only the exported artifact, not the run. A directory that
+  is not a readable export is a `UserError` naming the file at fault.
   """
   info_path = os.path.join(out, INFO_FILE)
   if not os.path.exists(info_path):
     raise errors.UserError(f'{out} has no {INFO_FILE}; is it a cvjax export?')
-  with open(info_path) as fh:
-    info = json.load(fh)
+  info = cli.read_json(info_path, what=f'the {INFO_FILE} cvjax.export writes')
+  if not isinstance(info, dict) or info.get('format') not in FORMATS:
+    raise errors.UserError(f'{info_path}: expected an object whose "format" is one of '
+                           f'{", ".join(FORMATS)}; is {out} a cvjax export?')
   if info['format'] == 'stablehlo':
-    with open(os.path.join(out, 'model.jax_export'), 'rb') as fh:
-      exported = jax.export.deserialize(bytearray(fh.read()))
+    path = os.path.join(out, 'model.jax_export')
+    if not os.path.isfile(path):
+      raise errors.UserError(f'{out} has no model.jax_export; export the run again')
+    with open(path, 'rb') as fh:
+      serialized = bytearray(fh.read())
+    try:
+      exported = jax.export.deserialize(serialized)
+    except Exception as e:  # pylint: disable=broad-except  # flatbuffers: any kind
+      raise errors.UserError(f'{path} is not a serialized jax.export module '
+                             f'({type(e).__name__}); export the run again') from None
     return lambda x: jax.tree.map(np.asarray, exported.call(np.asarray(x, np.float32)))
+  if not os.path.isfile(os.path.join(out, 'saved_model.pb')):
+    raise errors.UserError(f'{out} has no saved_model.pb; export the run again')
   tf = datasets.tensorflow()
-  loaded = tf.saved_model.load(out)
+  try:
+    loaded = tf.saved_model.load(out)
+  except Exception as e:  # pylint: disable=broad-except  # TensorFlow's errors: any kind
+    raise errors.UserError(f'{out} is not a SavedModel TensorFlow can load '
+                           f'({type(e).__name__}); export the run again') from None
   return lambda x: _numpy(loaded.predict(tf.constant(np.asarray(x, np.float32))))
 
 

@@ -195,6 +195,7 @@ def evaluate(ground_truth: str, tracks: str, iou_threshold: float) -> dict:
 
 
 def run(f: flags.FlagValues) -> int:
+  cli.check_unit_interval('iou_threshold', f.iou_threshold)
   if f.evaluate:
     if not f.ground_truth or not f.tracks:
       raise UserError('--evaluate needs --ground_truth=gt.txt and --tracks=tracks.txt')

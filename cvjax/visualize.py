@@ -47,6 +47,7 @@ import numpy as np
 from cvjax import cli, data, errors, profile, summary
 from cvjax.data import datasets
 from cvjax.models import registry
+from cvjax.train.config import TrainConfig
 
 WHATS = ('filters', 'feature_maps', 'curves')
 FIGSIZE = {'filters': (7.0, 3.6), 'feature_maps': (10.0, 5.0), 'curves': (12.0, 3.6)}
@@ -253,18 +254,31 @@ def activations(run, image: np.ndarray, layer: str | None = None) -> tuple[str, 
 
 
 def read_metrics(workdir: str) -> list[dict[str, float]]:
-  """The records of `<workdir>/metrics.jsonl`: [{'step': int, name: value, ...}, ...]."""
+  """The records of `<workdir>/metrics.jsonl`: [{'step': int, name: value, ...}, ...].
+
+  A line that is not a JSON object of an integer 'step' ≥ 0 and numbers (NaN allowed:
+  a diverged run logs it) is a `UserError` naming the file and the line.
+  """
   path = os.path.join(workdir, 'metrics.jsonl')
   if not os.path.exists(path):
     raise errors.UserError(f'{path} does not exist; is {workdir} a cvjax training run?')
   records = []
-  with open(path) as f:
-    for i, line in enumerate(f, 1):
-      if line.strip():
-        try:
-          records.append(json.loads(line))
-        except json.JSONDecodeError:
-          raise errors.UserError(f'{path} line {i} is not JSON: {line.strip()[:60]!r}') from None
+  for i, line in enumerate(cli.read_text(path).split('\n'), 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except (ValueError, RecursionError):
+      raise errors.UserError(f'{path} line {i} is not JSON: {line.strip()[:60]!r}') from None
+    step = record.get('step') if isinstance(record, dict) else None
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+      raise errors.UserError(f'{path} line {i}: expected an object with an integer "step" >= 0, '
+                             f'got {line.strip()[:60]!r}')
+    bad = [k for k, v in record.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+    if bad:
+      raise errors.UserError(f'{path} line {i}: {bad[0]!r} must be a number, got '
+                             f'{str(record[bad[0]])[:40]!r}')
+    records.append(record)
   if not records:
     raise errors.UserError(f'{path} is empty: the run has not logged a step yet')
   return records
@@ -414,9 +428,8 @@ def plot_curves(workdir: str, *, dpi: int = DPI, title: str | None = None):
     title = workdir
     config_path = os.path.join(workdir, 'config.json')
     if os.path.exists(config_path):
-      with open(config_path) as f:
-        c = json.load(f)
-      title = f"{c.get('model')} on {c.get('dataset')} ({workdir})"
+      c = TrainConfig.from_file(config_path)
+      title = f'{c.model} on {c.dataset} ({workdir})'
   fig.suptitle(title, fontsize=11)
   fig.tight_layout()
   return fig

@@ -19,6 +19,7 @@ import os
 import re
 import time
 
+from cvjax import cli
 from cvjax.errors import UserError
 
 SWEEP_JSON = 'sweep.json'
@@ -46,11 +47,9 @@ class Trial:
 
 
 def read_flag_lines(path: str) -> list[str]:
-  """The flag lines of an absl flagfile (comments and blank lines dropped)."""
-  if not os.path.isfile(path):
-    raise UserError(f'--flagfile {path} does not exist')
-  with open(path) as f:
-    lines = [line.strip() for line in f]
+  """The flag lines of an absl flagfile (comments and blank lines dropped); a missing or
+  unreadable file, or one that is not UTF-8 text, is a `UserError` naming it."""
+  lines = [line.strip() for line in cli.read_text(path, 'flagfile').split('\n')]
   return [l for l in lines if l and not l.startswith(('#', '//'))]
 
 
@@ -78,8 +77,7 @@ def write_flagfile(trial: Trial, root: str, text: str) -> bool:
   path = trial.flagfile(root)
   changed = False
   if os.path.exists(path):
-    with open(path) as f:
-      changed = _flags_only(f.read()) != _flags_only(text)
+    changed = _flags_only(cli.read_text(path)) != _flags_only(text)
     if is_finished(trial, root):
       return changed
   with open(path, 'w') as f:
@@ -108,8 +106,7 @@ def recorded_flags(trial: Trial, root: str) -> dict[str, str]:
   path = trial.flagfile(root)
   if not os.path.exists(path):
     return {}
-  with open(path) as f:
-    flags = by_name(_flags_only(f.read()))
+  flags = by_name(_flags_only(cli.read_text(path)))
   flags.pop('workdir', None)
   return flags
 
@@ -144,10 +141,13 @@ def last_error_line(log_path: str) -> str | None:
   An `error:`/`preempted:` line from the experiment wins, then the last line that
   names an error (e.g. a traceback's final line), then the last line.
   """
-  if not os.path.exists(log_path):
+  if not os.path.isfile(log_path):
     return None
-  with open(log_path, errors='replace') as f:
-    lines = f.read().splitlines()
+  try:
+    with open(log_path, errors='replace') as f:
+      lines = f.read().splitlines()
+  except OSError as e:
+    return f'cannot read {log_path} ({e.strerror})'
   starts = [i for i, l in enumerate(lines) if l.startswith(ATTEMPT_HEADER)]
   lines = [l.strip() for l in lines[starts[-1] + 1 if starts else 0:] if l.strip()]
   if not lines:
@@ -165,14 +165,16 @@ def status(trial: Trial, root: str) -> dict:
   directory = trial.directory(root)
   results_path = os.path.join(directory, RESULTS)
   if os.path.exists(results_path):
-    with open(results_path) as f:
-      return {'status': 'done', 'exit_code': 0, 'error': None, 'results': json.load(f)}
+    results = cli.read_json(results_path, what='the results object the experiment writes')
+    if not isinstance(results, dict):
+      raise UserError(f'{results_path} holds a {type(results).__name__}, not the results '
+                      'object the experiment writes; delete it to run the trial again')
+    return {'status': 'done', 'exit_code': 0, 'error': None, 'results': results}
   code = None
   exit_path = os.path.join(directory, EXIT_CODE)
   if os.path.exists(exit_path):
-    with open(exit_path) as f:
-      text = f.read().strip()
-    code = int(text) if text.lstrip('-').isdigit() else None
+    text = cli.read_text(exit_path).strip()
+    code = int(text) if re.fullmatch(r'-?[0-9]{1,4}', text) else None
   if code is not None:
     state = EXIT_MEANING.get(code, 'failed')
     return {'status': state, 'exit_code': code, 'error': last_error_line(trial.log(root)),
@@ -186,17 +188,39 @@ def status(trial: Trial, root: str) -> dict:
 
 
 def load_sweep(root: str, missing_ok: bool = False) -> dict | None:
+  """ROOT/sweep.json, checked: an object whose "trials" are {"name", "overrides"} objects
+  (a name is one directory of ROOT; overrides map flag names to strings) and whose other
+  lists hold strings. Anything else is a `UserError` naming the file and the key."""
   path = os.path.join(root, SWEEP_JSON)
   if not os.path.exists(path):
     if missing_ok:
       return None
     raise UserError(f'{root} has no {SWEEP_JSON}; is it a launch.sweep directory?')
-  with open(path) as f:
-    try:
-      return json.load(f)
-    except json.JSONDecodeError as e:
-      raise UserError(f'{path} is not valid JSON ({e}); restore it or delete it to start '
-                      'the sweep afresh') from None
+  fix = 'restore it or delete it to start the sweep afresh'
+  try:
+    record = cli.read_json(path, what='the object launch.sweep writes')
+  except UserError as e:
+    raise UserError(f'{e}; {fix}') from None
+  if not isinstance(record, dict):
+    raise UserError(f'{path} holds a {type(record).__name__}, not an object; {fix}')
+  trials = record.get('trials')
+  if not isinstance(trials, list):
+    raise UserError(f'{path}: "trials" must be a list of {{"name", "overrides"}}; {fix}')
+  for n, t in enumerate(trials):
+    name = t.get('name') if isinstance(t, dict) else None
+    overrides = t.get('overrides') if isinstance(t, dict) else None
+    if (not isinstance(name, str) or name in ('', '.', '..') or os.sep in name
+        or '\0' in name):
+      raise UserError(f'{path}: trials[{n}].name must be a directory name, got '
+                      f'{str(name)[:60]!r}; {fix}')
+    if not isinstance(overrides, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in overrides.items()):
+      raise UserError(f'{path}: trials[{n}].overrides must map flag names to strings; {fix}')
+  for key in ('swept', 'log_scale', 'passthrough', 'base_lines', 'base_flagfiles'):
+    value = record.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+      raise UserError(f'{path}: "{key}" must be a list of strings; {fix}')
+  return record
 
 
 def trials_of(record: dict) -> list[Trial]:
@@ -206,12 +230,8 @@ def trials_of(record: dict) -> list[Trial]:
 def save_sweep(root: str, record: dict) -> dict:
   """Writes sweep.json, keeping trials (and swept flags) of earlier runs in ROOT."""
   path = os.path.join(root, SWEEP_JSON)
-  if os.path.exists(path):
-    with open(path) as f:
-      try:
-        old = json.load(f)
-      except json.JSONDecodeError:
-        old = {}
+  old = load_sweep(root, missing_ok=True)
+  if old is not None:
     known = {t['name'] for t in old.get('trials', [])}
     record = dict(record)
     record['trials'] = old.get('trials', []) + [t for t in record['trials'] if t['name'] not in known]

@@ -56,8 +56,9 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     try:
       with np.load(path) as f:
         return {k: np.asarray(f[k]) for k in f.files}
-    except (OSError, ValueError) as e:
-      raise UserError(f'cannot read {path} as an .npz of state_dict arrays: {e}') from None
+    except Exception as e:  # pylint: disable=broad-except  # zip, zlib and .npy errors alike
+      raise UserError(f'cannot read {path} as an .npz of state_dict arrays: '
+                      f'{type(e).__name__}: {str(e)[:100]}') from None
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:

@@ -8,35 +8,54 @@ output and detections write -1 there (detections: id -1).
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Iterable
 
 import numpy as np
 
+from cvjax import cli
 from cvjax.errors import UserError
 
 COLUMNS = ('frame', 'id', 'left', 'top', 'width', 'height', 'conf', 'x', 'y', 'z')
+# Frames past this are refused: the trackers step through every frame up to the last
+# (a million frames is over nine hours of 30 fps video).
+MAX_FRAME = 1_000_000
+# Box coordinates past this are refused: the trackers compute in float32.
+MAX_PIXELS = 1_000_000
 
 
 def read(path: str) -> np.ndarray:
   """The rows of a MOTChallenge file as float64[N, 10] (missing trailing columns: -1),
-  sorted by (frame, id). A UserError names the file and line of a bad row."""
-  if not os.path.isfile(path):
-    raise UserError(f'{path} does not exist')
+  sorted by (frame, id). A UserError names the file and line of a bad row: not 6 to 10
+  comma-separated finite numbers, a frame that is not an integer in [1, MAX_FRAME], an
+  id that is not an integer below 2^31, a negative width or height, a box coordinate beyond
+  MAX_PIXELS."""
   rows = []
-  with open(path) as f:
-    for number, line in enumerate(f, 1):
-      line = line.strip()
-      if not line:
-        continue
-      try:
-        values = [float(v) for v in line.replace(' ', '').split(',')]
-      except ValueError:
-        values = []
-      if not 6 <= len(values) <= 10:
-        raise UserError(f'{path}:{number}: expected "frame,id,left,top,width,height[,conf,'
-                        f'x,y,z]" with numbers, got {line[:80]!r}')
-      rows.append(values + [-1.0] * (10 - len(values)))
+  for number, line in enumerate(cli.read_text(path).split('\n'), 1):
+    line = line.strip()
+    if not line:
+      continue
+    try:
+      values = [float(v) for v in line.replace(' ', '').split(',')]
+    except ValueError:
+      values = []
+    if not 6 <= len(values) <= 10 or not all(math.isfinite(v) for v in values):
+      raise UserError(f'{path}:{number}: expected "frame,id,left,top,width,height[,conf,'
+                      f'x,y,z]" with finite numbers, got {line[:80]!r}')
+    frame, track_id, _, _, width, height = values[:6]
+    if frame != int(frame) or not 1 <= frame <= MAX_FRAME:
+      raise UserError(f'{path}:{number}: the frame must be an integer from 1 to {MAX_FRAME:,}, '
+                      f'got {line[:80]!r}')
+    if track_id != int(track_id) or abs(track_id) >= 2**31:
+      raise UserError(f'{path}:{number}: the id must be an integer below 2^31 (-1 for a '
+                      f'detection), got {line[:80]!r}')
+    if width < 0 or height < 0:
+      raise UserError(f'{path}:{number}: width and height must be 0 or more, got {line[:80]!r}')
+    if max(abs(v) for v in values[2:6]) > MAX_PIXELS:
+      raise UserError(f'{path}:{number}: boxes are in pixels, at most {MAX_PIXELS:,} from the '
+                      f'origin; got {line[:80]!r}')
+    rows.append(values + [-1.0] * (10 - len(values)))
   array = np.asarray(rows, np.float64).reshape(-1, 10)
   return array[np.lexsort((array[:, 1], array[:, 0]))]
 
