@@ -84,3 +84,18 @@ def pytest_collection_modifyitems(items):
     name = item.path.name
     return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
   items.sort(key=rank)  # stable: each module's tests keep their order
+
+
+# Hypothesis profiles for tests/test_fuzz.py. 'ci', the default, tries a few dozen examples
+# per test in a fixed order (derandomized: every run tries the same ones); CVJAX_FUZZ=soak
+# tries thousands, from fresh random seeds. Neither keeps an example database on disk.
+try:
+  from hypothesis import HealthCheck, settings  # noqa: E402
+except ImportError:  # only tests/test_fuzz.py needs it; it skips without it
+  pass
+else:
+  settings.register_profile('ci', max_examples=30, deadline=None, derandomize=True,
+                            database=None, suppress_health_check=[HealthCheck.too_slow])
+  settings.register_profile('soak', max_examples=3000, deadline=None, database=None,
+                            suppress_health_check=[HealthCheck.too_slow])
+  settings.load_profile('soak' if os.environ.get('CVJAX_FUZZ') == 'soak' else 'ci')
