@@ -142,7 +142,7 @@ def test_a_config_json_that_is_missing_or_a_directory_is_a_user_error(tmp_path):
 @pytest.mark.slow
 def test_nan_learning_rate_is_refused_with_one_line(tmp_path):
   """An experiment given --learning_rate=nan stops before training (it trained with a NaN
-  loss before): exit 2, one `error:` line."""
+  loss before): exit 2, one `error:` line, and no workdir written."""
   import os
   import subprocess
   import sys
@@ -155,3 +155,4 @@ def test_nan_learning_rate_is_refused_with_one_line(tmp_path):
   assert done.returncode == 2, done.stderr[-2000:]
   assert lines[-1] == 'error: learning_rate must be a finite number > 0, got nan', lines
   assert 'Traceback' not in done.stderr
+  assert not (tmp_path / 'run').exists()

@@ -38,7 +38,9 @@ def get_task(name: str) -> Task:
 def fit(config: TrainConfig, workdir: str, *, set_aside: bool = False,
         reevaluate: bool = False, stop=None) -> dict[str, Any]:
   """Trains (or resumes) `config` in `workdir` with the task `config.task` names
-  (`cvjax.train.fit` says what set_aside, reevaluate and stop do)."""
+  (`cvjax.train.fit` says what set_aside, reevaluate and stop do). A setting that
+  cannot work is a `UserError` before anything is written to `workdir`."""
+  config.validate()
   return loop.fit(config, workdir, get_task(config.task), set_aside=set_aside,
                   reevaluate=reevaluate, stop=stop)
 
