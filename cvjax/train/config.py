@@ -198,7 +198,7 @@ class TrainConfig:
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
   @classmethod
-  def from_json(cls, text: str, source: str = 'the config') -> 'TrainConfig':
+  def from_json(cls, text: str, source: str = 'config.json') -> 'TrainConfig':
     """The TrainConfig `to_json` wrote as `text`, its values' types checked (not their
     ranges: that is `validate`). Text that is not a JSON object, an unknown field or a
     value of the wrong type is a `UserError` naming `source` (e.g. the file) and the key."""
