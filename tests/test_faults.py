@@ -283,6 +283,17 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_rerun_ends_as_an_undam
   assert len(moved) == 1 and moved[0].startswith('20-')
   assert sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints'))
                 if d.isdigit()) == [10, 20]
+  with open(os.path.join(workdir, 'results.json'), 'w') as f:
+    f.write('{"step": 2')  # torn by hand: a finished run's record that does not parse
+  with pytest.raises(UserError, match=r'results.json is not JSON .*; re-run with --reevaluate'):
+    fit(_lenet(real_mnist), workdir)
+  assert fit(_lenet(real_mnist), workdir, reevaluate=True)['test_accuracy'] == straight['test_accuracy']
+
+
+def test_an_empty_config_json_in_a_workdir_is_refused_naming_it(tmp_path):
+  (tmp_path / 'config.json').write_text('')
+  with pytest.raises(UserError, match=rf'{tmp_path}/config.json is empty; .*choose another --workdir'):
+    rundir.read_config(str(tmp_path))
 
 
 @pytest.mark.slow

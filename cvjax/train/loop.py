@@ -34,7 +34,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from cvjax import signals
+from cvjax import cli, signals
 from cvjax.errors import TrainingDiverged, UserError
 from cvjax.train import rundir, steps
 from cvjax.train.checkpoint import Checkpoints
@@ -172,8 +172,11 @@ def _fit(config: TrainConfig, workdir: str, task: Task, chief: bool, changed: di
   if (restored and start_step >= run.total_steps and os.path.exists(results_path)
       and not reevaluate):
     ckpts.close()
-    with open(results_path) as f:
-      results = json.load(f)
+    try:
+      results = cli.read_json(results_path, what='the results object this run wrote')
+    except UserError as e:
+      raise UserError(f'{e}; re-run with --reevaluate to evaluate the run again and rewrite '
+                      'it') from None
     logging.info('already finished: step %d of %d; results at %s (--reevaluate to evaluate '
                  'again)', start_step, run.total_steps, results_path)
     return results

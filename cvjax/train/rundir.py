@@ -24,6 +24,7 @@ import os
 import time
 
 
+from cvjax import cli
 from cvjax.errors import UserError
 from cvjax.locking import LOCK, WorkdirLock  # noqa: F401 (part of the run-directory contract)
 from cvjax.train.config import TrainConfig
@@ -67,12 +68,10 @@ def read_config(workdir: str) -> TrainConfig | None:
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    text = f.read()
   try:
-    return TrainConfig.from_json(text)
-  except (json.JSONDecodeError, TypeError) as e:
-    raise UserError(f'{path} is not a cvjax config ({e}); choose another --workdir') from None
+    return TrainConfig.from_json(cli.read_text(path), source=path)
+  except UserError as e:
+    raise UserError(f'{e}; choose another --workdir') from None
 
 
 def differences(old: TrainConfig, new: TrainConfig) -> dict[str, tuple]:
