@@ -257,18 +257,23 @@ def read_metrics(workdir: str) -> list[dict[str, float]]:
   """The records of `<workdir>/metrics.jsonl`: [{'step': int, name: value, ...}, ...].
 
   A line that is not a JSON object of an integer 'step' ≥ 0 and numbers (NaN allowed:
-  a diverged run logs it) is a `UserError` naming the file and the line.
+  a diverged run logs it) is a `UserError` naming the file and the line, except an
+  unfinished last line (no newline yet): a live run is writing it, or a kill tore it
+  (the resumed run drops it), so it is left out.
   """
   path = os.path.join(workdir, 'metrics.jsonl')
   if not os.path.exists(path):
     raise errors.UserError(f'{path} does not exist; is {workdir} a cvjax training run?')
   records = []
-  for i, line in enumerate(cli.read_text(path).split('\n'), 1):
+  lines = cli.read_text(path).split('\n')
+  for i, line in enumerate(lines, 1):
     if not line.strip():
       continue
     try:
       record = json.loads(line)
     except (ValueError, RecursionError):
+      if i == len(lines):  # the unfinished last line
+        continue
       raise errors.UserError(f'{path} line {i} is not JSON: {line.strip()[:60]!r}') from None
     step = record.get('step') if isinstance(record, dict) else None
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:

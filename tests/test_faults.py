@@ -669,3 +669,14 @@ def test_a_full_disk_at_start_is_one_error_line_and_leaves_no_lock(real_mnist, t
   os.remove(filler)
   again = subprocess.run(args, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
   assert again.returncode == 0, again.stderr[-3000:]
+
+
+def test_a_reader_of_a_live_run_leaves_out_the_metrics_line_being_written(tmp_path):
+  from cvjax import visualize
+  complete = '{"step": 1, "train_loss": 2.0}\n{"step": 2, "train_loss": 1.5}\n'
+  for cut in range(1, 30):   # the writer is somewhere inside the third line
+    (tmp_path / 'metrics.jsonl').write_text(complete + '{"step": 3, "train_loss": 1.25}'[:cut])
+    assert [r['step'] for r in visualize.read_metrics(str(tmp_path))] == [1, 2], cut
+  (tmp_path / 'metrics.jsonl').write_text(complete + '{"step": 3,\n{"step": 4}\n')
+  with pytest.raises(UserError, match=r'metrics.jsonl line 3 is not JSON'):
+    visualize.read_metrics(str(tmp_path))
