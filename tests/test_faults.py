@@ -298,11 +298,13 @@ def test_an_empty_config_json_in_a_workdir_is_refused_naming_it(tmp_path):
 
 @pytest.mark.slow
 def test_a_run_polled_by_restore_every_second_ends_as_an_unpolled_run(real_mnist, tmp_path):
-  """The training checkpoints every 2 steps; a reader restores it every second meanwhile."""
+  """The training checkpoints every 2 steps; a reader restores it (and draws its filters or
+  curves) every second meanwhile."""
   import cvjax
+  from cvjax import visualize
   workdir = str(tmp_path / 'polled')
   args = [f'--workdir={workdir}', '--dataset=mnist', f'--data_dir={real_mnist["data_dir"]}',
-          f'--raw_data_dir={real_mnist["raw_dir"]}', '--batch_size=64', '--num_train_steps=120',
+          f'--raw_data_dir={real_mnist["raw_dir"]}', '--batch_size=64', '--num_train_steps=80',
           '--checkpoint_every_steps=2', '--eval_every_steps=1000', '--log_every_steps=10',
           '--keep_checkpoints=2']
   proc = subprocess.Popen([sys.executable, '-m', 'experiments.lenet', *args], env=_env(),
@@ -316,6 +318,11 @@ def test_a_run_polled_by_restore_every_second_ends_as_an_unpolled_run(real_mnist
         polls += 1
       except UserError as e:  # before the first step is complete
         assert 'no restorable checkpoint' in str(e) or 'no config.json' in str(e), e
+      else:  # and the pictures of it, as a notebook would draw them
+        metrics = os.path.join(workdir, 'metrics.jsonl')
+        what = 'curves' if os.path.exists(metrics) and os.path.getsize(metrics) else 'filters'
+        assert visualize.main([f'--workdir={workdir}', f'--what={what}',
+                               f'--out={tmp_path / "picture.png"}']) == 0
     time.sleep(1.0)
   _, stderr = proc.communicate(timeout=60)
   assert proc.returncode == 0, stderr[-3000:]

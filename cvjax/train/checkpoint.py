@@ -68,18 +68,23 @@ class Checkpoints:
           create=True, cleanup_tmp_directories=True)
     if read_only and not os.path.isdir(self.directory):
       raise UserError(f'{self.directory} does not exist: the run has written no checkpoint yet')
-    try:
+    def open_manager():
       with _quiet_absl(read_only):  # orbax warns that a read-only manager is read-only
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_names=('state', 'meta'))
+        return ocp.CheckpointManager(self.directory, options=options,
+                                     item_names=('state', 'meta'))
+    try:
+      # A reader lists the steps while the live run may be deleting its oldest one.
+      self.manager = _again_if_a_step_vanished(open_manager) if read_only else open_manager()
     except OSError as e:
+      if read_only:
+        raise UserError(f'cannot read the checkpoints in {self.directory} ({e.strerror})') from None
       raise self._write_failed(None, e) from None
 
   def all_steps(self, reload: bool = False) -> list[int]:
     """The complete steps, oldest first; `reload` lists the directory again (a reader
     of a live run sees the steps written since it opened)."""
     if reload:
-      self.manager.reload()
+      _again_if_a_step_vanished(self.manager.reload)
     return sorted(self.manager.all_steps())
 
   def save(self, step: int, state, meta: dict[str, Any], metrics: dict | None = None,
@@ -214,6 +219,18 @@ def _quiet_absl(quiet: bool):
     yield
   finally:
     logger.setLevel(level)
+
+
+def _again_if_a_step_vanished(read, tries: int = 10):
+  """`read()`, called again (up to `tries` times) when it fails because a file or folder it
+  listed was gone by the time it opened it: the live run deleted an old step meanwhile."""
+  for attempt in range(tries):
+    try:
+      return read()
+    except FileNotFoundError:
+      if attempt == tries - 1:
+        raise
+      time.sleep(0.05)
 
 
 def _first_line(error: Exception) -> str:
