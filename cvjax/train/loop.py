@@ -46,17 +46,18 @@ from cvjax.train.writers import MetricWriter, Progress
 
 
 def evaluate(run: Run, state: TrainState, eval_step, split: str,
-             stop: signals.StopRequest | None = None) -> dict[str, float]:
+             stop: signals.StopRequest | None = None, step: int | None = None
+             ) -> dict[str, float]:
   """The task's metrics over every example of `split` (exactly once each).
 
   With `stop`, a stop signal ends the evaluation between two batches (Interrupted or
-  Preempted).
+  Preempted, naming the checkpoint of optimizer step `step` as the one kept).
   """
   evaluator = run.task.evaluator(run)
   for batch in run.task.eval_batches(run, split):
     if stop is not None:
-      stop.check(f'during the evaluation on {split}: the checkpoint of step '
-                 f'{int(state.step)} is kept; re-run the same command to evaluate it')
+      stop.check(f'during the evaluation on {split}: the checkpoint of step {step} is kept; '
+                 're-run the same command to evaluate it')
     sums, per_example = jax.device_get(eval_step(state, batch))
     evaluator.update(sums, per_example)
   return evaluator.result()
@@ -284,7 +285,7 @@ def _fit(config: TrainConfig, workdir: str, task: Task, chief: bool, changed: di
   final = book.last_eval
   if not final or final.get('step') != step or final.get('split') != 'test':
     with progress.phase('evaluating on test'):
-      final = evaluate(run, state, eval_step, 'test', stop)
+      final = evaluate(run, state, eval_step, 'test', stop, step)
   elapsed = time.time() - timed_from if timed_from else 0.0
   results = {
       'step': step,
