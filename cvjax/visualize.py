@@ -206,12 +206,11 @@ def preprocess(run, images: np.ndarray) -> np.ndarray:
   """
   s, _, c = input_shape(run)
   if run.config.task == 'detection':
-    from cvjax.detection import augment  # loads TensorFlow
     tf = datasets.tensorflow()
     x = tf.image.convert_image_dtype(tf.constant(np.asarray(images, np.uint8)), tf.float32)
     if x.shape[-1] == 1:
       x = tf.image.grayscale_to_rgb(x)
-    return np.stack([augment.resize(im, s).numpy() for im in x])
+    return tf.image.resize(x, [s, s], antialias=False).numpy()
   return data.preprocess_for_eval(np.asarray(images), dataset=run.config.dataset,
                                   image_size=s, channels=c,
                                   preprocessing=run.config.preprocessing)

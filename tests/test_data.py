@@ -19,7 +19,7 @@ import tensorflow_datasets as tfds
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from cvjax import data
-from cvjax.data import batching, datasets, download, pipeline, preprocess
+from cvjax.data import batching, classification, datasets, download, pipeline, preprocess
 from cvjax.errors import UserError
 
 DEBIAN_FASHION = '/usr/share/datasets/fashion-mnist'
@@ -86,6 +86,25 @@ def mock_tfds(name, sizes, tmp_path):
     yield
 
 
+def _spec(name, image_size, channels=None, preprocessing=None, data_dir=None):
+  meta = data.dataset_meta(name, data_dir=data_dir)
+  return meta, classification.data_spec(name, meta, image_size=image_size, channels=channels,
+                                        preprocessing=preprocessing)
+
+
+def _train_batches(name, *, image_size, channels=None, data_dir=None, local=False, **kwargs):
+  """The classification pipeline of dataset `name` (`cvjax.data.pipeline.train_batches`)."""
+  meta, spec = _spec(name, image_size, channels, data_dir=data_dir)
+  make = pipeline.local_train_batches if local else pipeline.train_batches
+  return make(spec, data_dir=data_dir, num_examples=meta.split_sizes['train'], **kwargs)
+
+
+def _eval_batches(name, *, image_size, split='test', data_dir=None, local=False, **kwargs):
+  _, spec = _spec(name, image_size, data_dir=data_dir)
+  make = pipeline.local_eval_batches if local else pipeline.eval_batches
+  return make(spec, split=split, data_dir=data_dir, **kwargs)
+
+
 def _numpy(batch):
   return {k: np.asarray(v) for k, v in batch.items()}
 
@@ -134,7 +153,7 @@ def test_mocked_datasets_yield_sharded_batches_and_exact_eval_pass(
   with mock_tfds(name, sizes, tmp_path):
     meta = data.dataset_meta(name, data_dir=str(tmp_path))
     assert meta.image_shape == shape
-    batch = next(data.train_batches(name, global_batch_size=16, image_size=image_size,
+    batch = next(_train_batches(name, global_batch_size=16, image_size=image_size,
                                     sharding=sharding, seed=0))
     assert batch['image'].shape == (16, image_size, image_size, channels)
     assert batch['image'].dtype == np.float32 and batch['label'].dtype == np.int32
@@ -142,7 +161,7 @@ def test_mocked_datasets_yield_sharded_batches_and_exact_eval_pass(
       assert array.sharding == sharding
       assert {s.data.shape[0] for s in array.addressable_shards} == {2}  # 16 over 8 devices
 
-    evals = [_numpy(b) for b in data.eval_batches(name, global_batch_size=16,
+    evals = [_numpy(b) for b in _eval_batches(name, global_batch_size=16,
                                                     image_size=image_size, sharding=sharding)]
     raw = list(tfds.as_numpy(tfds.builder(name).as_dataset(
         split=datasets.tfds_split(name, 'test'))))
@@ -169,7 +188,7 @@ def test_tf_flowers_splits_70_15_15(tmp_path):
 
 def test_channels_converts_between_gray_and_rgb(sharding, tmp_path):
   with mock_tfds('mnist', {'train': 32, 'test': 8}, tmp_path):
-    rgb = next(data.train_batches('mnist', global_batch_size=16, image_size=32,
+    rgb = next(_train_batches('mnist', global_batch_size=16, image_size=32,
                                   sharding=sharding, seed=0, channels=3))['image']
   assert rgb.shape == (16, 32, 32, 3)
   rgb = np.asarray(rgb)
@@ -181,7 +200,7 @@ def test_channels_converts_between_gray_and_rgb(sharding, tmp_path):
 
 def test_eval_is_deterministic(sharding, tmp_path):
   with mock_tfds('cifar10', {'train': 16, 'test': 40}, tmp_path):
-    passes = [[_numpy(b) for b in data.eval_batches('cifar10', global_batch_size=16,
+    passes = [[_numpy(b) for b in _eval_batches('cifar10', global_batch_size=16,
                                                       image_size=32, sharding=sharding)]
               for _ in range(2)]
   for a, b in zip(*passes, strict=True):
@@ -195,20 +214,20 @@ def test_resume_after_kill_matches_uninterrupted(in_memory, sharding, tmp_path, 
                       dataclasses.replace(datasets.spec('cifar10'), in_memory=in_memory))
   kwargs = dict(global_batch_size=16, image_size=32, sharding=sharding, augment=None)
   with mock_tfds('cifar10', {'train': 100, 'test': 8}, tmp_path):  # 6 steps per epoch
-    straight = _take(data.train_batches('cifar10', seed=7, **kwargs), 15)
+    straight = _take(_train_batches('cifar10', seed=7, **kwargs), 15)
     for k in (4, 6, 11):  # mid-epoch, at an epoch boundary, in the third epoch
-      resumed = _take(data.train_batches('cifar10', seed=7, start_step=k, **kwargs), 3)
+      resumed = _take(_train_batches('cifar10', seed=7, start_step=k, **kwargs), 3)
       for a, b in zip(straight[k:k + 3], resumed, strict=True):
         np.testing.assert_array_equal(a['image'], b['image'])
         np.testing.assert_array_equal(a['label'], b['label'])
-    other_seed = _take(data.train_batches('cifar10', seed=8, **kwargs), 1)[0]
+    other_seed = _take(_train_batches('cifar10', seed=8, **kwargs), 1)[0]
   assert not np.array_equal(other_seed['image'], straight[0]['image'])
   assert not np.array_equal(straight[6]['image'], straight[0]['image'])  # a new epoch reshuffles
 
 
 def test_an_epoch_visits_distinct_examples_in_a_new_order(sharding, tmp_path):
   with mock_tfds('mnist', {'train': 100, 'test': 8}, tmp_path):
-    batches = _take(data.train_batches('mnist', global_batch_size=16, image_size=28,
+    batches = _take(_train_batches('mnist', global_batch_size=16, image_size=28,
                                        sharding=sharding, seed=3), 12)
   rows = [bytes(image) for b in batches for image in b['image']]
   assert len(set(rows[:96])) == 96                       # epoch 0: 6 steps, no repeats
@@ -222,9 +241,9 @@ def test_processes_read_disjoint_shards_and_pad_eval_alike(tmp_path, monkeypatch
   with mock_tfds('mnist', {'train': 64, 'test': 37}, tmp_path):
     for index in (0, 1):
       monkeypatch.setattr(jax, 'process_index', lambda index=index: index)
-      evals = list(pipeline.local_eval_batches('mnist', global_batch_size=16, image_size=28))
-      train = next(pipeline.local_train_batches('mnist', global_batch_size=16, image_size=28,
-                                                seed=0, augment=''))
+      evals = list(_eval_batches('mnist', global_batch_size=16, image_size=28, local=True))
+      train = next(_train_batches('mnist', global_batch_size=16, image_size=28, local=True,
+                                      seed=0, augment=''))
       shares.append((evals, train))
   assert [len(evals) for evals, _ in shares] == [3, 3]        # ceil(19 / 8) on both
   counts = [sum(b['mask'].sum() for b in evals) for evals, _ in shares]
@@ -239,10 +258,10 @@ def test_processes_read_disjoint_shards_and_pad_eval_alike(tmp_path, monkeypatch
 def test_batch_size_must_split_over_devices_and_processes(sharding, tmp_path, monkeypatch):
   with mock_tfds('mnist', {'train': 64, 'test': 8}, tmp_path):
     with pytest.raises(UserError, match="12 is not divisible by the 8 devices of mesh axis 'data'"):
-      data.train_batches('mnist', global_batch_size=12, image_size=32, sharding=sharding, seed=0)
+      _train_batches('mnist', global_batch_size=12, image_size=32, sharding=sharding, seed=0)
     monkeypatch.setattr(jax, 'process_count', lambda: 3)
     with pytest.raises(UserError, match='16 must be a positive multiple of the 3 processes'):
-      data.eval_batches('mnist', global_batch_size=16, image_size=32, sharding=sharding)
+      _eval_batches('mnist', global_batch_size=16, image_size=32, sharding=sharding)
 
 
 def test_device_prefetch_makes_global_arrays_in_order_and_reraises(sharding, monkeypatch):
@@ -262,7 +281,7 @@ def test_device_prefetch_makes_global_arrays_in_order_and_reraises(sharding, mon
     next(it)
   monkeypatch.setattr(jax, 'process_count', lambda: 2)
   monkeypatch.setattr(jax, 'process_index', lambda: 1)
-  assert batching.process_rows(16) == slice(8, 16)
+  assert batching.process_share(16) == 8
   assert batching.epoch_seed(7, 1) != batching.epoch_seed(7, 2)
   assert 0 <= batching.epoch_seed(-1, 0) < 2**63
 
@@ -411,7 +430,7 @@ def test_fashion_mnist_builds_from_local_idx_files(tmp_path, sharding, caplog):
 
   # Through the pipeline (real TFDS reader): eval equals preprocess_for_eval of the test split.
   loaded = list(tfds.as_numpy(builder.as_dataset(split='test', shuffle_files=False)))
-  evals = [_numpy(b) for b in data.eval_batches('fashion_mnist', global_batch_size=64,
+  evals = [_numpy(b) for b in _eval_batches('fashion_mnist', global_batch_size=64,
                                                   image_size=32, sharding=sharding,
                                                   data_dir=data_dir)]
   images = np.concatenate([b['image'] for b in evals])[np.concatenate([b['mask'] for b in evals])]
@@ -473,7 +492,7 @@ def test_tf_flowers_builds_from_a_local_archive_and_trains(tmp_path, sharding):
   labels = [e['label'] for e in tfds.as_numpy(
       tfds.builder('tf_flowers', data_dir=data_dir).as_dataset(split='train'))]
   np.testing.assert_array_equal(np.bincount(labels), [4] * 5)  # labels from folder names
-  batch = next(data.train_batches('tf_flowers', global_batch_size=8, image_size=24,
+  batch = next(_train_batches('tf_flowers', global_batch_size=8, image_size=24,
                                   sharding=sharding, seed=0, data_dir=data_dir))
   assert batch['image'].shape == (8, 24, 24, 3)
 

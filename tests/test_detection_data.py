@@ -4,8 +4,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from cvjax.data import shapes
-from cvjax.detection import augment, data
+from cvjax.data import pipeline, preprocess, shapes
+from cvjax.detection import data
 from cvjax.errors import UserError
 
 
@@ -34,8 +34,9 @@ def test_mock_voc_and_coco_load_despite_ragged_objects_and_unordered_coordinates
     raw = list(tfds.as_numpy(tfds.builder(tfds_name, data_dir=str(tmp_path)).as_dataset(
         split='test')))
     parsed = list(data.load_split(name, 'test', data_dir=str(tmp_path)).as_numpy_iterator())
-    batches = list(data.local_eval_batches(name, split='test', global_batch_size=4,
-                                           image_size=48, data_dir=str(tmp_path)))
+    spec = data.data_spec(name, image_size=48, data_dir=str(tmp_path))
+    batches = list(pipeline.local_eval_batches(spec, split='test', global_batch_size=4,
+                                               data_dir=str(tmp_path)))
   assert len(raw) == len(parsed) == n
   lengths = [{len(v) for v in ex['objects'].values()} for ex in raw]
   assert any(len(s) > 1 for s in lengths), 'the mock should give ragged objects'
@@ -64,22 +65,24 @@ def test_mock_voc_and_coco_load_despite_ragged_objects_and_unordered_coordinates
       assert not np.any(m[np.argmin(m):]) if not m.all() else True   # no gaps
   # Training drops crowd boxes, keeps difficult ones.
   with tfds.testing.mock_data(num_examples=n, data_dir=str(tmp_path)):
-    train = next(data.local_train_batches(name, global_batch_size=2, image_size=48, seed=0,
-                                          data_dir=str(tmp_path)))
+    train = next(pipeline.local_train_batches(spec, global_batch_size=2, seed=0,
+                                              data_dir=str(tmp_path), num_examples=n))
   assert train['image'].shape == (2, 48, 48, 3) and train['boxes'].shape == (2, max_boxes, 4)
 
 
 def test_unknown_detection_dataset_split_and_augment_are_refused():
+  """Detection speaks the one op grammar: 'ssd' is a preset, 'flip' an alias of flip_lr."""
   with pytest.raises(UserError, match="unknown detection dataset 'voc/2009'"):
     data.spec('voc/2009')
   with pytest.raises(UserError, match="unknown split of voc/2007 'val'"):
     data.parts('voc/2007', 'val')
-  with pytest.raises(UserError, match="unknown detection augmentation 'rotate'"):
-    data.parse_augment('flip|rotate')
-  assert data.parse_augment('iou_crop|flip') == {'photometric': False, 'zoom_out': False,
-                                                 'iou_crop': True, 'flip': True}
-  assert all(data.parse_augment(None).values()) and not any(data.parse_augment('').values())
-
+  with pytest.raises(UserError, match="unknown augmentation op 'rotat'"):
+    preprocess.check('flip|rotat', ('image', 'boxes', 'box_mask', 'labels'), 'detection')
+  with pytest.raises(UserError, match='augmentation op iou_crop needs boxes'):
+    preprocess.check('flip_lr|iou_crop', ('image', 'label'), 'classification')
+  preprocess.check('ssd|rotate(5)', ('image', 'boxes', 'box_mask', 'labels'), 'detection')
+  assert [name for name, _, _ in preprocess.parse('ssd|flip')] == [
+      'photometric', 'zoom_out', 'iou_crop', 'flip_lr', 'flip_lr']
 
 def _scene():
   """A 90×120 image with four flat-coloured rectangles and their exact boxes."""
@@ -91,6 +94,13 @@ def _scene():
   norm = np.array([[y0 / 90, x0 / 120, y1 / 90, x1 / 120] for y0, x0, y1, x1 in pixel_boxes],
                   np.float32)
   return image, norm, colours
+
+
+def ssd_augment(image, boxes, mask, seed, *, size, ops='zoom_out|iou_crop|flip_lr'):
+  """The SSD ops of the one registry on one example, then the eval resize."""
+  chain = preprocess.build(f'{ops}|resize({size}, antialias=False)')
+  out = chain({'image': image, 'boxes': boxes, 'box_mask': mask}, seed)
+  return out['image'], out['boxes'], out['box_mask']
 
 
 def _colour_extent(image, colour, tol=0.2):
@@ -109,9 +119,8 @@ def test_augmented_boxes_stay_on_their_objects():
   image, norm, colours = _scene()
   mask = np.ones(4, bool)
   size = 96
-  run = tf.function(lambda seed: augment.ssd_augment(
-      tf.constant(image), tf.constant(norm), tf.constant(mask), seed, size=size,
-      photometric_distort=False))
+  run = tf.function(lambda seed: ssd_augment(
+      tf.constant(image), tf.constant(norm), tf.constant(mask), seed, size=size))
   cropped = zoomed = flipped = 0
   for seed in range(40):
     out, out_boxes, keep = (x.numpy() for x in run(tf.constant([7, seed], tf.int64)))
@@ -121,13 +130,13 @@ def test_augmented_boxes_stay_on_their_objects():
       assert extent is not None, (seed, k)
       np.testing.assert_allclose(out_boxes[k], extent, atol=1.6 / size, err_msg=f'{seed} {k}')
     cropped += not keep.all()
-    zoomed += np.isclose(out, augment.MEAN_FILL, atol=0.01).all(-1).mean() > 0.2
+    zoomed += np.isclose(out, preprocess.MEAN_FILL, atol=0.01).all(-1).mean() > 0.2
     flipped += keep[0] and out_boxes[0, 1] > 0.5
   assert cropped and zoomed and flipped   # each geometric step happened at least once
   # Photometric distortion keeps [0, 1] and changes colours but not geometry.
-  out, out_boxes, keep = (x.numpy() for x in augment.ssd_augment(
+  out, out_boxes, keep = (x.numpy() for x in ssd_augment(
       tf.constant(image), tf.constant(norm), tf.constant(mask), tf.constant([1, 2], tf.int64),
-      size=size, zoom_out=False, crop=False, flip=False))
+      size=size, ops='photometric'))
   assert 0 <= out.min() and out.max() <= 1 and keep.all()
   np.testing.assert_allclose(out_boxes, norm, atol=1e-6)
 
@@ -135,9 +144,9 @@ def test_augmented_boxes_stay_on_their_objects():
 def test_augmentation_is_a_pure_function_of_the_seed():
   image, norm, _ = _scene()
   args = (tf.constant(image), tf.constant(norm), tf.constant(np.ones(4, bool)))
-  a = augment.ssd_augment(*args, tf.constant([3, 4], tf.int64), size=64)
-  b = augment.ssd_augment(*args, tf.constant([3, 4], tf.int64), size=64)
-  c = augment.ssd_augment(*args, tf.constant([3, 5], tf.int64), size=64)
+  a = ssd_augment(*args, tf.constant([3, 4], tf.int64), size=64, ops='ssd')
+  b = ssd_augment(*args, tf.constant([3, 4], tf.int64), size=64, ops='ssd')
+  c = ssd_augment(*args, tf.constant([3, 5], tf.int64), size=64, ops='ssd')
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x.numpy(), y.numpy())
   assert not np.array_equal(a[0].numpy(), c[0].numpy())

@@ -1,8 +1,10 @@
 """cvjax input data: TFDS datasets, augmentation ops, tf.data -> global jax.Array batches.
 
   meta = cvjax.data.dataset_meta('fashion_mnist')          # prepares it if needed
-  it = cvjax.data.train_batches('fashion_mnist', global_batch_size=256, image_size=32,
-                                sharding=sharding, seed=0, start_step=step)
+  spec = cvjax.data.classification.data_spec('fashion_mnist', meta, image_size=32)
+  it = cvjax.data.pipeline.train_batches(spec, global_batch_size=256, sharding=sharding,
+                                         seed=0, start_step=step,
+                                         num_examples=meta.split_sizes['train'])
   batch = next(it)   # {'image': float32[256, 32, 32, 1], 'label': int32[256]}
 
 Modules: `datasets` (names, splits, statistics: the catalogue), `prepare`
@@ -11,7 +13,8 @@ fast reachability probe), `local_files` (building a stock TFDS dataset from raw
 files on disk), `shapes` (the `cvjax_shapes` TFDS builder), `shapes_video` (shape videos
 with MOTChallenge ground truth for tracking; the `cvjax_shapes_crops` builder), `preprocess` (the op
 registry), `batching` (process share of a global batch, device prefetch into
-global jax.Arrays, epoch seeds), `pipeline` (classification train/eval iterators).
+global jax.Arrays, epoch seeds), `pipeline` (the one input pipeline, `DataSpec`), `classification` (the
+classification datasets' specs and eval preprocessing).
 
 Importing this package does no I/O and loads neither TensorFlow nor TFDS: the names
 below are resolved from their modules on first use.
@@ -23,12 +26,11 @@ _EXPORTS = {
     'DatasetMeta': 'datasets',
     'dataset_meta': 'prepare',
     'steps_per_epoch': 'datasets',
-    'train_batches': 'pipeline',
-    'eval_batches': 'pipeline',
-    'preprocess_for_eval': 'pipeline',
+    'DataSpec': 'pipeline',
+    'preprocess_for_eval': 'classification',
 }
 
-_SUBMODULES = ('batching', 'datasets', 'download', 'local_files', 'pipeline', 'prepare',
+_SUBMODULES = ('batching', 'classification', 'datasets', 'download', 'local_files', 'pipeline', 'prepare',
                'preprocess', 'shapes', 'shapes_video')
 
 __all__ = sorted(_EXPORTS)

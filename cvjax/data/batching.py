@@ -1,8 +1,7 @@
 """Host batches -> global `jax.Array`s: the per-process share of a batch, device prefetch, seeds.
 
-Every cvjax input pipeline (`cvjax.data.pipeline`, `cvjax.detection.data`,
-`cvjax.segmentation.data`) builds its batches on the host as numpy arrays and
-hands them to `DevicePrefetch`. The conventions they share:
+The input pipeline (`cvjax.data.pipeline`) builds its batches on the host as numpy
+arrays and hands them to `DevicePrefetch`. The conventions:
 
   B   global batch size: examples per step over all processes.
   P   `jax.process_count()`; process p holds rows [p * B / P, (p + 1) * B / P)
@@ -15,7 +14,6 @@ Importing this module loads neither TensorFlow nor TFDS.
 """
 from __future__ import annotations
 
-import itertools
 import queue
 import threading
 import weakref
@@ -81,47 +79,6 @@ def epoch_seed(seed: int, epoch: int) -> int:
   """A 63-bit seed mixed from (seed, epoch), for shuffles that take one int (TFDS, tf.data)."""
   return int(np.random.SeedSequence([seed % 2**63, epoch]).generate_state(1, np.uint64)[0]
              % 2**63)
-
-
-def shuffled_steps(num_examples: int, global_batch_size: int, *, seed: int, start_step: int = 0,
-                   name: str = 'the dataset') -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """Train steps over N = `num_examples` in-memory examples, from `start_step` on, forever.
-
-  Yields per step (this process's example indices int[B / P], its coin flips bool[B / P]):
-  each epoch of N // B steps takes B examples at a time from a permutation drawn from
-  (seed, epoch), dropping the last N mod B; the flips, drawn from (seed, epoch, step in the
-  epoch), are there for random left-right flips. Raises `UserError` (now, not at the first
-  step) when B > N, naming dataset `name`.
-  """
-  mine = process_rows(global_batch_size)
-  steps = num_examples // global_batch_size
-  if steps == 0:
-    raise UserError(f'batch size {global_batch_size} is larger than the {num_examples} '
-                    f'training images of {name}; use a smaller --batch_size')
-
-  def generate():
-    for step in itertools.count(start_step):
-      epoch, k = divmod(step, steps)
-      order = np.random.default_rng([seed, epoch]).permutation(num_examples)
-      flips = np.random.default_rng([seed, epoch, k]).random(global_batch_size) < 0.5
-      yield order[k * global_batch_size:(k + 1) * global_batch_size][mine], flips[mine]
-  return generate()
-
-
-def padded_steps(num_examples: int,
-                 global_batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """Eval steps visiting each of N = `num_examples` in-memory examples once, in order.
-
-  Yields per step (this process's indices int[B / P], clipped to N − 1, and valid
-  bool[B / P], False on the last batch's padding rows).
-  """
-  mine = process_rows(global_batch_size)
-
-  def generate():
-    for start in range(0, num_examples, global_batch_size):
-      index = np.arange(start, start + global_batch_size)[mine]
-      yield np.minimum(index, num_examples - 1), index < num_examples
-  return generate()
 
 
 _END = object()

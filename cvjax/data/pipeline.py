@@ -1,36 +1,37 @@
-"""tf.data input pipelines delivering global `jax.Array` batches.
+"""The one tf.data input pipeline, for every task: TFDS → example dicts → global batches.
 
-Train order. Each process yields `global_batch_size // process_count` examples per
-step. Step k of an epoch of `S = steps_per_epoch` steps is in epoch `e = k // S`.
-For datasets that fit in memory (all but imagenet2012) every process decodes the
-whole split once into RAM; epoch e visits it in the order of a stateless permutation
-seeded by (seed, e) (`tf.random.experimental.index_shuffle`) and each process takes
-its slice of each global batch, so batch k is computed directly from k (starting at
-`start_step` skips nothing and resumes exactly) and the global batches are the same
-for any number of processes. For imagenet2012 each process streams only its share
-of the split (`tfds.split_for_jax_process`) from disk with file order and a 10,000-example
-shuffle buffer both seeded by (seed, e); resuming mid-epoch re-reads (without
-decoding) the records before the resume point of that epoch.
+    spec = DataSpec(parts={'train': (('mnist', 'train'),), ...}, read=..., tail='normalize(...)')
+    it = train_batches(spec, global_batch_size=256, sharding=sharding, seed=0, start_step=k)
 
-Augmentation randomness of an example comes from the stateless seed
-[seed, e * 2**32 + position], `position` being the example's index in the global
-batch order of its epoch (step_in_epoch * global_batch + process_index *
-local_batch + i), so it does not depend on where a run was resumed.
+A task says only what differs in a small `DataSpec`: where its splits are (one or more
+TFDS datasets read one after another), how a TFDS example becomes its example dict
+(`read`), the deterministic ops that bring an example to the model's input (`tail`),
+its default augmentation and which keys its batches carry. Everything else is here:
+read → decode → the augmentation ops of `cvjax.data.preprocess` → tail → batch → pad
+the last eval batch → `cvjax.data.batching.DevicePrefetch` (global jax.Arrays).
 
-Images reach the model as float32[B, S, S, C]: pixel / 255, the train augmentation
-(native size and channels), channel conversion, `fit` to S x S, and per-dataset
-`normalize` (see `datasets`). Eval skips the augmentation; `preprocess_for_eval`
-applies the same eval ops to a numpy batch.
+Train order. Each process yields `B / P` examples per step (`batching`). Step k of an
+epoch of `S` steps is in epoch `e = k // S`. A split held in memory (`in_memory`) is
+read once per process, whole; epoch e visits it in the order of a stateless permutation
+seeded by (seed, e) (`tf.random.experimental.index_shuffle`) and each process takes its
+slice of each global batch, so batch k is a pure function of k: a resumed run skips
+nothing and sees the same batches, for any number of processes. Otherwise each process
+streams its share of the split (`tfds.split_for_jax_process`) with file order and a
+shuffle buffer seeded by (seed, e); resuming mid-epoch re-reads the records before the
+resume point of that epoch. Augmentation randomness of an example comes from the
+stateless seed [seed, e · 2³² + position], `position` being its index in the global
+batch order of its epoch, so it does not depend on where a run was resumed.
 
-Each process builds its rows of every global batch as numpy arrays
-(`local_train_batches`, `local_eval_batches`); `cvjax.data.batching` turns them
-into global jax.Arrays on the caller's sharding.
+Eval: every example of a split once, in file order; the last batches are padded with
+zero examples ('mask' False) so that every process yields equally many, equally shaped
+batches.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
-from typing import Iterator
+from typing import Callable, Iterator
 
 import jax
 import numpy as np
@@ -38,287 +39,210 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from cvjax.data import batching
-from cvjax.data import datasets
-from cvjax.data import prepare
 from cvjax.data import preprocess
-from cvjax.errors import UserError
+from cvjax.errors import UserError, unknown_choice
 
-_STREAM_SHUFFLE_BUFFER = 10_000
-_LUMA = (0.2989, 0.5870, 0.1140)  # tf.image.rgb_to_grayscale weights
+STREAM_SHUFFLE_BUFFER = 4096
 
 
-def train_batches(name: str, *, global_batch_size: int, image_size: int,
-                  sharding: jax.sharding.NamedSharding, seed: int, start_step: int = 0,
-                  augment: str | None = None, channels: int | None = None,
-                  data_dir=None, raw_data_dir=None, split: str = 'train',
-                  preprocessing: str | None = None) -> Iterator[dict[str, jax.Array]]:
-  """Infinite iterator of training batches, starting at batch `start_step`.
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """What one task's input pipeline reads and yields.
 
-  Args:
-    name: TFDS dataset name (`datasets.DATASETS`).
-    global_batch_size: examples per step over all processes.
-    image_size: the model's input size S.
-    sharding: sharding of the yielded arrays (batch axis over mesh axis 'data').
-    seed: data order and augmentation seed.
-    start_step: index of the first batch to yield.
-    augment: op string (see `preprocess`); None: the dataset's default; '': none.
-    channels: the model's input channels, if different from the dataset's.
-    data_dir, raw_data_dir: see `prepare.dataset_meta`.
-    split: logical split to train on (e.g. 'train_minus_validation').
-    preprocessing: the model's input convention instead of the dataset's mean/std
-      (`PREPROCESSING`, for imported weights).
-
-  Yields:
-    {'image': float32[B, S, S, C], 'label': int32[B]}: global jax.Arrays with `sharding`.
+  Attributes:
+    parts: logical split → ((TFDS name, TFDS split expression), ...), read in order.
+    read: (TFDS example, train: bool) → example dict: 'image' uint8[H, W, C] and the
+      task's targets, all but the image fixed-shaped (`preprocess` lists the keys).
+    tail: deterministic op string after the augmentation (channel conversion, fit or
+      resize to the input size S, normalisation); must give every example one shape.
+    last: example → example after the tail (e.g. boxes compacted); it gets a batch
+      (a leading axis) when there is no augmentation and images are not `encoded`.
+    train_keys, eval_keys: the keys of the yielded batches ('mask' is added in eval).
+    default_augment: the op string used when a run gives none (None).
+    in_memory: hold the train split in RAM (exact shuffle, O(1) resume) or stream it.
+    encoded: hold images in memory encoded (decoded at each step) rather than decoded:
+      for large or variable-size images; `read` must then leave 'image' untouched.
+    decoders: TFDS decoders, e.g. to skip features the task never reads.
+    image_size: S, the default of ops' `size` parameters.
   """
+  parts: dict[str, tuple[tuple[str, str], ...]]
+  read: Callable[[dict, bool], dict]
+  tail: str
+  train_keys: tuple[str, ...]
+  eval_keys: tuple[str, ...]
+  default_augment: str = ''
+  last: Callable[[dict], dict] | None = None
+  in_memory: bool = True
+  encoded: bool = False
+  decoders: dict | None = None
+  image_size: int | None = None
+
+  def split(self, split: str) -> tuple[tuple[str, str], ...]:
+    if split not in self.parts:
+      raise unknown_choice('split', split, self.parts)
+    return self.parts[split]
+
+  def augmentation(self, augment: str | None) -> preprocess.Chain:
+    return preprocess.build(self.default_augment if augment is None else augment,
+                            image_size=self.image_size)
+
+  def finish(self, ex: dict, seed=None, *, augment=None, tail=None, decode=None) -> dict:
+    """One example, decoded, to float, augmented (with `seed`) and through the tail."""
+    image = ex['image'] if decode is None else decode(ex['image'])
+    ex = {**ex, 'image': tf.image.convert_image_dtype(image, tf.float32)}
+    if augment is not None and augment.ops:
+      ex = augment(ex, seed)
+    if tail is not None:
+      ex = tail(ex)
+    return self.last(ex) if self.last is not None else ex
+
+
+def train_batches(spec: DataSpec, *, global_batch_size: int, sharding, seed: int,
+                  start_step: int = 0, augment: str | None = None, split: str = 'train',
+                  data_dir=None, num_examples: int) -> Iterator[dict[str, jax.Array]]:
+  """Infinite iterator of training batches from batch `start_step` on: global
+  jax.Arrays with `sharding`, keys `spec.train_keys`. `num_examples`: the split's size
+  (all processes)."""
   batching.local_batch_size(global_batch_size, sharding)
-  source = local_train_batches(
-      name, global_batch_size=global_batch_size, image_size=image_size, seed=seed,
-      start_step=start_step, augment=augment, channels=channels, data_dir=data_dir,
-      raw_data_dir=raw_data_dir, split=split, preprocessing=preprocessing)
+  source = local_train_batches(spec, global_batch_size=global_batch_size, seed=seed,
+                               start_step=start_step, augment=augment, split=split,
+                               data_dir=data_dir, num_examples=num_examples)
   return batching.DevicePrefetch(source, sharding, global_batch_size)
 
 
-def eval_batches(name: str, *, split: str = 'test', global_batch_size: int, image_size: int,
-                 sharding, channels: int | None = None, data_dir=None,
-                 raw_data_dir=None, preprocessing: str | None = None
-                 ) -> Iterator[dict[str, jax.Array]]:
-  """One deterministic pass over `split`: every example exactly once, in file order.
-
-  Yields {'image': float32[B, S, S, C], 'label': int32[B], 'mask': bool[B]}; the
-  last batches are padded with zero images (mask False) to the full global batch,
-  so that every process yields the same number of equally shaped batches.
-  """
+def eval_batches(spec: DataSpec, *, split: str, global_batch_size: int, sharding,
+                 data_dir=None) -> Iterator[dict[str, jax.Array]]:
+  """One deterministic pass over `split`, every example once, keys `spec.eval_keys`
+  and 'mask' bool[B] (False on the padding)."""
   batching.local_batch_size(global_batch_size, sharding)
-  source = local_eval_batches(name, split=split, global_batch_size=global_batch_size,
-                              image_size=image_size, channels=channels, data_dir=data_dir,
-                              raw_data_dir=raw_data_dir, preprocessing=preprocessing)
+  source = local_eval_batches(spec, split=split, global_batch_size=global_batch_size,
+                              data_dir=data_dir)
   return batching.DevicePrefetch(source, sharding, global_batch_size)
-
-
-def preprocess_for_eval(images: np.ndarray, *, dataset: str, image_size: int,
-                        channels: int | None = None,
-                        preprocessing: str | None = None) -> np.ndarray:
-  """The eval preprocessing of `eval_batches`, for a numpy batch (e.g. `predict`).
-
-  Args:
-    images: uint8[B, H, W, C] with the dataset's channels (or `channels`).
-    dataset: whose normalisation and fit to use.
-    image_size: the model's input size S.
-    channels: the model's input channels; None: those of `images`.
-    preprocessing: the model's input convention (`PREPROCESSING`); None: the
-      dataset's mean/std.
-
-  Returns:
-    float32[B, S, S, channels].
-  """
-  spec = datasets.spec(dataset)
-  datasets.tensorflow()
-  images = np.asarray(images)
-  if images.dtype != np.uint8 or images.ndim != 4:
-    raise UserError(f'preprocess_for_eval wants uint8[B, H, W, C] images, got '
-                    f'{images.dtype}{list(images.shape)}')
-  tail = _eval_ops(spec, images.shape[-1], image_size, channels, preprocessing)
-  return tail(_to_float(tf.constant(images))).numpy()
-
-
-# ------------------------------------------------------------------ op strings
-
-
-def _normalize_stats(spec: datasets.DatasetSpec, channels: int):
-  """Dataset mean/std for `channels` output channels (converted from the native ones).
-
-  RGB -> gray uses the luma weights on mean and std (exact for the mean; for the std
-  it assumes fully correlated channels). Gray -> RGB repeats the numbers.
-  """
-  mean, std = spec.mean, spec.std
-  if len(mean) == channels:
-    return mean, std
-  if channels == 1:
-    return ((round(float(np.dot(_LUMA, mean)), 4),), (round(float(np.dot(_LUMA, std)), 4),))
-  return mean * channels, std * channels
-
-
-# Input conventions of imported weights (TrainConfig.preprocessing): they replace
-# the dataset's normalize. Images arrive in [0, 1], RGB.
-PREPROCESSING = {
-    'caffe': 'caffe',  # Keras VGG16/19, ResNet50/101/152: BGR, 0-255, minus ImageNet means
-    'torch': f'normalize({datasets.IMAGENET_MEAN}, {datasets.IMAGENET_STD})',  # torchvision
-    'tf': 'normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))',  # Keras MobileNet*: [-1, 1]
-}
-
-
-def _eval_ops(spec, native_channels: int, image_size: int, channels: int | None,
-              preprocessing: str | None = None):
-  """Deterministic ops after augmentation: channel conversion, fit, normalise (the
-  dataset's mean/std, or the `preprocessing` convention of imported weights)."""
-  channels = channels or native_channels
-  if channels not in (1, 3) or native_channels not in (1, 3):
-    raise UserError(f'channels must be 1 or 3, got {channels} (images have {native_channels})')
-  convert = '' if channels == native_channels else ('to_rgb' if channels == 3 else 'to_grayscale')
-  mean, std = _normalize_stats(spec, channels)
-  normalize = f'normalize({mean}, {std})'
-  if preprocessing is not None:
-    if preprocessing not in PREPROCESSING:
-      raise UserError(f'unknown preprocessing {preprocessing!r}; valid choices: '
-                      f'{", ".join(sorted(PREPROCESSING))}')
-    if channels != 3:
-      raise UserError(f'preprocessing {preprocessing!r} is for RGB models; this one has '
-                      f'{channels} input channel(s)')
-    normalize = PREPROCESSING[preprocessing]
-  ops = [convert, f'fit({image_size}, {spec.crop_fraction})', normalize]
-  return preprocess.build('|'.join(o for o in ops if o), image_size=image_size)
-
-
-def _to_float(images):
-  """uint8 -> float32 in [0, 1]."""
-  return tf.image.convert_image_dtype(images, tf.float32)
 
 
 # ------------------------------------------------------------------ train source
 
 
-def local_train_batches(name: str, *, global_batch_size: int, image_size: int, seed: int,
-                        start_step: int = 0, augment: str | None = None,
-                        channels: int | None = None, data_dir=None, raw_data_dir=None,
-                        split: str = 'train',
-                        preprocessing: str | None = None) -> Iterator[dict[str, np.ndarray]]:
-  """This process's share of `train_batches`, as numpy arrays (no device transfer)."""
-  if start_step < 0:
-    raise UserError(f'start_step must be >= 0, got {start_step}')
-  spec = datasets.spec(name)
-  local = batching.process_share(global_batch_size)
-  augment = spec.default_augment if augment is None else augment
-  per_example = preprocess.build(augment, image_size=image_size)  # bad ops fail fast
-  meta = prepare.dataset_meta(name, data_dir=data_dir, raw_data_dir=raw_data_dir)
-  tail = _eval_ops(spec, meta.image_shape[-1], image_size, channels, preprocessing)
-  builder = tfds.builder(name, data_dir=data_dir)
-  shard = tfds.split_for_jax_process(datasets.tfds_split(name, split))
-  steps = datasets.steps_per_epoch(meta, global_batch_size, split)
-  context = _TrainContext(seed=seed, local=local, global_batch=global_batch_size,
-                          per_example=per_example, tail=tail)
-  if spec.in_memory:
-    # The whole split, not this process's shard, so that N processes build exactly
-    # the global batches one process would (tests/test_launch.py).
-    return _in_memory_train(builder, datasets.tfds_split(name, split), steps, start_step,
-                            context)
-  return _streaming_train(builder, shard, steps, start_step, context)
+class _Order:
+  """Where an example sits in the global order of its epoch, and its augmentation seed."""
 
+  def __init__(self, seed: int, global_batch: int, local: int):
+    self.seed, self.global_batch, self.local = seed, global_batch, local
 
-class _TrainContext:
-  """What both train sources need to turn examples into batches."""
-
-  def __init__(self, *, seed, local, global_batch, per_example, tail):
-    self.seed, self.local, self.global_batch = seed, local, global_batch
-    self.per_example, self.tail = per_example, tail
+  def position(self, step_in_epoch, offset):
+    return (tf.cast(step_in_epoch, tf.int64) * self.global_batch
+            + jax.process_index() * self.local + tf.cast(offset, tf.int64))
 
   def example_seed(self, epoch, position):
     """int64[..., 2] augmentation seed of example `position` of `epoch`."""
     low = tf.cast(epoch, tf.int64) * (2**32) + tf.cast(position, tf.int64)
-    return tf.stack([tf.broadcast_to(tf.constant(self.seed, tf.int64), tf.shape(low)), low], -1)
-
-  def position(self, step_in_epoch, offset):
-    """Global position in the epoch of this process's example `offset` of a step."""
-    return (tf.cast(step_in_epoch, tf.int64) * self.global_batch
-            + jax.process_index() * self.local + tf.cast(offset, tf.int64))
-
-  def finish(self, examples: tf.data.Dataset, *, decode=None,
-             batch_tail: bool) -> tf.data.Dataset:
-    """{'image', 'label', 'seed'} examples -> batches of {'image', 'label'}.
-
-    The deterministic tail runs on whole batches when `batch_tail` (fixed-size
-    images), else per example before batching (variable sizes).
-    """
-    def one(ex):
-      image = ex['image'] if decode is None else decode(ex['image'])
-      image = self.per_example(_to_float(image), ex['seed'])
-      if not batch_tail:
-        image = self.tail(image)
-      return {'image': image, 'label': ex['label']}
-    ds = examples.map(one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(self.local, drop_remainder=True)
-    if batch_tail:
-      ds = ds.map(lambda b: {'image': self.tail(b['image']), 'label': b['label']},
-                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return tf.stack([tf.fill(tf.shape(low), tf.constant(self.seed, tf.int64)), low], -1)
 
 
-def _read_into_memory(builder, shard, decode: bool):
-  """All examples of `shard`: (uint8[n, H, W, C] or encoded string[n], int32[n])."""
-  decoders = None if decode else {'image': tfds.decode.SkipDecoding()}
-  ds = builder.as_dataset(split=shard, shuffle_files=False, decoders=decoders,
-                          read_config=_read_config())
-  ds = ds.map(lambda ex: (ex['image'], tf.cast(ex['label'], tf.int32)),
-              num_parallel_calls=tf.data.AUTOTUNE).batch(8192).prefetch(2)
-  parts = list(ds.as_numpy_iterator())
-  if not parts:
-    return np.zeros([0], np.uint8), np.zeros([0], np.int32)
-  return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+def local_train_batches(spec: DataSpec, *, global_batch_size: int, seed: int,
+                        start_step: int = 0, augment: str | None = None,
+                        split: str = 'train', data_dir=None,
+                        num_examples: int) -> Iterator[dict[str, np.ndarray]]:
+  """This process's share of `train_batches`, as numpy arrays (no device transfer)."""
+  if start_step < 0:
+    raise UserError(f'start_step must be >= 0, got {start_step}')
+  local = batching.process_share(global_batch_size)
+  chain = spec.augmentation(augment)  # a bad op fails before any data is read
+  tail = preprocess.build(spec.tail, image_size=spec.image_size)
+  parts = spec.split(split)
+  held_encoded = spec.encoded and spec.in_memory  # streamed images are decoded when read
+  decode = (tfds.builder(parts[0][0], data_dir=data_dir).info.features['image'].decode_example
+            if held_encoded else None)
+  order = _Order(seed, global_batch_size, local)
+  keys = spec.train_keys
 
+  def one(ex, example_seed):
+    out = spec.finish(ex, example_seed, augment=chain, tail=tail, decode=decode)
+    return {k: out[k] for k in keys}
 
-def _in_memory_train(builder, split, steps, start_step, ctx: _TrainContext):
-  feature = builder.info.features['image']
-  fixed = feature.shape is not None and None not in feature.shape
-  images, labels = _read_into_memory(builder, split, decode=fixed)
-  n = len(labels)
-  steps = min(steps, n // ctx.global_batch)  # equal unless the data disagrees with its metadata
+  steps = num_examples // global_batch_size
+  if spec.in_memory:
+    rows = _read_into_memory(spec, parts, data_dir)
+    n = len(rows['image'])
+    steps = min(steps, n // global_batch_size)
+    if steps == 0:
+      raise UserError(f'{parts[0][0]} has {n} {split} examples, fewer than the '
+                      f'{global_batch_size} per step; use a smaller --batch_size')
+    ds = _in_memory_train(rows, n, steps, start_step, order, one, batched=not (
+        chain.ops or spec.encoded), tail=tail, keys=keys, spec=spec)
+    return ds.with_options(_options()).as_numpy_iterator()
   if steps == 0:
-    raise UserError(f'{builder.name} has {n} training examples, fewer than the '
-                    f'{ctx.global_batch} per step; use a smaller --batch_size')
-  images, labels = tf.constant(images), tf.constant(labels)
-  seed, local = ctx.seed, ctx.local
+    raise UserError(f'{parts[0][0]} has {num_examples} {split} examples, fewer than the '
+                    f'{global_batch_size} per step; use a smaller --batch_size')
+  return _streamed_train(spec, parts, data_dir, steps, start_step, order, one)
 
-  def step_examples(step):
+
+def _read_into_memory(spec: DataSpec, parts, data_dir) -> dict[str, np.ndarray]:
+  """The whole split through `spec.read`: {key: np.ndarray[n, ...]} (images encoded
+  when `spec.encoded`)."""
+  arrays = []
+  for tfds_name, expr in parts:
+    ds = _as_dataset(spec, tfds_name, expr, data_dir, skip_image=spec.encoded)
+    ds = ds.map(lambda ex: spec.read(ex, True), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True).batch(1024).prefetch(2)
+    arrays += list(ds.as_numpy_iterator())
+  if not arrays:
+    raise UserError(f'{parts[0][0]} {parts[0][1]} has no examples')
+  return {k: np.concatenate([a[k] for a in arrays]) for k in arrays[0]}
+
+
+def _in_memory_train(rows, n, steps, start_step, order: _Order, one, *, batched, tail,
+                     keys, spec):
+  """Batch k gathers its examples by a stateless permutation of epoch k // steps; the
+  per-example work runs in `tf.map_fn` (whole batches when there is none)."""
+  tensors = {k: tf.constant(v) for k, v in rows.items()}
+  signature = tf.function(one).get_concrete_function(
+      {k: tf.TensorSpec(v.shape[1:], v.dtype) for k, v in tensors.items()},
+      tf.TensorSpec([2], tf.int64)).structured_outputs
+  signature = {k: tf.TensorSpec(v.shape, v.dtype) for k, v in signature.items()}
+
+  def batch(step):
     epoch, step_in_epoch = step // steps, step % steps
-    offset = tf.range(local, dtype=tf.int64)
-    # This process's slice of the global batch, at its position in the epoch's order.
+    position = order.position(step_in_epoch, tf.range(order.local, dtype=tf.int64))
     index = tf.random.experimental.index_shuffle(
-        ctx.position(step_in_epoch, offset), tf.stack([tf.constant(seed, tf.int64), epoch]),
+        position, tf.stack([tf.constant(order.seed, tf.int64), epoch]),
         tf.constant(n - 1, tf.int64))
-    return {'index': index,
-            'seed': ctx.example_seed(epoch, ctx.position(step_in_epoch, offset))}
+    picked = {k: tf.gather(v, index) for k, v in tensors.items()}
+    if batched:  # no augmentation: the deterministic ops on the whole batch
+      out = spec.finish(picked, tail=tail)
+      return {k: out[k] for k in keys}
+    return tf.map_fn(lambda a: one(a[0], a[1]), (picked, order.example_seed(epoch, position)),
+                     fn_output_signature=signature)
 
-  steps_ds = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
-  if fixed:
-    # Whole batches: gather, augment each example (tf.map_fn), then the tail at once.
-    def batch(step):
-      ex = step_examples(step)
-      batch_images = _to_float(tf.gather(images, ex['index']))
-      if ctx.per_example.ops:
-        batch_images = tf.map_fn(lambda a: ctx.per_example(a[0], a[1]),
-                                 (batch_images, ex['seed']), fn_output_signature=tf.float32)
-      return {'image': ctx.tail(batch_images), 'label': tf.gather(labels, ex['index'])}
-    ds = steps_ds.map(batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.prefetch(tf.data.AUTOTUNE)
-  else:
-    def example(ex):
-      return {'image': tf.gather(images, ex['index']), 'label': tf.gather(labels, ex['index']),
-              'seed': ex['seed']}
-    examples = steps_ds.map(step_examples).unbatch().map(example)
-    ds = ctx.finish(examples, decode=feature.decode_example, batch_tail=False)
-  return ds.with_options(_options()).as_numpy_iterator()
+  ds = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
+  return ds.map(batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(
+      tf.data.AUTOTUNE)
 
 
-def _streaming_train(builder, shard, steps, start_step, ctx: _TrainContext):
-  """Epochs streamed from disk; the first one skips records of steps already done."""
-  feature = builder.info.features['image']
-  per_epoch = steps * ctx.local
+def _streamed_train(spec, parts, data_dir, steps, start_step, order: _Order, one):
+  """Epochs streamed from disk: this process's share of each TFDS part, file order and
+  a shuffle buffer seeded by (seed, epoch), parts interleaved at random in proportion
+  to their sizes; the first epoch skips the records of the steps already done."""
   first_epoch, skip = divmod(start_step, steps)
 
   def epoch_batches(epoch: int, skip_steps: int):
-    epoch_seed = batching.epoch_seed(ctx.seed, epoch)
-    ds = builder.as_dataset(split=shard, shuffle_files=True,
-                            decoders={'image': tfds.decode.SkipDecoding()},
-                            read_config=_read_config(shuffle_seed=epoch_seed))
-    ds = ds.shuffle(_STREAM_SHUFFLE_BUFFER, seed=epoch_seed, reshuffle_each_iteration=False)
-    ds = ds.take(per_epoch).enumerate().skip(skip_steps * ctx.local)
+    epoch_seed = batching.epoch_seed(order.seed, epoch)
+    sources, sizes = [], []
+    for tfds_name, expr in parts:
+      shard = tfds.split_for_jax_process(expr)
+      ds = _as_dataset(spec, tfds_name, shard, data_dir, shuffle_seed=epoch_seed)
+      sources.append(ds.shuffle(STREAM_SHUFFLE_BUFFER, seed=epoch_seed,
+                                reshuffle_each_iteration=False))
+      sizes.append(tfds.builder(tfds_name, data_dir=data_dir).info.splits[shard].num_examples)
+    ds = sources[0] if len(sources) == 1 else tf.data.Dataset.sample_from_datasets(
+        sources, weights=[z / sum(sizes) for z in sizes], seed=epoch_seed)
+    ds = ds.take(steps * order.local).enumerate().skip(skip_steps * order.local)
 
-    def label(j, ex):
-      position = ctx.position(j // ctx.local, j % ctx.local)
-      return {'image': ex['image'], 'label': tf.cast(ex['label'], tf.int32),
-              'seed': ctx.example_seed(epoch, position)}
-    ds = ctx.finish(ds.map(label), decode=feature.decode_example,
-                    batch_tail=None not in feature.shape)
+    def example(j, ex):
+      position = order.position(j // order.local, j % order.local)
+      return one(spec.read(ex, True), order.example_seed(epoch, position))
+    ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(order.local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return ds.with_options(_options()).as_numpy_iterator()
 
   def generate():
@@ -330,51 +254,44 @@ def _streaming_train(builder, shard, steps, start_step, ctx: _TrainContext):
 # ------------------------------------------------------------------- eval source
 
 
-def local_eval_batches(name: str, *, split: str = 'test', global_batch_size: int,
-                       image_size: int, channels: int | None = None, data_dir=None,
-                       raw_data_dir=None,
-                       preprocessing: str | None = None) -> Iterator[dict[str, np.ndarray]]:
+def local_eval_batches(spec: DataSpec, *, split: str, global_batch_size: int,
+                       data_dir=None) -> Iterator[dict[str, np.ndarray]]:
   """This process's share of `eval_batches`, as numpy arrays."""
-  meta = prepare.dataset_meta(name, data_dir=data_dir, raw_data_dir=raw_data_dir)
-  spec = datasets.spec(name)
   local = batching.process_share(global_batch_size)
-  tail = _eval_ops(spec, meta.image_shape[-1], image_size, channels, preprocessing)
-  builder = tfds.builder(name, data_dir=data_dir)
-  logical = datasets.tfds_split(name, split)
-  shard = tfds.split_for_jax_process(logical)
-  ds = builder.as_dataset(split=shard, shuffle_files=False, read_config=_read_config())
-
-  count_here = int(ds.cardinality())
-  if jax.process_count() == 1 and count_here >= 0:
-    counts = [count_here]
-  else:  # Every process must agree on the number of batches: use the metadata.
-    counts = [builder.info.splits[s].num_examples
-              for s in tfds.even_splits(logical, n=jax.process_count())]
-    count_here = counts[jax.process_index()]
+  tail = preprocess.build(spec.tail, image_size=spec.image_size)
+  processes = jax.process_count()
+  counts = [0] * processes
+  ds = None
+  for tfds_name, expr in spec.split(split):
+    info = tfds.builder(tfds_name, data_dir=data_dir).info
+    for i, sub in enumerate(tfds.even_splits(expr, n=processes)):
+      counts[i] += info.splits[sub].num_examples
+    part = _as_dataset(spec, tfds_name, tfds.split_for_jax_process(expr), data_dir)
+    ds = part if ds is None else ds.concatenate(part)
+  count_here = counts[jax.process_index()]
   num_batches = max(1, math.ceil(max(counts) / local))
 
   def one(ex):
-    image = _to_float(ex['image'])
-    if not image.shape.is_fully_defined():
-      image = tail(image)
-    return {'image': image, 'label': tf.cast(ex['label'], tf.int32), 'mask': tf.constant(True)}
-  ds = ds.map(one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  already_fit = not meta.image_shape[0]
+    out = spec.finish(spec.read(ex, False), tail=tail)
+    return {**{k: out[k] for k in spec.eval_keys}, 'mask': tf.constant(True)}
+  ds = ds.take(count_here).map(one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   pad = {k: tf.zeros(v.shape, v.dtype) for k, v in ds.element_spec.items()}
   ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(num_batches * local - count_here))
-  ds = ds.batch(local, drop_remainder=True)
-  if not already_fit:  # Padding rows stay exactly zero (not normalised zeros).
-    ds = ds.map(lambda b: {**b, 'image': tf.where(b['mask'][:, None, None, None],
-                                                  tail(b['image']), 0.0)},
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options()).as_numpy_iterator()
+  ds = ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  return ds.with_options(_options()).as_numpy_iterator()
 
 
 # --------------------------------------------------------------------- plumbing
 
 
-def _read_config(shuffle_seed=None):
-  return tfds.ReadConfig(shuffle_seed=shuffle_seed, options=_options())
+def _as_dataset(spec: DataSpec, tfds_name: str, split: str, data_dir, *, skip_image=False,
+                shuffle_seed=None) -> tf.data.Dataset:
+  decoders = dict(spec.decoders or {})
+  if skip_image:
+    decoders['image'] = tfds.decode.SkipDecoding()
+  return tfds.builder(tfds_name, data_dir=data_dir).as_dataset(
+      split=split, shuffle_files=shuffle_seed is not None, decoders=decoders or None,
+      read_config=tfds.ReadConfig(shuffle_seed=shuffle_seed, options=_options()))
 
 
 def _options() -> tf.data.Options:
