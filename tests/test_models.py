@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import math
 import os
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -18,8 +19,10 @@ import pytest
 
 from cvjax import errors
 from cvjax.models import (ModelInfo, get_model, list_models, model_info, model_input_shape,
-                          model_options)
-from cvjax.models import cifar_resnet, layers, resnet
+                          model_options, register_model)
+from cvjax.models import cifar_resnet, layers, registry, resnet
+from cvjax.train import factory
+from cvjax.train.config import TrainConfig
 
 
 def _key(seed: int = 0):
@@ -158,6 +161,96 @@ def test_conv_impl_is_checked_and_resolved_once_when_built():
   assert get_model('lenet5', 10).conv_impl == 'xla'  # the default for direct use
   with pytest.raises(errors.UserError, match="unknown conv impl 'fast'; choose one of auto, xla"):
     get_model('lenet5', 10, conv_impl='fast')
+
+
+# --- a plain flax model, registered --------------------------------------------
+
+class _PlainCNN(nn.Module):
+  """Written without cvjax's base: only the field it needs."""
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.relu(nn.Conv(8, (3, 3))(x))
+    return nn.Dense(self.num_classes)(jnp.mean(x, axis=(1, 2)))
+
+
+class _PlainBN(nn.Module):
+  """A plain model with BatchNorm that declares a compute dtype and the BN axis."""
+  num_classes: int = 4
+  dtype: Any = jnp.float32
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.Conv(4, (3, 3), dtype=self.dtype)(x)
+    x = nn.BatchNorm(use_running_average=not train, axis_name=self.bn_axis_name,
+                     dtype=self.dtype)(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype)(jnp.mean(x, axis=(1, 2)))
+
+
+class _FixedHead(nn.Module):
+  """No fields at all: always three classes."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+
+@pytest.fixture
+def plain_models(monkeypatch):
+  monkeypatch.setattr(registry, '_MODELS', dict(registry._MODELS))  # registered for this test
+  shape = (8, 8, 1)
+  register_model('plain_cnn', _PlainCNN, ModelInfo('classification', shape, 3, batch_norm=False))
+  register_model('plain_bn', _PlainBN, ModelInfo('classification', shape, 4))
+  register_model('fixed_head', _FixedHead, ModelInfo('classification', shape, 3, batch_norm=False))
+
+
+def test_a_plain_flax_model_registers_builds_through_the_factory_and_trains(plain_models):
+  config = TrainConfig(model='plain_cnn', conv_impl='auto')
+  model = factory.build_model(config, 5)
+  assert model == _PlainCNN(num_classes=5)  # nothing cvjax-specific was passed
+  assert model_options('plain_cnn') == []
+  labels = jnp.arange(20) % 5
+  x = labels[:, None, None, None] - 2 + 0.1 * jax.random.normal(jax.random.key(1), (20, 8, 8, 1))
+  params = model.init(jax.random.key(0), x)['params']
+  loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(
+      model.apply({'params': p}, x, train=True), labels).mean()
+  before = loss(params)
+  opt = optax.adam(0.05)
+  opt_state = opt.init(params)
+  for _ in range(40):
+    updates, opt_state = opt.update(jax.grad(loss)(params), opt_state)
+    params = optax.apply_updates(params, updates)
+  assert before > 1.0 and loss(params) < 0.25 * before  # ln 5 = 1.61 at chance
+
+
+def test_the_factory_passes_a_plain_model_only_the_options_it_declares(plain_models):
+  model = factory.build_model(TrainConfig(model='plain_bn', half_precision='bf16'), 4)
+  assert (model.dtype, model.bn_axis_name) == (jnp.bfloat16, 'data')
+  assert factory.build_model(TrainConfig(model='plain_bn'), 4, bn_axis_name=None) == _PlainBN()
+  assert factory.build_model(TrainConfig(model='fixed_head'), 3) == _FixedHead()
+
+
+def test_a_run_asking_a_plain_model_for_an_option_it_lacks_is_refused_in_one_line(plain_models):
+  with pytest.raises(errors.UserError, match=r"^model 'plain_cnn' has no remat option; --remat "
+                                             r"works for .*resnet20"):
+    factory.build_model(TrainConfig(model='plain_cnn', remat=True), 3)
+  with pytest.raises(errors.UserError, match=r"^model 'plain_cnn' has no dtype option; "
+                                             r"--half_precision needs a model that declares"):
+    factory.build_model(TrainConfig(model='plain_cnn', half_precision='bf16'), 3)
+  with pytest.raises(errors.UserError, match=r"^model 'plain_cnn' has no option 'width'; "
+                                             r"valid options: none$"):
+    factory.build_model(TrainConfig(model='plain_cnn', model_kwargs={'width': 2}), 3)
+  with pytest.raises(errors.UserError, match=r"^model 'fixed_head' has no num_classes option: "
+                                             r"it has 3 classes, not 10$"):
+    factory.build_model(TrainConfig(model='fixed_head'), 10)
+  with pytest.raises(errors.UserError, match=r"^model 'plain_cnn' has no conv_impl option"):
+    get_model('plain_cnn', 3, conv_impl='cpu')
+  with pytest.raises(errors.UserError, match=r"^model name 'resnet20' is taken"):
+    register_model('resnet20', _PlainCNN, model_info('resnet20'))
+  with pytest.raises(errors.UserError, match=r"has no `remat` field"):
+    register_model('plain_remat', _PlainCNN, ModelInfo('classification', (8, 8, 1), 3, True))
 
 
 # --- parameter counts --------------------------------------------------------

@@ -23,7 +23,7 @@ import pytest
 
 from cvjax import errors
 from cvjax.models import CONV_IMPLS, get_model, list_models, model_input_shape, model_options
-from cvjax.models import blocks, efficientnet, fcn, inception, registry, vit
+from cvjax.models import blocks, efficientnet, fcn, inception, layers, registry, vit
 from cvjax.pretrained import keras_layers
 from cvjax.segmentation import metrics
 
@@ -409,7 +409,7 @@ def test_se_block_matches_the_squeeze_excitation_formula():
   s = 1 / (1 + np.exp(-(s @ p['expand']['kernel'] + p['expand']['bias'])))  # [B, C]
   np.testing.assert_allclose(se.apply(variables, x), xn * s[:, None, None, :], rtol=1e-5,
                              atol=1e-6)
-  conv = blocks.SEBlock(squeeze_features=3, conv_form=True)
+  conv = blocks.SEBlock(squeeze_features=3, conv=layers.conv_general)
   shapes = jax.tree.map(jnp.shape, conv.init(_key(), x)['params'])
   assert shapes['reduce']['kernel'] == (1, 1, 32, 3)  # Keras EfficientNet's se_reduce
 

@@ -7,7 +7,8 @@
 from cvjax.models.conv_lowering import CONV_IMPLS
 from cvjax.models.registry import (ModelInfo, get_model, list_models, model_info,
                                    model_input_shape, model_num_classes, model_options,
-                                   model_task)
+                                   model_task, register_model)
 
 __all__ = ['CONV_IMPLS', 'ModelInfo', 'get_model', 'list_models', 'model_info',
-           'model_input_shape', 'model_num_classes', 'model_options', 'model_task']
+           'model_input_shape', 'model_num_classes', 'model_options', 'model_task',
+           'register_model']

@@ -1,14 +1,14 @@
 """AlexNet (Krizhevsky, Sutskever & Hinton 2012): the lecture's and torchvision's."""
 from functools import partial
-from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cvjax.models.layers import LRN, AdaptiveAvgPool, MaxPool, conv, flatten
+from cvjax.models.base import Model
+from cvjax.models.layers import LRN, AdaptiveAvgPool, MaxPool, flatten
 
 
-class AlexNet(nn.Module):
+class AlexNet(Model):
   """AlexNet as the lecture gives it (one tower, no grouped convs), at 227×227×3.
 
       layer                        output        params (1000 classes)
@@ -28,34 +28,28 @@ class AlexNet(nn.Module):
   x float32[B, H, W, 3] → logits float32[B, num_classes]. Other input sizes
   work but change fc6's input size (at 224² pool5 is 5×5×256).
   """
-  num_classes: int = 1000
   dropout_rate: float = 0.5
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv_ = partial(conv, impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype)
-    dense = partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
     dropout = partial(nn.Dropout, self.dropout_rate, deterministic=not train)
 
-    x = nn.relu(conv_(96, 11, 4, padding=0, name='conv1')(x))
+    x = nn.relu(self.conv(96, 11, 4, padding=0, name='conv1')(x))
     x = MaxPool(3, 2, name='pool1')(LRN(name='lrn1')(x))
-    x = nn.relu(conv_(256, 5, name='conv2')(x))
+    x = nn.relu(self.conv(256, 5, name='conv2')(x))
     x = MaxPool(3, 2, name='pool2')(LRN(name='lrn2')(x))
-    x = nn.relu(conv_(384, 3, name='conv3')(x))
-    x = nn.relu(conv_(384, 3, name='conv4')(x))
-    x = nn.relu(conv_(256, 3, name='conv5')(x))
+    x = nn.relu(self.conv(384, 3, name='conv3')(x))
+    x = nn.relu(self.conv(384, 3, name='conv4')(x))
+    x = nn.relu(self.conv(256, 3, name='conv5')(x))
     x = MaxPool(3, 2, name='pool5')(x)
     x = flatten(x)
-    x = dropout(name='drop6')(nn.relu(dense(4096, name='fc6')(x)))
-    x = dropout(name='drop7')(nn.relu(dense(4096, name='fc7')(x)))
-    x = dense(self.num_classes, name='fc8')(x)
+    x = dropout(name='drop6')(nn.relu(self.dense(4096, name='fc6')(x)))
+    x = dropout(name='drop7')(nn.relu(self.dense(4096, name='fc7')(x)))
+    x = self.dense(self.num_classes, name='fc8')(x)
     return jnp.asarray(x, jnp.float32)
 
 
-class AlexNetTorchvision(nn.Module):
+class AlexNetTorchvision(Model):
   """torchvision's `alexnet` (the "one weird trick" variant), at 224×224×3.
 
   64/192/384/256/256 filters, no LRN, a 6×6 adaptive average pool so any
@@ -63,28 +57,22 @@ class AlexNetTorchvision(nn.Module):
   classes. torchvision → cvjax names: features.0/3/6/8/10 → conv1…conv5,
   classifier.1/4/6 → fc6/fc7/fc8 (fc6's rows are C·H·W-ordered in torch).
   """
-  num_classes: int = 1000
   dropout_rate: float = 0.5
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv_ = partial(conv, impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype)
-    dense = partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
     dropout = partial(nn.Dropout, self.dropout_rate, deterministic=not train)
 
-    x = nn.relu(conv_(64, 11, 4, padding=2, name='conv1')(x))  # 55×55×64
+    x = nn.relu(self.conv(64, 11, 4, padding=2, name='conv1')(x))  # 55×55×64
     x = MaxPool(3, 2, name='pool1')(x)  # 27×27
-    x = nn.relu(conv_(192, 5, name='conv2')(x))
+    x = nn.relu(self.conv(192, 5, name='conv2')(x))
     x = MaxPool(3, 2, name='pool2')(x)  # 13×13
-    x = nn.relu(conv_(384, 3, name='conv3')(x))
-    x = nn.relu(conv_(256, 3, name='conv4')(x))
-    x = nn.relu(conv_(256, 3, name='conv5')(x))
+    x = nn.relu(self.conv(384, 3, name='conv3')(x))
+    x = nn.relu(self.conv(256, 3, name='conv4')(x))
+    x = nn.relu(self.conv(256, 3, name='conv5')(x))
     x = MaxPool(3, 2, name='pool5')(x)  # 6×6
     x = flatten(AdaptiveAvgPool(6, name='avgpool')(x))
-    x = nn.relu(dense(4096, name='fc6')(dropout(name='drop6')(x)))
-    x = nn.relu(dense(4096, name='fc7')(dropout(name='drop7')(x)))
-    x = dense(self.num_classes, name='fc8')(x)
+    x = nn.relu(self.dense(4096, name='fc6')(dropout(name='drop6')(x)))
+    x = nn.relu(self.dense(4096, name='fc7')(dropout(name='drop7')(x)))
+    x = self.dense(self.num_classes, name='fc8')(x)
     return jnp.asarray(x, jnp.float32)

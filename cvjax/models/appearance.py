@@ -1,14 +1,14 @@
 """A small CNN whose penultimate layer is an appearance embedding (DeepSORT's re-id net, smaller)."""
 from functools import partial
-from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cvjax.models.layers import MaxPool, conv
+from cvjax.models.base import Model
+from cvjax.models.layers import MaxPool
 
 
-class AppearanceCNN(nn.Module):
+class AppearanceCNN(Model):
   """x float32[B, 32, 32, 3] object crops → logits float32[B, num_classes].
 
       layer                   output      params (36 classes)
@@ -27,21 +27,15 @@ class AppearanceCNN(nn.Module):
   """
   num_classes: int = 36
   embedding_dim: int = 64
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     del train
-    conv3x3 = partial(conv, kernel_size=3, impl=self.conv_impl, dtype=self.dtype,
-                      param_dtype=self.param_dtype)
+    conv3x3 = partial(self.conv, kernel_size=3)
     x = MaxPool(2, name='pool1')(nn.relu(conv3x3(32, name='conv1')(x)))
     x = MaxPool(2, name='pool2')(nn.relu(conv3x3(64, name='conv2')(x)))
     x = nn.relu(conv3x3(128, name='conv3')(x))
     x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dense(self.embedding_dim, dtype=self.dtype, param_dtype=self.param_dtype,
-                 name='embedding')(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                 name='head')(x)
+    x = self.dense(self.embedding_dim, name='embedding')(x)
+    x = self.dense(self.num_classes, name='head')(x)
     return jnp.asarray(x, jnp.float32)

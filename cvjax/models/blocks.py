@@ -35,6 +35,7 @@ from cvjax.models import conv_lowering, layers
 from cvjax.models.layers import GlobalAvgPool  # noqa: F401  (re-exported: the lecture's GAP)
 
 Array = Any
+ModuleDef = Any
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
 # Depthwise kernels are [kh, kw, 1, C]: flax's fan_out would be kh·kw·C, but each
@@ -79,17 +80,18 @@ class SEBlock(nn.Module):
   squeeze: GAP → [B, C]; excitation: dense to C_s = C // reduction (or
   `squeeze_features`), `act` (ReLU), dense back to C, `gate` (sigmoid); then
   each channel of x is multiplied by its gate. Parameters: 2·C·C_s + C_s + C.
-  conv_form=True stores the two dense layers as 1×1 convs on the pooled 1×1 map
-  (kernels [1, 1, C, C_s]), as Keras' EfficientNet does; the maths is the same.
+  conv: None for dense layers; a conv constructor (`layers.conv_general`, a model's
+  `conv_general`) stores them as 1×1 convs on the pooled 1×1 map (kernels
+  [1, 1, C, C_s], with the constructor's dtypes), as Keras' EfficientNet does; the
+  maths is the same. dtype, param_dtype: the dense layers'.
   Names: `reduce`, `expand` (Keras: `<block>_se_reduce`, `<block>_se_expand`).
   """
   reduction: int = 16
   squeeze_features: int | None = None
   act: Callable = nn.relu
   gate: Callable = nn.sigmoid
-  conv_form: bool = False
+  conv: ModuleDef | None = None
   kernel_init: Callable = nn.initializers.lecun_normal()
-  conv_impl: str = 'xla'  # resolved conv lowering (conv_form), see conv_lowering
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -98,10 +100,8 @@ class SEBlock(nn.Module):
     c = x.shape[-1]
     cs = self.squeeze_features or max(1, c // self.reduction)
     s = jnp.mean(x, axis=(1, 2), keepdims=True)  # squeeze: [B, 1, 1, C]
-    if self.conv_form:
-      layer = lambda f, name: layers.conv_general(f, 1, impl=self.conv_impl,
-                                                  kernel_init=self.kernel_init, dtype=self.dtype,
-                                                  param_dtype=self.param_dtype, name=name)
+    if self.conv is not None:
+      layer = lambda f, name: self.conv(f, 1, kernel_init=self.kernel_init, name=name)
     else:
       layer = lambda f, name: nn.Dense(f, kernel_init=self.kernel_init, dtype=self.dtype,
                                        param_dtype=self.param_dtype, name=name)
@@ -133,37 +133,6 @@ class GlobalMaxPool(nn.Module):
 
   def __call__(self, x: Array) -> Array:
     return jnp.max(x, axis=(1, 2))
-
-
-class SeparableConv(nn.Module):
-  """Depthwise-separable conv: k×k per-channel conv (`depthwise`), then 1×1 (`pointwise`).
-
-  x [B, H, W, C] → [B, H', W', features]. Params k²·C + C·features (+ features
-  with use_bias): Xception's 3×3 728→728 has 6,552 + 529,984 = 536,536 vs
-  4,769,856 for a full 3×3 conv. padding: 'same' (Keras), 'valid', p or pairs.
-  Keras' `SeparableConv2D` keeps `depthwise_kernel` [k, k, C, 1] and
-  `pointwise_kernel` [1, 1, C, F]; here depthwise/kernel is [k, k, 1, C].
-  """
-  features: int
-  kernel_size: int = 3
-  strides: int = 1
-  padding: Any = 'same'
-  use_bias: bool = False
-  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    c = x.shape[-1]
-    k, s = self.kernel_size, self.strides
-    x = DepthwiseConv(c, (k, k), (s, s), padding=conv_pads(x, k, s, self.padding),
-                      feature_group_count=c, use_bias=False, kernel_init=depthwise_init,
-                      impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype,
-                      name='depthwise')(x)
-    return layers.conv_general(self.features, 1, impl=self.conv_impl, use_bias=self.use_bias,
-                               kernel_init=layers.he_normal, dtype=self.dtype,
-                               param_dtype=self.param_dtype, name='pointwise')(x)
 
 
 class DepthwiseConv(nn.Conv):
@@ -215,6 +184,32 @@ def depthwise_conv(x: Array, kernel_size: int, strides: int = 1, padding: Any = 
   return DepthwiseConv(c, (k, k), (s, s), padding=conv_pads(x, k, s, padding),
                        feature_group_count=c, use_bias=use_bias, kernel_init=depthwise_init,
                        impl=impl, dtype=dtype, param_dtype=param_dtype, name=name)(x)
+
+
+class SeparableConv(nn.Module):
+  """Depthwise-separable conv: k×k per-channel conv (`depthwise`), then 1×1 (`pointwise`).
+
+  x [B, H, W, C] → [B, H', W', features]. Params k²·C + C·features (+ features
+  with use_bias): Xception's 3×3 728→728 has 6,552 + 529,984 = 536,536 vs
+  4,769,856 for a full 3×3 conv. padding: 'same' (Keras), 'valid', p or pairs.
+  Keras' `SeparableConv2D` keeps `depthwise_kernel` [k, k, C, 1] and
+  `pointwise_kernel` [1, 1, C, F]; here depthwise/kernel is [k, k, 1, C].
+  depthwise, conv: how the two are built (`depthwise_conv`, `layers.conv_general`;
+  a model hands in its own, with its dtypes and conv lowering).
+  """
+  features: int
+  kernel_size: int = 3
+  strides: int = 1
+  padding: Any = 'same'
+  use_bias: bool = False
+  depthwise: Callable[..., Array] = depthwise_conv
+  conv: ModuleDef = layers.conv_general
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    x = self.depthwise(x, self.kernel_size, self.strides, self.padding, name='depthwise')
+    return self.conv(self.features, 1, use_bias=self.use_bias, kernel_init=layers.he_normal,
+                     name='pointwise')(x)
 
 
 class StochasticDepth(nn.Module):

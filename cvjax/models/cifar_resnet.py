@@ -16,29 +16,23 @@ resnet110 1,727,962. By hand for ResNet-20: conv1 + bn 432 + 32; stage 1
 fc 64·10 + 10 = 650.
 """
 from functools import partial
-from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from cvjax import errors
-from cvjax.models.layers import GlobalAvgPool, ModuleDef, batch_norm, conv
+from cvjax.models.base import BNModel
+from cvjax.models.layers import GlobalAvgPool, ModuleDef
 from cvjax.models.resnet import BasicBlock, remat_block
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(BNModel):
   """x float32[B, 32, 32, 3] → logits float32[B, num_classes]; depth = 6n + 2."""
   depth: int
   num_classes: int = 10
   num_filters: int = 16
   shortcut: str = 'A'  # 'A': parameter-free (paper); 'B': 1×1 conv + BN
   zero_init_last_bn: bool = False
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  bn_axis_name: str | None = None
-  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
   remat: bool = False  # recompute each block in the backward pass (less memory)
 
   @nn.compact
@@ -48,20 +42,17 @@ class CifarResNet(nn.Module):
           f'CIFAR ResNet depth {self.depth} is not 6n + 2 (20, 32, 44, 56, 110, ...)')
     n = (self.depth - 2) // 6
     block = remat_block(self.block()) if self.remat else self.block()
-    conv_ = partial(conv, use_bias=False, impl=self.conv_impl, dtype=self.dtype,
-                    param_dtype=self.param_dtype)
-    norm = batch_norm(self, train)
+    conv, norm = partial(self.conv, use_bias=False), self.norm(train)
 
-    x = nn.relu(norm(name='bn1')(conv_(self.num_filters, 3, name='conv1')(x)))
+    x = nn.relu(norm(name='bn1')(conv(self.num_filters, 3, name='conv1')(x)))
     for i in range(3):
       for j in range(n):
-        x = block(self.num_filters * 2**i, conv=conv_, norm=norm,
+        x = block(self.num_filters * 2**i, conv=conv, norm=norm,
                   act=nn.relu, strides=2 if i > 0 and j == 0 else 1,
                   zero_init_last_bn=self.zero_init_last_bn,
                   shortcut=self.shortcut, name=f'layer{i + 1}_{j}')(x)
     x = GlobalAvgPool(name='avgpool')(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype,
-                 param_dtype=self.param_dtype, name='fc')(x)
+    x = self.dense(self.num_classes, name='fc')(x)
     return jnp.asarray(x, jnp.float32)
 
   def block(self) -> ModuleDef:

@@ -1,8 +1,9 @@
 """How a 2-D convolution is computed: XLA's convolution, or forms that are faster on XLA:CPU.
 
-A model holds its choice as a field (`conv_impl`), resolved once when it is built
-(`cvjax.models.get_model`); `lowering(impl, kernel_size, groups)` then gives each conv
-a drop-in for `lax.conv_general_dilated` (what `nn.Conv` calls). The parameters
+A model holds its choice as a field (`conv_impl`, declared once in `base.Net`), resolved
+once when it is built (`cvjax.models.get_model`); the layers it builds with `self.conv` &
+co. pass it on, and `lowering(impl, kernel_size, groups)` gives each conv a drop-in for
+`lax.conv_general_dilated` (what `nn.Conv` calls). The parameters
 (`kernel` [kh, kw, C_in, C_out], `bias`) and their names are the same for every impl,
 so checkpoints and imported weights do not care.
 

@@ -48,14 +48,15 @@ output stride 8) with a 64-wide ASPP at rates 3, 6, 9 (the paper's 12/24/36 for
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from cvjax.models import resnet
-from cvjax.models.layers import MaxPool, batch_norm, choose, conv
+from cvjax.models.base import BNModel
+from cvjax.models.layers import MaxPool, choose
 
 _RESNETS = {
     'resnet10': ((1, 1, 1, 1), resnet.BasicBlock),
@@ -84,7 +85,7 @@ def stage_dilations(stages: Sequence[int], output_stride: int) -> list[list[tupl
   return out
 
 
-class DeepLabV3(nn.Module):
+class DeepLabV3(BNModel):
   """DeepLabv3 on an atrous ResNet (see the module docstring)."""
   backbone: str = 'resnet50'
   num_classes: int = 21
@@ -96,27 +97,19 @@ class DeepLabV3(nn.Module):
   aux_features: int = 256
   dropout_rate: float = 0.5  # after the ASPP projection
   aux_dropout_rate: float = 0.1
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  bn_axis_name: str | None = None
-  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
   remat: bool = False  # recompute each backbone block in the backward pass (less memory)
 
   def _backbone(self, x, train):
     """(layer3, layer4) features: [B, H/s3, W/s3, C3], [B, H/os, W/os, C4]."""
     stages, block_cls = _RESNETS[self.backbone]
     block_cls = resnet.remat_block(block_cls) if self.remat else block_cls
-    conv_ = partial(conv, use_bias=False, impl=self.conv_impl, dtype=self.dtype,
-                    param_dtype=self.param_dtype)
-    norm = batch_norm(self, train)
-    x = nn.relu(norm(name='bn1')(conv_(self.width, 7, 2, name='conv1')(x)))
+    conv, norm = partial(self.conv, use_bias=False), self.norm(train)
+    x = nn.relu(norm(name='bn1')(conv(self.width, 7, 2, name='conv1')(x)))
     x = MaxPool(3, 2, padding=1, name='maxpool')(x)
     feats = []
     for i, blocks in enumerate(stage_dilations(stages, self.output_stride)):
       for j, (stride, dilation) in enumerate(blocks):
-        x = block_cls(self.width * 2**i, conv=conv_, norm=norm, act=nn.relu, strides=stride,
+        x = block_cls(self.width * 2**i, conv=conv, norm=norm, act=nn.relu, strides=stride,
                       dilation=dilation, name=f'layer{i + 1}_{j}')(x)
       feats.append(x)
     return feats[2], feats[3]
@@ -129,13 +122,11 @@ class DeepLabV3(nn.Module):
     b, h, w, _ = x.shape
     layer3, top = self._backbone(x, train)
 
-    conv_ = partial(conv, use_bias=False, impl=self.conv_impl, dtype=self.dtype,
-                    param_dtype=self.param_dtype)
-    norm = batch_norm(self, train)
+    conv, norm = partial(self.conv, use_bias=False), self.norm(train)
     a = self.aspp_features
 
     def conv_bn_relu(y, kernel, name, dilation=1, features=a):
-      y = conv_(features, kernel, padding=dilation * (kernel // 2), kernel_dilation=dilation,
+      y = conv(features, kernel, padding=dilation * (kernel // 2), kernel_dilation=dilation,
                 name=f'{name}_conv')(y)
       return nn.relu(norm(name=f'{name}_bn')(y))
 
@@ -146,15 +137,13 @@ class DeepLabV3(nn.Module):
     y = conv_bn_relu(jnp.concatenate(branches, axis=-1), 1, 'aspp_project')
     y = nn.Dropout(self.dropout_rate, deterministic=not train, name='aspp_dropout')(y)
     y = conv_bn_relu(y, 3, 'head')
-    y = conv(self.num_classes, 1, impl=self.conv_impl, dtype=self.dtype,
-             param_dtype=self.param_dtype, name='classifier')(y)
+    y = self.conv(self.num_classes, 1, name='classifier')(y)
     y = jax.image.resize(jnp.asarray(y, jnp.float32), (b, h, w, self.num_classes), 'bilinear')
 
     if self.aux_head:
       aux = conv_bn_relu(layer3, 3, 'aux', features=self.aux_features)
       aux = nn.Dropout(self.aux_dropout_rate, deterministic=not train, name='aux_dropout')(aux)
-      aux = conv(self.num_classes, 1, impl=self.conv_impl, dtype=self.dtype,
-                 param_dtype=self.param_dtype, name='aux_classifier')(aux)
+      aux = self.conv(self.num_classes, 1, name='aux_classifier')(aux)
       self.sow('intermediates', 'aux_logits',
                jax.image.resize(jnp.asarray(aux, jnp.float32), (b, h, w, self.num_classes),
                                 'bilinear'))

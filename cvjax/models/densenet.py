@@ -42,7 +42,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cvjax.models.layers import AvgPool, GlobalAvgPool, MaxPool, batch_norm, choose, conv
+from cvjax.models.base import BNModel
+from cvjax.models.layers import AvgPool, GlobalAvgPool, MaxPool, choose
 
 ModuleDef = Any
 
@@ -76,43 +77,35 @@ class Transition(nn.Module):
     return AvgPool(2, 2, name='pool')(x)
 
 
-class DenseNet(nn.Module):
+class DenseNet(BNModel):
   """DenseNet-BC: x float32[B, H, W, 3] → logits float32[B, num_classes]."""
   blocks: Sequence[int]
-  num_classes: int = 1000
   growth_rate: int = 32
   bn_size: int = 4
   compression: float = 0.5
   stem: str = 'imagenet'  # 'imagenet': 7×7/2 conv + 3×3/2 pool; 'cifar': 3×3 conv 2k
-  bn_momentum: float = 0.99
+  bn_momentum: float = 0.99  # Keras'
   bn_epsilon: float = 1.001e-5
-  bn_axis_name: str | None = None
-  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     choose('DenseNet stem', self.stem, {'imagenet': 0, 'cifar': 0})
-    norm = batch_norm(self, train)
-    conv_ = partial(conv, use_bias=False, impl=self.conv_impl, dtype=self.dtype,
-                    param_dtype=self.param_dtype)
+    norm, conv = self.norm(train), partial(self.conv, use_bias=False)
 
     if self.stem == 'imagenet':
-      x = nn.relu(norm(name='conv1_bn')(conv_(64, 7, 2, name='conv1_conv')(x)))
+      x = nn.relu(norm(name='conv1_bn')(conv(64, 7, 2, name='conv1_conv')(x)))
       x = MaxPool(3, 2, padding=1, name='pool1')(x)  # after ReLU: zero padding = −∞ padding
     else:
-      x = conv_(2 * self.growth_rate, 3, name='conv1_conv')(x)
+      x = conv(2 * self.growth_rate, 3, name='conv1_conv')(x)
     for b, n in enumerate(self.blocks):
       for i in range(n):
-        x = DenseLayer(self.growth_rate, self.bn_size, conv_, norm,
+        x = DenseLayer(self.growth_rate, self.bn_size, conv, norm,
                        name=f'conv{b + 2}_block{i + 1}')(x)
       if b < len(self.blocks) - 1:
-        x = Transition(self.compression, conv_, norm, name=f'pool{b + 2}')(x)
+        x = Transition(self.compression, conv, norm, name=f'pool{b + 2}')(x)
     x = nn.relu(norm(name='bn')(x))
     x = GlobalAvgPool(name='avg_pool')(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                 name='predictions')(x)
+    x = self.dense(self.num_classes, name='predictions')(x)
     return jnp.asarray(x, jnp.float32)
 
 

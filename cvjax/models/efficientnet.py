@@ -43,13 +43,16 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cvjax.models.base import BNModel
 from cvjax.models.blocks import SEBlock, StochasticDepth, conv_pads, depthwise_conv
-from cvjax.models.layers import GlobalAvgPool, batch_norm, conv_general, he_normal
+from cvjax.models.layers import GlobalAvgPool, conv_general, he_normal
+
+ModuleDef = Any
 
 # (kernel, repeats, filters_in, filters_out, expand_ratio, strides) of B0, Table 1; SE 0.25.
 B0_STAGES = ((3, 1, 32, 16, 1, 1), (3, 2, 16, 24, 6, 2), (5, 2, 24, 40, 6, 2),
@@ -81,34 +84,31 @@ class MBConv(nn.Module):
   """[B, H, W, C_in] → [B, H/s, W/s, C_out]: expand 1×1 → depthwise k×k → SE → project 1×1 (+ x).
 
   The residual (with stochastic depth at `drop_rate`) joins when s = 1 and C_in = C_out.
+  conv, depthwise: how convs are built (a model hands in its own).
   """
   filters_out: int
   kernel_size: int
   strides: int
   expand_ratio: int
   drop_rate: float
-  norm: Any
-  act: Any = nn.swish
-  conv_impl: str = 'xla'
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
+  norm: ModuleDef
+  act: Callable = nn.swish
+  conv: ModuleDef = conv_general
+  depthwise: Callable[..., Any] = depthwise_conv
 
   @nn.compact
   def __call__(self, x, train: bool):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    impl = self.conv_impl
+    conv = partial(self.conv, use_bias=False, kernel_init=he_normal)
     c_in = x.shape[-1]
     y = x
     if self.expand_ratio != 1:
-      y = conv_general(c_in * self.expand_ratio, 1, impl=impl, use_bias=False,
-                       kernel_init=he_normal, name='expand_conv', **kw)(y)
+      y = conv(c_in * self.expand_ratio, 1, name='expand_conv')(y)
       y = self.act(self.norm(name='expand_bn')(y))
-    y = depthwise_conv(y, self.kernel_size, self.strides, 'same', name='dwconv', impl=impl, **kw)
+    y = self.depthwise(y, self.kernel_size, self.strides, 'same', name='dwconv')
     y = self.act(self.norm(name='bn')(y))
-    y = SEBlock(squeeze_features=max(1, int(c_in * SE_RATIO)), act=self.act, conv_form=True,
-                kernel_init=he_normal, conv_impl=impl, name='se', **kw)(y)
-    y = conv_general(self.filters_out, 1, impl=impl, use_bias=False, kernel_init=he_normal,
-                     name='project_conv', **kw)(y)
+    y = SEBlock(squeeze_features=max(1, int(c_in * SE_RATIO)), act=self.act, conv=self.conv,
+                kernel_init=he_normal, name='se')(y)
+    y = conv(self.filters_out, 1, name='project_conv')(y)
     y = self.norm(name='project_bn')(y)
     if self.strides == 1 and c_in == self.filters_out:
       y = StochasticDepth(self.drop_rate, name='drop')(y, deterministic=not train)
@@ -116,7 +116,7 @@ class MBConv(nn.Module):
     return y
 
 
-class EfficientNet(nn.Module):
+class EfficientNet(BNModel):
   """EfficientNet: x float32[B, H, W, 3] → logits float32[B, num_classes].
 
   width/depth_coefficient scale B0's channels and repeats; the resolution is
@@ -125,27 +125,21 @@ class EfficientNet(nn.Module):
   """
   width_coefficient: float = 1.0
   depth_coefficient: float = 1.0
-  num_classes: int = 1000
   dropout_rate: float = 0.2
   drop_connect_rate: float = 0.2
   small_input: bool = False
-  bn_momentum: float = 0.99
+  bn_momentum: float = 0.99  # Keras'
   bn_epsilon: float = 1e-3
-  bn_axis_name: str | None = None
-  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    norm = batch_norm(self, train)
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    norm = self.norm(train)
+    conv = partial(self.conv_general, use_bias=False, kernel_init=he_normal)
     width = partial(round_filters, width=self.width_coefficient)
     depth = partial(round_repeats, depth=self.depth_coefficient)
 
     s = 1 if self.small_input else 2
-    x = conv_general(width(32), 3, s, padding=conv_pads(x, 3, s, 'same'), impl=self.conv_impl,
-                     use_bias=False, kernel_init=he_normal, name='stem_conv', **kw)(x)
+    x = conv(width(32), 3, s, padding=conv_pads(x, 3, s, 'same'), name='stem_conv')(x)
     x = nn.swish(norm(name='stem_bn')(x))
     total = sum(depth(n) for _, n, *_ in B0_STAGES)
     b = 0
@@ -154,15 +148,14 @@ class EfficientNet(nn.Module):
         s = 1
       for j in range(depth(n)):
         x = MBConv(width(f_out), k, s if j == 0 else 1, t, self.drop_connect_rate * b / total,
-                   norm, conv_impl=self.conv_impl, name=f'block{stage + 1}{chr(ord("a") + j)}',
-                   **kw)(x, train)
+                   norm, conv=self.conv_general, depthwise=self.depthwise_conv,
+                   name=f'block{stage + 1}{chr(ord("a") + j)}')(x, train)
         b += 1
-    x = conv_general(width(1280), 1, impl=self.conv_impl, use_bias=False, kernel_init=he_normal,
-                     name='top_conv', **kw)(x)
+    x = conv(width(1280), 1, name='top_conv')(x)
     x = nn.swish(norm(name='top_bn')(x))
     x = GlobalAvgPool(name='avg_pool')(x)
     x = nn.Dropout(self.dropout_rate, deterministic=not train, name='top_dropout')(x)
-    x = nn.Dense(self.num_classes, kernel_init=dense_init, name='predictions', **kw)(x)
+    x = self.dense(self.num_classes, kernel_init=dense_init, name='predictions')(x)
     return jnp.asarray(x, jnp.float32)
 
 

@@ -44,7 +44,8 @@ import numpy as np
 
 from cvjax import errors
 from cvjax.models import resnet, vgg
-from cvjax.models.layers import MaxPool, batch_norm, choose, conv, conv_general
+from cvjax.models.base import BNModel
+from cvjax.models.layers import MaxPool, choose
 
 _RESNETS = {
     'resnet10': ((1, 1, 1, 1), resnet.BasicBlock),
@@ -89,24 +90,18 @@ class Upsample(nn.Module):
     return y[:, crop:crop + s * x.shape[1], crop:crop + s * x.shape[2]]
 
 
-class FCN(nn.Module):
-  """FCN-32s/16s/8s on a VGG-16 or ResNet backbone (see the module docstring)."""
+class FCN(BNModel):
+  """FCN-32s/16s/8s on a VGG-16 or ResNet backbone (see the module docstring); the bn_*
+  fields count only with a ResNet backbone."""
   backbone: str = 'vgg16'
   skips: int = 2  # 0: FCN-32s, 1: FCN-16s, 2: FCN-8s
   num_classes: int = 21
   width: int = 64  # the backbone's first-stage filters (VGG 64, ResNet 64)
   fc_features: int = 4096  # VGG's fc6/fc7 as convs
   dropout_rate: float = 0.5
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  bn_axis_name: str | None = None  # ResNet backbones: cross-device BN statistics
-  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
 
   def _vgg(self, x, train):
-    conv3 = partial(conv, kernel_size=3, impl=self.conv_impl, dtype=self.dtype,
-                    param_dtype=self.param_dtype)
+    conv3 = partial(self.conv, kernel_size=3)
     feats = []
     for s, filters in enumerate(vgg.CFG_D, start=1):
       for i, f in enumerate(filters, start=1):
@@ -114,25 +109,21 @@ class FCN(nn.Module):
       x = MaxPool(2, 2, name=f'block{s}_pool')(x)
       feats.append(x)
     drop = partial(nn.Dropout, self.dropout_rate, deterministic=not train)
-    x = nn.relu(conv(self.fc_features, 7, impl=self.conv_impl, dtype=self.dtype,
-                     param_dtype=self.param_dtype, name='fc6')(x))
+    x = nn.relu(self.conv(self.fc_features, 7, name='fc6')(x))
     x = drop(name='drop6')(x)
-    x = nn.relu(conv(self.fc_features, 1, impl=self.conv_impl, dtype=self.dtype,
-                     param_dtype=self.param_dtype, name='fc7')(x))
+    x = nn.relu(self.conv(self.fc_features, 1, name='fc7')(x))
     x = drop(name='drop7')(x)
     return feats[2], feats[3], x
 
   def _resnet(self, x, train):
     stages, block_cls = _RESNETS[self.backbone]
-    conv_ = partial(conv, use_bias=False, impl=self.conv_impl, dtype=self.dtype,
-                    param_dtype=self.param_dtype)
-    norm = batch_norm(self, train)
-    x = nn.relu(norm(name='bn1')(conv_(self.width, 7, 2, name='conv1')(x)))
+    conv, norm = partial(self.conv, use_bias=False), self.norm(train)
+    x = nn.relu(norm(name='bn1')(conv(self.width, 7, 2, name='conv1')(x)))
     x = MaxPool(3, 2, padding=1, name='maxpool')(x)
     feats = []
     for i, blocks in enumerate(stages):
       for j in range(blocks):
-        x = block_cls(self.width * 2**i, conv=conv_, norm=norm, act=nn.relu,
+        x = block_cls(self.width * 2**i, conv=conv, norm=norm, act=nn.relu,
                       strides=2 if i > 0 and j == 0 else 1, name=f'layer{i + 1}_{j}')(x)
       feats.append(x)
     return feats[1], feats[2], feats[3]
@@ -148,9 +139,7 @@ class FCN(nn.Module):
           f'use e.g. --image_size={max(32, round(h / 32) * 32)}')
     pool3, pool4, top = (self._vgg if self.backbone == 'vgg16' else self._resnet)(x, train)
 
-    score = partial(conv_general, self.num_classes, 1, impl=self.conv_impl,
-                    kernel_init=nn.initializers.zeros, dtype=self.dtype,
-                    param_dtype=self.param_dtype)
+    score = partial(self.conv_general, self.num_classes, 1, kernel_init=nn.initializers.zeros)
     up = partial(Upsample, dtype=self.dtype, param_dtype=self.param_dtype)
     y = score(name='score_fr')(top)                                         # H/32
     if self.skips == 0:

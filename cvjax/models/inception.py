@@ -34,9 +34,10 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cvjax.models.base import BNModel
 from cvjax.models.blocks import AvgPoolSame, MaxPoolCeil, conv_pads
-from cvjax.models.layers import (LRN, AdaptiveAvgPool, GlobalAvgPool, MaxPool,
-                                 batch_norm, conv_general, flatten, he_normal)
+from cvjax.models.layers import (LRN, AdaptiveAvgPool, GlobalAvgPool, MaxPool, conv_general,
+                                 flatten, he_normal)
 
 ModuleDef = Any
 
@@ -59,24 +60,22 @@ class BasicConv(nn.Module):
 
   With `norm` (torchvision's `BasicConv2d`, Keras' `conv2d_bn`) the conv has no
   bias; without it (the GoogLeNet paper) it has one. kernel_size: k or (kh, kw);
-  padding: p (symmetric), pairs, 'same' (Keras) or 'valid'.
+  padding: p (symmetric), pairs, 'same' (Keras) or 'valid'. conv: the conv's
+  constructor (`layers.conv_general`; a model hands in its own).
   """
   features: int
   kernel_size: int | Sequence[int]
   strides: int = 1
   padding: Any = 0
   norm: ModuleDef | None = None
-  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
+  conv: ModuleDef = conv_general
 
   @nn.compact
   def __call__(self, x):
     k = (self.kernel_size,) * 2 if isinstance(self.kernel_size, int) else tuple(self.kernel_size)
-    x = conv_general(self.features, k, self.strides,
-                     padding=conv_pads(x, k, self.strides, self.padding), impl=self.conv_impl,
-                     use_bias=self.norm is None, kernel_init=he_normal, dtype=self.dtype,
-                     param_dtype=self.param_dtype, name='conv')(x)
+    x = self.conv(self.features, k, self.strides,
+                  padding=conv_pads(x, k, self.strides, self.padding),
+                  use_bias=self.norm is None, kernel_init=he_normal, name='conv')(x)
     if self.norm is not None:
       x = self.norm(name='bn')(x)
     return nn.relu(x)
@@ -85,7 +84,7 @@ class BasicConv(nn.Module):
 class InceptionV1(nn.Module):
   """The GoogLeNet module: [B, H, W, C] → [B, H, W, #1×1 + #3×3 + #5×5 + pool proj]."""
   filters: Sequence[int]  # a row of GOOGLENET_MODULES
-  conv: ModuleDef  # BasicConv partial (norm, dtype)
+  conv: ModuleDef  # BasicConv partial (the model's norm and conv)
   branch3_kernel: int = 5  # torchvision uses 3 here (kept for its weights)
 
   @nn.compact
@@ -108,20 +107,18 @@ class InceptionAux(nn.Module):
   num_classes: int
   conv: ModuleDef
   dropout_rate: float = 0.7
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
+  dense: ModuleDef = nn.Dense
 
   @nn.compact
   def __call__(self, x, train: bool):
-    dense = partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
     x = AdaptiveAvgPool(4, name='avgpool')(x)
     x = flatten(self.conv(128, 1, name='conv')(x))  # NHWC order (torch: C·H·W)
-    x = nn.relu(dense(1024, name='fc1')(x))
+    x = nn.relu(self.dense(1024, name='fc1')(x))
     x = nn.Dropout(self.dropout_rate, deterministic=not train, name='dropout')(x)
-    return jnp.asarray(dense(self.num_classes, name='fc2')(x), jnp.float32)
+    return jnp.asarray(self.dense(self.num_classes, name='fc2')(x), jnp.float32)
 
 
-class GoogLeNet(nn.Module):
+class GoogLeNet(BNModel):
   """GoogLeNet: x float32[B, H, W, 3] → logits float32[B, num_classes].
 
       layer                       output at 224²
@@ -150,31 +147,21 @@ class GoogLeNet(nn.Module):
   returns (logits, aux1_logits, aux2_logits) (weight their losses 0.3, see
   `aux_loss`); in eval it returns the logits alone.
   """
-  num_classes: int = 1000
-  batch_norm: bool = False
+  batch_norm: bool = False  # the bn_* fields count only with it
   lrn: bool = True
   branch3_kernel: int = 5
   pool4_window: int = 3
   aux_logits: bool = False
   small_input: bool = False
   dropout_rate: float = 0.4
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-3
-  bn_axis_name: str | None = None  # with batch_norm: cross-device BN statistics
-  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
+  bn_epsilon: float = 1e-3  # torchvision's
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    norm = None
-    if self.batch_norm:
-      norm = batch_norm(self, train)
-    conv = partial(BasicConv, norm=norm, conv_impl=self.conv_impl, dtype=self.dtype,
-                   param_dtype=self.param_dtype)
+    norm = self.norm(train) if self.batch_norm else None
+    conv = partial(BasicConv, norm=norm, conv=self.conv_general)
     inception = partial(InceptionV1, conv=conv, branch3_kernel=self.branch3_kernel)
-    aux = partial(InceptionAux, self.num_classes, conv, dtype=self.dtype,
-                  param_dtype=self.param_dtype)
+    aux = partial(InceptionAux, self.num_classes, conv, dense=self.dense)
     want_aux = self.aux_logits and (train or self.is_initializing())
 
     if self.small_input:
@@ -203,9 +190,7 @@ class GoogLeNet(nn.Module):
     x = inception(GOOGLENET_MODULES['5b'], name='inception5b')(x)
     x = GlobalAvgPool(name='avgpool')(x)
     x = nn.Dropout(self.dropout_rate, deterministic=not train, name='dropout')(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                 name='fc')(x)
-    logits = jnp.asarray(x, jnp.float32)
+    logits = jnp.asarray(self.dense(self.num_classes, name='fc')(x), jnp.float32)
     if self.aux_logits and train:
       return logits, aux1, aux2
     return logits
@@ -324,7 +309,7 @@ class InceptionE(nn.Module):
     return jnp.concatenate([b1, b3, bd, bp], axis=-1)
 
 
-class InceptionV3(nn.Module):
+class InceptionV3(BNModel):
   """Inception-v3 as Keras builds it: x float32[B, 299, 299, 3] → logits float32[B, num_classes].
 
       layer                                     output at 299²
@@ -347,19 +332,13 @@ class InceptionV3(nn.Module):
   cells (Keras' 'same' average pool). No auxiliary head (Keras has none).
   The smallest input is 75².
   """
-  num_classes: int = 1000
-  bn_momentum: float = 0.99
+  bn_momentum: float = 0.99  # Keras'
   bn_epsilon: float = 1e-3
-  bn_axis_name: str | None = None
-  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    norm = batch_norm(self, train, use_scale=False)
-    c = partial(BasicConv, norm=norm, padding='same', conv_impl=self.conv_impl, dtype=self.dtype,
-                param_dtype=self.param_dtype)
+    c = partial(BasicConv, norm=self.norm(train, use_scale=False), padding='same',
+                conv=self.conv_general)
 
     x = c(32, 3, 2, padding='valid', name='stem_conv1')(x)
     x = c(32, 3, padding='valid', name='stem_conv2')(x)
@@ -377,6 +356,5 @@ class InceptionV3(nn.Module):
     x = InceptionE(c, name='mixed9')(x)
     x = InceptionE(c, name='mixed10')(x)
     x = GlobalAvgPool(name='avg_pool')(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                 name='predictions')(x)
+    x = self.dense(self.num_classes, name='predictions')(x)
     return jnp.asarray(x, jnp.float32)

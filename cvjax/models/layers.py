@@ -6,7 +6,6 @@ explicit and symmetric, `((p, p), (p, p))`, like torchvision and Keras'
 `ZeroPadding2D`; `'SAME'` pads a 3×3/s2 window (0, 1) on even inputs, which
 would make imported weights give different numbers.
 """
-import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -134,19 +133,6 @@ class LRN(nn.Module):
                  [(0, 0)] * 3 + [(self.size // 2, (self.size - 1) // 2)])
     window_sum = sum(sq[..., i:i + c] for i in range(self.size))
     return x / (self.k + self.alpha * window_sum) ** self.beta
-
-
-def batch_norm(model: nn.Module, train: bool, **overrides: Any) -> ModuleDef:
-  """`nn.BatchNorm` configured from a model's fields, as a constructor for its blocks.
-
-  Reads `bn_momentum`, `bn_epsilon`, `bn_axis_name` (cross-device statistics),
-  `dtype` and `param_dtype` from `model`; `overrides` win (e.g. `use_scale=False`).
-  Running statistics are used in eval (`train=False`) and updated in training.
-  """
-  kwargs = dict(use_running_average=not train, momentum=model.bn_momentum,
-                epsilon=model.bn_epsilon, axis_name=model.bn_axis_name, dtype=model.dtype,
-                param_dtype=model.param_dtype)
-  return functools.partial(nn.BatchNorm, **{**kwargs, **overrides})
 
 
 def flatten(x: Array) -> Array:

@@ -1,14 +1,14 @@
 """LeNet-5 (LeCun et al. 1998), as the lecture table gives it."""
 from functools import partial
-from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cvjax.models.layers import AvgPool, MaxPool, choose, conv, flatten
+from cvjax.models.base import Model
+from cvjax.models.layers import AvgPool, MaxPool, choose, flatten
 
 
-class LeNet5(nn.Module):
+class LeNet5(Model):
   """LeNet-5: x float32[B, 32, 32, 1] → logits float32[B, num_classes].
 
   28×28 inputs (MNIST) are zero-padded by 2 on every side, as LeCun did.
@@ -29,17 +29,12 @@ class LeNet5(nn.Module):
   num_classes: int = 10
   activation: str = 'tanh'  # 'tanh' (paper) | 'relu'
   pooling: str = 'avg'  # 'avg' (paper) | 'max'
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     act = choose('activation', self.activation, {'tanh': jnp.tanh, 'relu': nn.relu})
     pool = choose('pooling', self.pooling, {'avg': AvgPool, 'max': MaxPool})
-    conv5x5 = partial(conv, kernel_size=5, padding=0, impl=self.conv_impl, dtype=self.dtype,
-                      param_dtype=self.param_dtype)
-    dense = partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+    conv5x5 = partial(self.conv, kernel_size=5, padding=0)
 
     if x.shape[1:3] == (28, 28):
       x = jnp.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))
@@ -49,6 +44,6 @@ class LeNet5(nn.Module):
     x = pool(2, name='pool2')(x)
     x = act(conv5x5(120, name='conv3')(x))
     x = flatten(x)
-    x = act(dense(84, name='fc1')(x))
-    x = dense(self.num_classes, name='fc2')(x)
+    x = act(self.dense(84, name='fc1')(x))
+    x = self.dense(self.num_classes, name='fc2')(x)
     return jnp.asarray(x, jnp.float32)

@@ -33,19 +33,18 @@ head 91,428 (box_conv 512·32 + 32).
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cvjax.models.layers import (AdaptiveAvgPool, GlobalAvgPool, MaxPool, batch_norm, choose,
-                                 conv, flatten)
+from cvjax.models.base import BNModel
+from cvjax.models.layers import AdaptiveAvgPool, GlobalAvgPool, MaxPool, choose, flatten
 from cvjax.models.resnet import BasicBlock
 
 BACKBONES = {'resnet10': (1, 1, 1, 1), 'resnet18': (2, 2, 2, 2)}
 
 
-class Localizer(nn.Module):
+class Localizer(BNModel):
   """x float32[B, H, W, 3] → (class logits float32[B, K], box float32[B, 4] in [0, 1])."""
   num_classes: int = 6
   backbone: str = 'resnet10'
@@ -53,31 +52,21 @@ class Localizer(nn.Module):
   box_channels: int = 32
   box_grid: int = 3
   box_hidden: int = 256
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  bn_axis_name: str | None = None
-  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     stages = choose('localizer backbone', self.backbone, BACKBONES)
-    conv_ = partial(conv, use_bias=False, impl=self.conv_impl, dtype=self.dtype,
-                    param_dtype=self.param_dtype)
-    dense = partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
-    norm = batch_norm(self, train)
+    conv, dense, norm = partial(self.conv, use_bias=False), self.dense, self.norm(train)
 
-    x = nn.relu(norm(name='bn1')(conv_(self.width, 7, 2, name='conv1')(x)))
+    x = nn.relu(norm(name='bn1')(conv(self.width, 7, 2, name='conv1')(x)))
     x = MaxPool(3, 2, padding=1, name='maxpool')(x)
     for i, blocks in enumerate(stages):
       for j in range(blocks):
-        x = BasicBlock(self.width * 2**i, conv=conv_, norm=norm, act=nn.relu,
+        x = BasicBlock(self.width * 2**i, conv=conv, norm=norm, act=nn.relu,
                        strides=2 if i > 0 and j == 0 else 1, name=f'layer{i + 1}_{j}')(x)
 
     logits = dense(self.num_classes, name='fc')(GlobalAvgPool(name='avgpool')(x))
-    y = nn.relu(conv(self.box_channels, 1, impl=self.conv_impl, dtype=self.dtype,
-                     param_dtype=self.param_dtype, name='box_conv')(x))
+    y = nn.relu(self.conv(self.box_channels, 1, name='box_conv')(x))
     y = flatten(AdaptiveAvgPool(self.box_grid, name='box_pool')(y))
     y = nn.relu(dense(self.box_hidden, name='box_fc1')(y))
     box = nn.sigmoid(dense(4, name='box_fc2')(y).astype(jnp.float32))

@@ -50,13 +50,17 @@ stem and the first 24-channel block (v2), so a 32² image ends at 2² / 4².
 """
 from __future__ import annotations
 
-from typing import Any
+from functools import partial
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cvjax.models.base import BNModel
 from cvjax.models.blocks import conv_pads, depthwise_conv
-from cvjax.models.layers import GlobalAvgPool, batch_norm, conv_general, he_normal
+from cvjax.models.layers import GlobalAvgPool, conv_general, he_normal
+
+ModuleDef = Any
 
 # v1: (pointwise filters, stride) of dw/pw blocks 1 … 13.
 MOBILENET_V1 = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
@@ -72,42 +76,36 @@ def make_divisible(v: float, divisor: int = 8) -> int:
   return new_v + divisor if new_v < 0.9 * v else new_v
 
 
-def _conv(x, features, kernel, stride, padding, name, impl, dtype, param_dtype):
-  return conv_general(features, kernel, stride, padding=conv_pads(x, kernel, stride, padding),
-                      impl=impl, use_bias=False, kernel_init=he_normal, dtype=dtype,
-                      param_dtype=param_dtype, name=name)(x)
+def _conv(conv: ModuleDef, x, features, kernel, stride, padding, name):
+  """conv (a `conv_general` constructor) without bias, He init, Keras padding, applied to x."""
+  return conv(features, kernel, stride, padding=conv_pads(x, kernel, stride, padding),
+              use_bias=False, kernel_init=he_normal, name=name)(x)
 
 
-class MobileNetV1(nn.Module):
+class MobileNetV1(BNModel):
   """MobileNet v1: x float32[B, H, W, 3] → logits float32[B, num_classes]; alpha: width."""
-  num_classes: int = 1000
   alpha: float = 1.0
   dropout_rate: float = 1e-3
   small_input: bool = False
-  bn_momentum: float = 0.99
+  bn_momentum: float = 0.99  # Keras'
   bn_epsilon: float = 1e-3
-  bn_axis_name: str | None = None
-  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    norm = batch_norm(self, train)
-    kw = dict(impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype)
+    norm, conv = self.norm(train), partial(_conv, self.conv_general)
 
     stride = 1 if self.small_input else 2
-    x = _conv(x, int(32 * self.alpha), 3, stride, 'same', 'conv1', **kw)
+    x = conv(x, int(32 * self.alpha), 3, stride, 'same', 'conv1')
     x = nn.relu6(norm(name='conv1_bn')(x))
     for i, (filters, s) in enumerate(MOBILENET_V1, start=1):
       pad = 'same' if s == 1 else ((0, 1), (0, 1))
-      x = depthwise_conv(x, 3, s, pad, name=f'conv_dw_{i}', **kw)
+      x = self.depthwise_conv(x, 3, s, pad, name=f'conv_dw_{i}')
       x = nn.relu6(norm(name=f'conv_dw_{i}_bn')(x))
-      x = _conv(x, int(filters * self.alpha), 1, 1, 'valid', f'conv_pw_{i}', **kw)
+      x = conv(x, int(filters * self.alpha), 1, 1, 'valid', f'conv_pw_{i}')
       x = nn.relu6(norm(name=f'conv_pw_{i}_bn')(x))
     x = jnp.mean(x, axis=(1, 2), keepdims=True)  # GlobalAveragePooling2D(keepdims=True)
     x = nn.Dropout(self.dropout_rate, deterministic=not train, name='dropout')(x)
-    x = conv_general(self.num_classes, 1, name='conv_preds', **kw)(x)
+    x = self.conv_general(self.num_classes, 1, name='conv_preds')(x)
     return jnp.asarray(x.reshape(x.shape[0], -1), jnp.float32)
 
 
@@ -115,51 +113,43 @@ class InvertedResidual(nn.Module):
   """Expand 1×1 (t·C) → depthwise 3×3 (stride) → linear 1×1 (features), + x if shapes agree.
 
   [B, H, W, C] → [B, H/s, W/s, features]. No expansion conv when t = 1.
+  conv, depthwise: how convs are built (a model hands in its own).
   """
   features: int
   expansion: int
   strides: int
-  norm: Any
-  conv_impl: str = 'xla'
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
+  norm: ModuleDef
+  conv: ModuleDef = conv_general
+  depthwise: Callable[..., Any] = depthwise_conv
 
   @nn.compact
   def __call__(self, x):
-    kw = dict(impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype)
     c = x.shape[-1]
     y = x
     if self.expansion != 1:
-      y = _conv(y, self.expansion * c, 1, 1, 'valid', 'expand', **kw)
+      y = _conv(self.conv, y, self.expansion * c, 1, 1, 'valid', 'expand')
       y = nn.relu6(self.norm(name='expand_BN')(y))
-    y = depthwise_conv(y, 3, self.strides, 'same', name='depthwise', **kw)
+    y = self.depthwise(y, 3, self.strides, 'same', name='depthwise')
     y = nn.relu6(self.norm(name='depthwise_BN')(y))
-    y = _conv(y, self.features, 1, 1, 'valid', 'project', **kw)
+    y = _conv(self.conv, y, self.features, 1, 1, 'valid', 'project')
     y = self.norm(name='project_BN')(y)  # linear bottleneck: no activation
     if self.strides == 1 and c == self.features:
       return x + y
     return y
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(BNModel):
   """MobileNet v2: x float32[B, H, W, 3] → logits float32[B, num_classes]; alpha: width."""
-  num_classes: int = 1000
   alpha: float = 1.0
   small_input: bool = False
-  bn_momentum: float = 0.999
+  bn_momentum: float = 0.999  # Keras'
   bn_epsilon: float = 1e-3
-  bn_axis_name: str | None = None
-  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    norm = batch_norm(self, train)
-    kw = dict(impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype)
+    norm, conv = self.norm(train), partial(_conv, self.conv_general)
 
-    x = _conv(x, make_divisible(32 * self.alpha), 3, 1 if self.small_input else 2, 'same',
-              'Conv1', **kw)
+    x = conv(x, make_divisible(32 * self.alpha), 3, 1 if self.small_input else 2, 'same', 'Conv1')
     x = nn.relu6(norm(name='bn_Conv1')(x))
     block = 0
     for stage, (t, c, n, s) in enumerate(MOBILENET_V2):
@@ -167,12 +157,11 @@ class MobileNetV2(nn.Module):
         s = 1
       for i in range(n):
         x = InvertedResidual(make_divisible(int(c * self.alpha)), t, s if i == 0 else 1, norm,
-                             self.conv_impl, self.dtype, self.param_dtype,
+                             conv=self.conv_general, depthwise=self.depthwise_conv,
                              name=f'block_{block}' if block else 'expanded_conv')(x)
         block += 1
     last = make_divisible(1280 * self.alpha) if self.alpha > 1.0 else 1280
-    x = nn.relu6(norm(name='Conv_1_bn')(_conv(x, last, 1, 1, 'valid', 'Conv_1', **kw)))
+    x = nn.relu6(norm(name='Conv_1_bn')(conv(x, last, 1, 1, 'valid', 'Conv_1')))
     x = GlobalAvgPool(name='avg_pool')(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                 name='predictions')(x)
+    x = self.dense(self.num_classes, name='predictions')(x)
     return jnp.asarray(x, jnp.float32)

@@ -1,10 +1,12 @@
 """Model names → constructors and what each model is (`ModelInfo`), declared here.
 
 The names are stable: configs, checkpoints and weight converters refer to them.
+`register_model` adds one more: any flax module class (or a partial of one), whose
+dataclass fields are its options; cvjax's own models inherit theirs from `base`.
 """
 import dataclasses
 import functools
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -12,6 +14,7 @@ import jax.numpy as jnp
 from cvjax import errors
 from cvjax.models import appearance
 from cvjax.models import alexnet, cifar_resnet, conv_lowering, lenet, localizer, resnet, ssd, vgg
+from cvjax.models.conv_lowering import CONV_IMPLS
 from cvjax.models import (deeplab, densenet, efficientnet, fcn, inception, mobilenet, resnext,
                           senet, vit, xception, yolo)
 
@@ -31,8 +34,8 @@ class ModelInfo:
   num_classes: classes of the dataset it was designed for (detection: object
     classes, without the background logit; segmentation: with the background).
   supports_remat: takes `remat=True` (recompute each residual block in the backward pass).
-  batch_norm: has BatchNorm, so it takes `bn_axis_name` (cross-device statistics);
-    models without it do not accept that option.
+  batch_norm: has BatchNorm, so it takes `bn_axis_name` (cross-device statistics) if
+    its class declares it; models without it do not accept that option.
   """
   task: str
   input_shape: tuple[int, int, int]
@@ -130,6 +133,32 @@ _add('localizer_shapes', localizer.LocalizerShapes, (96, 96, 3), 6, task='locali
 _add('localizer_resnet18', localizer.LocalizerResNet18, _IMAGENET, 1000, task='localization')
 
 
+def register_model(name: str, builder: Callable[..., nn.Module], info: ModelInfo) -> None:
+  """Makes `builder` the model called `name`, for `get_model` and the training factory.
+
+  builder: a `flax.linen.Module` class, or a `functools.partial` of one. Its dataclass
+  fields are its options: `num_classes` if it has one (else `info.num_classes` is
+  the only count it builds for), and only what it declares of `conv_impl`, `dtype`,
+  `param_dtype`, `bn_axis_name` and `remat` is set by a run (`model_options`).
+
+  Raises:
+    UserError: `name` is taken, `info.task` is not one of `TASKS`, `builder` is not
+      a module class, or `info.supports_remat` and the class has no `remat` field.
+  """
+  if name in _MODELS:
+    raise errors.UserError(f'model name {name!r} is taken; register the model under another name')
+  if info.task not in TASKS:
+    raise errors.unknown_choice('task', info.task, TASKS)
+  cls = _module_class(builder)
+  if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+    raise errors.UserError(f'model {name!r}: {builder!r} is not a flax.linen.Module class '
+                           '(or a functools.partial of one)')
+  if info.supports_remat and 'remat' not in _field_names(cls):
+    raise errors.UserError(f'model {name!r} says it supports remat, but {cls.__name__} has no '
+                           '`remat` field; declare one or pass supports_remat=False')
+  _MODELS[name] = ModelSpec(builder, info)
+
+
 def list_models(task: str | None = 'classification') -> list[str]:
   """Registered model names of `task` (one of `TASKS`; None: all), sorted."""
   return sorted(n for n, s in _MODELS.items() if task is None or s.info.task == task)
@@ -166,22 +195,33 @@ def model_num_classes(name: str) -> int:
   return model_info(name).num_classes
 
 
-def model_options(name: str) -> list[str]:
-  """The keyword arguments `get_model(name, ...)` accepts besides num_classes, sorted.
+def _module_class(builder: Callable[..., nn.Module]) -> Any:
+  while isinstance(builder, functools.partial):
+    builder = builder.func
+  return builder
 
-  Every model takes `conv_impl`, `dtype` and `param_dtype`; `bn_axis_name`
+
+def _field_names(cls: Any) -> set[str]:
+  return {f.name for f in dataclasses.fields(cls)} - {'parent', 'name'}
+
+
+def model_options(name: str) -> list[str]:
+  """The keyword arguments `get_model(name, ...)` accepts besides num_classes, sorted:
+  the fields of the model's class that its registration does not fix.
+
+  Every cvjax model takes `conv_impl`, `dtype` and `param_dtype`; `bn_axis_name`
   (and `bn_momentum`, `bn_epsilon`) only models with BatchNorm
   (`model_info(name).batch_norm`); `remat` only those with `supports_remat`.
+  A model registered with `register_model` takes the fields it declares.
   """
   spec = _spec(name)
-  cls, fixed = spec.builder, {}
-  while isinstance(cls, functools.partial):
-    cls, fixed = cls.func, {**cls.keywords, **fixed}
-  fields = {f.name for f in dataclasses.fields(cls)}
-  hidden = {'parent', 'name', 'num_classes'} | set(fixed)
+  builder, fixed = spec.builder, {}
+  while isinstance(builder, functools.partial):
+    builder, fixed = builder.func, {**builder.keywords, **fixed}
+  hidden = {'num_classes'} | set(fixed)
   if not spec.info.batch_norm:  # a class shared with BN variants (VGG, FCN, SSD, GoogLeNet)
     hidden |= {'bn_axis_name', 'bn_momentum', 'bn_epsilon'}
-  return sorted(fields - hidden)
+  return sorted(_field_names(builder) - hidden)
 
 
 def get_model(name: str, num_classes: int = 1000, conv_impl: str = 'xla', **kwargs) -> nn.Module:
@@ -192,19 +232,22 @@ def get_model(name: str, num_classes: int = 1000, conv_impl: str = 'xla', **kwar
   conv_impl: one of `CONV_IMPLS`, resolved here, once ('auto' → the CPU
   lowerings when `jax.default_backend()` is 'cpu' now, else 'xla'); the model
   holds the result as its `conv_impl` field. Parameters do not depend on it.
-  kwargs are the model's options (`model_options(name)`): every model takes
+  A model without that field computes its convolutions with XLA, which is what
+  'auto' and 'xla' then mean.
+  kwargs are the model's options (`model_options(name)`): every cvjax model takes
   `dtype` and `param_dtype` (a dtype or its name, e.g. 'bfloat16'); models with
   BatchNorm take `bn_axis_name`.
 
   Raises:
-    UserError: unknown name, option, conv impl or dtype.
+    UserError: unknown name, option, conv impl or dtype; a class count other than
+      `model_num_classes(name)` for a model without a `num_classes` field.
   """
   options = model_options(name)
   unknown = sorted(set(kwargs) - set(options))
   if unknown:
     raise errors.UserError(
         f'model {name!r} has no option {", ".join(map(repr, unknown))}; '
-        f'valid options: {", ".join(options)}')
+        f'valid options: {", ".join(options) or "none"}')
   for key in ('dtype', 'param_dtype'):
     if isinstance(kwargs.get(key), str):
       try:
@@ -212,5 +255,17 @@ def get_model(name: str, num_classes: int = 1000, conv_impl: str = 'xla', **kwar
       except TypeError:
         raise errors.UserError(
             f'unknown {key} {kwargs[key]!r}; use e.g. float32, bfloat16, float16') from None
-  return _spec(name).builder(num_classes=num_classes, conv_impl=conv_lowering.resolve(conv_impl),
-                             **kwargs)
+  spec = _spec(name)
+  fields = _field_names(_module_class(spec.builder))
+  impl = conv_lowering.resolve(conv_impl)
+  if 'conv_impl' in fields:
+    kwargs['conv_impl'] = impl
+  elif conv_impl not in CONV_IMPLS:
+    raise errors.UserError(f'model {name!r} has no conv_impl option (XLA computes its '
+                           f'convolutions); use conv_impl auto or xla, not {conv_impl!r}')
+  if 'num_classes' in fields:
+    kwargs['num_classes'] = num_classes
+  elif num_classes != spec.info.num_classes:
+    raise errors.UserError(f'model {name!r} has no num_classes option: it has '
+                           f'{spec.info.num_classes} classes, not {num_classes}')
+  return spec.builder(**kwargs)

@@ -9,7 +9,8 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cvjax.models.layers import GlobalAvgPool, MaxPool, choose, conv
+from cvjax.models.base import BNModel
+from cvjax.models.layers import GlobalAvgPool, MaxPool, choose
 
 ModuleDef = Any
 
@@ -107,7 +108,7 @@ class Bottleneck(nn.Module):
     return self.act(y + _shortcut(self, x, y, self.shortcut))
 
 
-class ResNet(nn.Module):
+class ResNet(BNModel):
   """ImageNet ResNet: x float32[B, H, W, 3] → logits float32[B, num_classes].
 
       layer                  output at 224²   filters
@@ -124,41 +125,28 @@ class ResNet(nn.Module):
   """
   stage_sizes: Sequence[int]
   block_cls: ModuleDef
-  num_classes: int = 1000
   num_filters: int = 64
   zero_init_last_bn: bool = False
   stride_on_1x1: bool = False  # True: v1 (Keras); False: v1.5 (torchvision)
   conv_bias: bool = False  # Keras' convs have biases
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  bn_axis_name: str | None = None
-  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
   remat: bool = False  # recompute each block in the backward pass (less memory)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     block_cls = remat_block(self.block_cls) if self.remat else self.block_cls
-    conv_ = partial(conv, use_bias=self.conv_bias, impl=self.conv_impl, dtype=self.dtype,
-                    param_dtype=self.param_dtype)
-    norm = partial(nn.BatchNorm, use_running_average=not train,
-                   momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                   axis_name=self.bn_axis_name, dtype=self.dtype,
-                   param_dtype=self.param_dtype)
+    conv, norm = partial(self.conv, use_bias=self.conv_bias), self.norm(train)
 
-    x = nn.relu(norm(name='bn1')(conv_(self.num_filters, 7, 2, name='conv1')(x)))
+    x = nn.relu(norm(name='bn1')(conv(self.num_filters, 7, 2, name='conv1')(x)))
     x = MaxPool(3, 2, padding=1, name='maxpool')(x)
     for i, blocks in enumerate(self.stage_sizes):
       for j in range(blocks):
         x = block_cls(
-            self.num_filters * 2**i, conv=conv_, norm=norm, act=nn.relu,
+            self.num_filters * 2**i, conv=conv, norm=norm, act=nn.relu,
             strides=2 if i > 0 and j == 0 else 1,
             zero_init_last_bn=self.zero_init_last_bn,
             stride_on_1x1=self.stride_on_1x1, name=f'layer{i + 1}_{j}')(x)
     x = GlobalAvgPool(name='avgpool')(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype,
-                 param_dtype=self.param_dtype, name='fc')(x)
+    x = self.dense(self.num_classes, name='fc')(x)
     return jnp.asarray(x, jnp.float32)
 
 

@@ -62,7 +62,8 @@ import numpy as np
 
 from cvjax.models import resnet
 from cvjax.models.anchors import AnchorSpec, default_boxes
-from cvjax.models.layers import MaxPool, conv
+from cvjax.models.base import BNModel, BNNet
+from cvjax.models.layers import MaxPool
 from cvjax.models.vgg import CFG_D
 
 ModuleDef = Any
@@ -147,13 +148,7 @@ class CeilMaxPool(nn.Module):
     return nn.max_pool(x, (self.window,) * 2, (self.stride,) * 2, pad)
 
 
-def _norms(module, train):
-  return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                           epsilon=1e-5, axis_name=module.bn_axis_name, dtype=module.dtype,
-                           param_dtype=module.param_dtype)
-
-
-class VGGFeatures(nn.Module):
+class VGGFeatures(BNNet):
   """SSD's VGG-16 trunk and extra layers: x → the feature maps the heads read.
 
   batch_norm: conv → BN → ReLU everywhere (convs keep biases, as torchvision's vgg_bn),
@@ -161,19 +156,14 @@ class VGGFeatures(nn.Module):
   """
   extras: Sequence[Extra] = SSD300_EXTRAS
   batch_norm: bool = False
-  bn_axis_name: str | None = None
-  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False) -> list[jax.Array]:
-    norm = _norms(self, train)
+    norm = self.norm(train)
 
     def conv_relu(x, features, kernel, name, stride=1, padding=None, dilation=1, init=None):
-      x = conv(features, kernel, stride, padding, impl=self.conv_impl, name=name,
-               kernel_dilation=dilation, dtype=self.dtype, param_dtype=self.param_dtype,
-               **({'kernel_init': init} if init else {}))(x)
+      x = self.conv(features, kernel, stride, padding, name=name, kernel_dilation=dilation,
+                    **({'kernel_init': init} if init else {}))(x)
       if self.batch_norm:
         x = norm(name=f'{name}_bn')(x)
       return nn.relu(x)
@@ -201,7 +191,7 @@ class VGGFeatures(nn.Module):
     return outputs
 
 
-class ResNetFeatures(nn.Module):
+class ResNetFeatures(BNNet):
   """A torchvision ResNet trunk (v1.5 blocks, same names) and BN extra blocks:
   x → the feature maps the heads read.
 
@@ -216,34 +206,28 @@ class ResNetFeatures(nn.Module):
   outputs: Sequence[int] = (2,)
   num_filters: int = 64
   extras: Sequence[Extra] = RESNET_EXTRAS
-  bn_axis_name: str | None = None
-  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False) -> list[jax.Array]:
-    conv_ = functools.partial(conv, use_bias=False, impl=self.conv_impl, dtype=self.dtype,
-                              param_dtype=self.param_dtype)
-    norm = _norms(self, train)
-    x = nn.relu(norm(name='bn1')(conv_(self.num_filters, 7, 2, name='conv1')(x)))
+    conv, norm = functools.partial(self.conv, use_bias=False), self.norm(train)
+    x = nn.relu(norm(name='bn1')(conv(self.num_filters, 7, 2, name='conv1')(x)))
     x = MaxPool(3, 2, padding=1, name='maxpool')(x)
     outputs = []
     for i, (blocks, stride) in enumerate(zip(self.stage_sizes, self.stage_strides)):
       for j in range(blocks):
-        x = self.block_cls(self.num_filters * 2**i, conv=conv_, norm=norm,
+        x = self.block_cls(self.num_filters * 2**i, conv=conv, norm=norm,
                            strides=stride if j == 0 else 1, name=f'layer{i + 1}_{j}')(x)
       if i in self.outputs:
         outputs.append(x)
     for j, e in enumerate(self.extras, start=1):  # NVIDIA's additional_blocks.{j-1}
-      x = nn.relu(norm(name=f'extra{j}_bn1')(conv_(e.mid, 1, name=f'extra{j}_conv1')(x)))
-      x = conv_(e.out, e.kernel, e.stride, e.padding, name=f'extra{j}_conv2')(x)
+      x = nn.relu(norm(name=f'extra{j}_bn1')(conv(e.mid, 1, name=f'extra{j}_conv1')(x)))
+      x = conv(e.out, e.kernel, e.stride, e.padding, name=f'extra{j}_conv2')(x)
       x = nn.relu(norm(name=f'extra{j}_bn2')(x))
       outputs.append(x)
     return outputs
 
 
-class SSD(nn.Module):
+class SSD(BNModel):
   """Backbone feature maps → per-map 3×3 heads → (locations, logits).
 
   __call__(x f32[B, S, S, 3] in [0, 1], train) returns
@@ -251,6 +235,7 @@ class SSD(nn.Module):
     logits f32[B, A, num_classes + 1]: column 0 is background.
   The post-processing settings (score_threshold, nms_threshold, max_detections,
   candidates_per_class) are torchvision's and are read by `postprocess_config()`.
+  `backbone` is built with this model's options (conv_impl, dtypes, BatchNorm's).
   """
   family: ClassVar[str] = 'ssd'  # how cvjax.detection trains and decodes it
 
@@ -264,14 +249,9 @@ class SSD(nn.Module):
   nms_threshold: float = 0.45
   max_detections: int = 200
   candidates_per_class: int = 400
-  bn_axis_name: str | None = None  # backbones with BatchNorm: cross-device statistics
-  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
 
   def _backbone(self, **kwargs) -> nn.Module:
-    return self.backbone(bn_axis_name=self.bn_axis_name, conv_impl=self.conv_impl,
-                         dtype=self.dtype, param_dtype=self.param_dtype, **kwargs)
+    return self.backbone(**self.net_options(), **kwargs)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -282,8 +262,7 @@ class SSD(nn.Module):
     if len(features) != self.anchor_spec.num_maps:
       raise ValueError(f'the backbone gives {len(features)} feature maps for a '
                        f'{x.shape[1]}² input, the anchors expect {self.anchor_spec.num_maps}')
-    head = functools.partial(conv, kernel_size=3, impl=self.conv_impl, kernel_init=xavier,
-                             dtype=self.dtype, param_dtype=self.param_dtype)
+    head = functools.partial(self.conv, kernel_size=3, kernel_init=xavier)
     batch, columns = x.shape[0], self.num_classes + 1
     locations, logits = [], []
     for k, (f, n) in enumerate(zip(features, self.anchor_spec.boxes_per_location())):

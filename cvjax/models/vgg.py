@@ -5,13 +5,13 @@ Each stage is a run of 3×3/s1/p1 convs followed by a 2×2/s2 max-pool, so a
 (`block{stage}_conv{i}`, `block{stage}_pool`) so weights map one to one.
 """
 from functools import partial
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cvjax.models.layers import (AdaptiveAvgPool, GlobalAvgPool, MaxPool,
-                                 batch_norm, choose, conv, flatten)
+from cvjax.models.base import BNModel
+from cvjax.models.layers import AdaptiveAvgPool, GlobalAvgPool, MaxPool, choose, flatten
 
 # Table 1 of the paper: filters of each conv, stage by stage.
 CFG_A = ((64,), (128,), (256, 256), (512, 512), (512, 512))  # VGG-11
@@ -20,7 +20,7 @@ CFG_D = ((64, 64), (128, 128), (256,) * 3, (512,) * 3, (512,) * 3)  # VGG-16
 CFG_E = ((64, 64), (128, 128), (256,) * 4, (512,) * 4, (512,) * 4)  # VGG-19
 
 
-class VGG(nn.Module):
+class VGG(BNModel):
   """VGG: x float32[B, H, W, 3] → logits float32[B, num_classes].
 
   head='imagenet': torchvision's 7×7 adaptive average pool (the identity at
@@ -32,24 +32,14 @@ class VGG(nn.Module):
   batch_norm: conv → BN → ReLU (torchvision's `vgg16_bn`; convs keep biases).
   """
   stages: Sequence[Sequence[int]]
-  num_classes: int = 1000
-  batch_norm: bool = False
+  batch_norm: bool = False  # the bn_* fields count only with it
   head: str = 'imagenet'
   dropout_rate: float = 0.5
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  bn_axis_name: str | None = None  # with batch_norm: cross-device BN statistics
-  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     choose('VGG head', self.head, {'imagenet': 0, 'gap': 0})
-    conv3x3 = partial(conv, kernel_size=3, impl=self.conv_impl, dtype=self.dtype,
-                      param_dtype=self.param_dtype)
-    norm = batch_norm(self, train)
-    dense = partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+    conv3x3, norm = partial(self.conv, kernel_size=3), self.norm(train)
 
     for s, filters in enumerate(self.stages, start=1):
       for i, f in enumerate(filters, start=1):
@@ -64,12 +54,12 @@ class VGG(nn.Module):
     else:
       x = flatten(AdaptiveAvgPool(7, name='avgpool')(x))
       for i in (1, 2):
-        x = nn.relu(dense(4096, name=f'fc{i}')(x))
+        x = nn.relu(self.dense(4096, name=f'fc{i}')(x))
         x = nn.Dropout(self.dropout_rate, deterministic=not train,
                        name=f'drop{i}')(x)
-      x = dense(self.num_classes, name='fc3')(x)
+      x = self.dense(self.num_classes, name='fc3')(x)
       return jnp.asarray(x, jnp.float32)
-    x = dense(self.num_classes, name='fc')(x)
+    x = self.dense(self.num_classes, name='fc')(x)
     return jnp.asarray(x, jnp.float32)
 
 

@@ -40,7 +40,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cvjax.models.layers import conv_general
+from cvjax.models.base import Model
 
 
 def attention_macs(image_size: int, patch_size: int, hidden_size: int, depth: int) -> int:
@@ -113,26 +113,22 @@ class MLP(nn.Module):
     return drop(name='dropout2')(dense(x.shape[-1], name='fc2')(y))
 
 
-class ViT(nn.Module):
+class ViT(Model):
   """ViT: x float32[B, H, W, C] → logits float32[B, num_classes]; H, W multiples of patch_size."""
   patch_size: int
   hidden_size: int
   depth: int
   num_heads: int
   mlp_dim: int
-  num_classes: int = 1000
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
-  conv_impl: str = 'xla'  # resolved conv lowering (the patch embedding), see conv_lowering
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     p, d = self.patch_size, self.hidden_size
-    x = conv_general(d, p, p, padding='VALID', impl=self.conv_impl, name='embedding',
-                     kernel_init=nn.initializers.lecun_normal(), **kw)(x)
+    x = self.conv_general(d, p, p, padding='VALID', name='embedding',
+                          kernel_init=nn.initializers.lecun_normal())(x)
     b, gh, gw, _ = x.shape
     x = x.reshape(b, gh * gw, d)
     cls = self.param('cls', nn.initializers.zeros, (1, 1, d), self.param_dtype)
@@ -145,7 +141,7 @@ class ViT(nn.Module):
       x = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout_rate,
                        self.attention_dropout_rate, name=f'encoderblock_{i}', **kw)(x, train)
     x = nn.LayerNorm(epsilon=1e-6, name='encoder_norm', **kw)(x)
-    x = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, name='head', **kw)(x[:, 0])
+    x = self.dense(self.num_classes, kernel_init=nn.initializers.zeros, name='head')(x[:, 0])
     return jnp.asarray(x, jnp.float32)
 
 

@@ -26,42 +26,34 @@ window is padded (1, 1), at 74 → 37 (0, 1) (see `blocks.keras_same`).
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cvjax.models.base import BNModel
 from cvjax.models.blocks import MaxPoolSame, SeparableConv
-from cvjax.models.layers import GlobalAvgPool, batch_norm, conv
+from cvjax.models.layers import GlobalAvgPool
 
 # (block, filters of its two separable convs): the downsampling blocks of the entry flow.
 ENTRY_FLOW = ((2, (128, 128)), (3, (256, 256)), (4, (728, 728)))
 MIDDLE_BLOCKS = range(5, 13)  # 8 blocks of 3 × sep 728
 
 
-class Xception(nn.Module):
+class Xception(BNModel):
   """Xception: x float32[B, H, W, 3] → logits float32[B, num_classes] (smallest input 71²)."""
-  num_classes: int = 1000
-  bn_momentum: float = 0.99
+  bn_momentum: float = 0.99  # Keras'
   bn_epsilon: float = 1e-3
-  bn_axis_name: str | None = None
-  conv_impl: str = 'xla'  # resolved conv lowering, see conv_lowering
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    norm = batch_norm(self, train)
-    conv_ = partial(conv, use_bias=False, impl=self.conv_impl, dtype=self.dtype,
-                    param_dtype=self.param_dtype)
-    sep = partial(SeparableConv, conv_impl=self.conv_impl, dtype=self.dtype,
-                  param_dtype=self.param_dtype)
+    norm, conv = self.norm(train), partial(self.conv, use_bias=False)
+    sep = partial(SeparableConv, depthwise=self.depthwise_conv, conv=self.conv_general)
 
     def sep_bn(x, f, name):
       return norm(name=f'{name}_bn')(sep(f, name=name)(x))
 
     def downsample(x, filters, block, relu_first):
-      residual = conv_(filters[-1], 1, 2, padding=0, name=f'block{block}_residual')(x)
+      residual = conv(filters[-1], 1, 2, padding=0, name=f'block{block}_residual')(x)
       residual = norm(name=f'block{block}_residual_bn')(residual)
       for i, f in enumerate(filters, start=1):
         if relu_first or i > 1:
@@ -71,8 +63,8 @@ class Xception(nn.Module):
       return x + residual
 
     # entry flow
-    x = nn.relu(norm(name='block1_conv1_bn')(conv_(32, 3, 2, padding=0, name='block1_conv1')(x)))
-    x = nn.relu(norm(name='block1_conv2_bn')(conv_(64, 3, padding=0, name='block1_conv2')(x)))
+    x = nn.relu(norm(name='block1_conv1_bn')(conv(32, 3, 2, padding=0, name='block1_conv1')(x)))
+    x = nn.relu(norm(name='block1_conv2_bn')(conv(64, 3, padding=0, name='block1_conv2')(x)))
     for block, filters in ENTRY_FLOW:
       x = downsample(x, filters, block, relu_first=block > 2)
     # middle flow
@@ -86,6 +78,5 @@ class Xception(nn.Module):
     x = nn.relu(sep_bn(x, 1536, 'block14_sepconv1'))
     x = nn.relu(sep_bn(x, 2048, 'block14_sepconv2'))
     x = GlobalAvgPool(name='avg_pool')(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                 name='predictions')(x)
+    x = self.dense(self.num_classes, name='predictions')(x)
     return jnp.asarray(x, jnp.float32)

@@ -57,7 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cvjax.errors import UserError
-from cvjax.models.layers import conv
+from cvjax.models.base import BNModel, BNNet
 from cvjax.models.ssd import PostprocessConfig
 
 ModuleDef = Any
@@ -99,7 +99,7 @@ class DarknetMaxPool(nn.Module):
 
 
 class _Layers:
-  """conv → BN → leaky ReLU named by Darknet layer index, for a module's compact body."""
+  """conv → BN → leaky ReLU named by Darknet layer index, for a BNNet's compact body."""
 
   def __init__(self, module, train: bool, start: int = 0):
     self.m, self.train, self.index = module, train, start
@@ -110,11 +110,8 @@ class _Layers:
 
   def conv_bn(self, x, features: int, kernel: int, stride: int = 1):
     m, i = self.m, self.index
-    x = conv(features, kernel, stride, impl=m.conv_impl, use_bias=False, dtype=m.dtype,
-             param_dtype=m.param_dtype, name=f'conv{i}')(x)
-    x = nn.BatchNorm(use_running_average=not self.train, momentum=m.bn_momentum,
-                     epsilon=m.bn_epsilon, axis_name=m.bn_axis_name, dtype=m.dtype,
-                     param_dtype=m.param_dtype, name=f'bn{i}')(x)
+    x = m.conv(features, kernel, stride, use_bias=False, name=f'conv{i}')(x)
+    x = m.norm(self.train)(name=f'bn{i}')(x)
     self.index += 1
     return leaky(x)
 
@@ -129,14 +126,13 @@ class _Layers:
     def bias_init(key, shape, dtype=jnp.float32):
       del key
       return jnp.asarray(bias.reshape(shape), dtype)
-    x = conv(anchors * columns, 1, impl=m.conv_impl, bias_init=bias_init, dtype=m.dtype,
-             param_dtype=m.param_dtype, name=f'conv{i}')(x)
+    x = m.conv(anchors * columns, 1, bias_init=bias_init, name=f'conv{i}')(x)
     self.index += 2  # the conv and its [yolo] layer
     out = jnp.promote_types(m.dtype, jnp.float32)
     return x.reshape(x.shape[:3] + (anchors, columns)).astype(out)
 
 
-class Darknet53(nn.Module):
+class Darknet53(BNNet):
   """x f32[B, S, S, 3] → the routes (stride 8, 16, 32 maps), Darknet layers 0 … .
 
   width: channels of the first conv (Darknet-53: 32); stage k has width · 2^(k+1).
@@ -144,12 +140,6 @@ class Darknet53(nn.Module):
   """
   stage_sizes: Sequence[int] = (1, 2, 8, 8, 4)
   width: int = 32
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  bn_axis_name: str | None = None
-  conv_impl: str = 'xla'
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False) -> list[jax.Array]:
@@ -172,7 +162,7 @@ class Darknet53(nn.Module):
     return 1 + sum(1 + 3 * b for b in self.stage_sizes)
 
 
-class _YOLODetector(nn.Module):
+class _YOLODetector(BNModel):
   """The fields and decoding settings YOLOv3 and YOLOv3-tiny share (a subclass sets
   `anchors`' default and `num_scales`)."""
   family: ClassVar[str] = 'yolo'  # how cvjax.detection trains and decodes it
@@ -185,12 +175,6 @@ class _YOLODetector(nn.Module):
   nms_threshold: float = 0.45
   max_detections: int = 200
   candidates_per_class: int = 400
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  bn_axis_name: str | None = None
-  conv_impl: str = 'xla'
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
 
   num_scales: ClassVar[int] = 3
 
@@ -229,10 +213,8 @@ class YOLOv3(_YOLODetector):
   @nn.compact
   def __call__(self, x, train: bool = False) -> tuple[jax.Array, ...]:
     x = x.astype(self.dtype)
-    backbone = Darknet53(stage_sizes=self.stage_sizes, width=self.width,
-                         bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-                         bn_axis_name=self.bn_axis_name, conv_impl=self.conv_impl,
-                         dtype=self.dtype, param_dtype=self.param_dtype, name='backbone')
+    backbone = Darknet53(stage_sizes=self.stage_sizes, width=self.width, **self.net_options(),
+                         name='backbone')
     routes = backbone(x, train=train)[::-1]                   # stride 32, 16, 8
     layers = _Layers(self, train, start=backbone.num_layers())
     per_map = len(self.anchors) // 2 // self.num_scales
@@ -264,10 +246,7 @@ class YOLOv3Tiny(_YOLODetector):
   @nn.compact
   def __call__(self, x, train: bool = False) -> tuple[jax.Array, ...]:
     x = x.astype(self.dtype)
-    x, route = TinyBackbone(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-                            bn_axis_name=self.bn_axis_name, conv_impl=self.conv_impl,
-                            dtype=self.dtype, param_dtype=self.param_dtype,
-                            name='backbone')(x, train=train)
+    x, route = TinyBackbone(**self.net_options(), name='backbone')(x, train=train)
     layers = _Layers(self, train, start=TinyBackbone.num_layers)
     per_map = len(self.anchors) // 2 // self.num_scales
     keep = layers.conv_bn(x, 256, 1)                            # 13
@@ -281,15 +260,8 @@ class YOLOv3Tiny(_YOLODetector):
     return coarse, fine
 
 
-class TinyBackbone(nn.Module):
+class TinyBackbone(BNNet):
   """yolov3-tiny layers 0-12 → (layer 12 f32[B, S/32, S/32, 1024], layer 8 [B, S/16, S/16, 256])."""
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  bn_axis_name: str | None = None
-  conv_impl: str = 'xla'
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-
   num_layers: ClassVar[int] = 13
 
   @nn.compact
