@@ -46,6 +46,39 @@ def test_flags_turn_into_config_values_of_the_fields_types(parse):
     parse('--decay_epochs=30,x')
 
 
+# --- --model_kwargs: the keyword arguments of a Python call (parse_kwargs, via ast).
+
+@pytest.mark.parametrize('text, expected', [
+    ('activation=relu,pooling=max', {'activation': 'relu', 'pooling': 'max'}),
+    ('zero_init_last_bn=true,aux_head=False,stem=None', {'zero_init_last_bn': True,
+                                                        'aux_head': False, 'stem': None}),
+    ('dropout_rate=0.1,width=2,bn_epsilon=1e-3,shift=-1', {'dropout_rate': 0.1, 'width': 2,
+                                                           'bn_epsilon': 0.001, 'shift': -1}),
+    ('anchors=(0.0790,0.0894, 0.1069,0.0965),stage_sizes=[1,2]',
+     {'anchors': (0.079, 0.0894, 0.1069, 0.0965), 'stage_sizes': [1, 2]}),
+    ("name='a,b',dtype=float16,init=he-normal", {'name': 'a,b', 'dtype': 'float16',
+                                                 'init': 'he-normal'}),
+    (' a=1 , b=2,', {'a': 1, 'b': 2}),
+    ('', {}),
+])
+def test_model_kwargs_parse_literals_and_bare_words(parse, text, expected):
+  config = parse(f'--model_kwargs={text}')
+  assert config.model_kwargs == expected
+  assert [type(v) for v in config.model_kwargs.values()] == [type(v) for v in expected.values()]
+
+
+@pytest.mark.parametrize('text, item', [
+    ('activation', 'activation'), ('activation=relu,pooling', 'pooling'),
+    ('activation:relu', 'activation:relu'), ('=relu', '=relu'), ('a=1,,b=2', ''),
+    ('anchors=(0.1,0.2', 'anchors=(0.1,0.2'), ('a=1, b=(1, 2), c', 'c'), ('**extra', '**extra'),
+    ('a=', 'a='),
+])
+def test_a_model_kwargs_item_that_is_not_key_value_is_named(parse, text, item):
+  with pytest.raises(UserError) as e:
+    parse(f'--model_kwargs={text}')
+  assert str(e.value) == f'model_kwargs item {item!r} is not key=value'
+
+
 # --- Every field checked against its declared range (TrainConfig.validate).
 
 def test_negative_num_epochs_is_refused(parse):

@@ -14,9 +14,11 @@ from __future__ import annotations
 import ast
 import dataclasses
 import functools
+import io
 import json
 import math
 import numbers
+import tokenize
 import types
 import typing
 from typing import Any
@@ -359,27 +361,63 @@ def _json_kind(value) -> str:
 
 
 def parse_kwargs(text: str) -> dict:
-  """"a=1,b=relu,c=true,d=(0.1,0.2)" → {'a': 1, 'b': 'relu', 'c': True, 'd': (0.1, 0.2)}:
-  commas inside brackets belong to the value (a Python literal)."""
-  out = {}
-  items, depth, start = [], 0, 0
-  for i, ch in enumerate(text + ','):
-    depth += (ch in '([{') - (ch in ')]}')
-    if ch == ',' and depth <= 0:
-      items.append(text[start:i])
-      start = i + 1
-  for item in filter(None, (s.strip() for s in items)):
-    key, sep, value = item.partition('=')
-    if not sep or not key:
-      raise UserError(f'model_kwargs item {item!r} is not key=value')
-    lowered = value.lower()
-    if lowered in ('true', 'false'):
-      out[key] = lowered == 'true'
-    elif lowered == 'none':
-      out[key] = None
-    else:
-      try:
-        out[key] = ast.literal_eval(value)
-      except (ValueError, SyntaxError):
-        out[key] = value
-  return out
+  """Model arguments from `--model_kwargs` text, parsed as the keyword arguments of a Python
+  call (`ast.parse` of `dict(<text>)`): "activation=relu,anchors=(0.1,0.2),zero_init_last_bn=true"
+  → {'activation': 'relu', 'anchors': (0.1, 0.2), 'zero_init_last_bn': True}.
+
+  Commas inside brackets or quotes belong to the value. A value is a Python literal
+  (`ast.literal_eval`: numbers, strings, tuples, lists, dicts, True, False, None); true,
+  false and none in any case are booleans and None; any other expression (a bare word such
+  as relu) is a string of its text. An item that is not name=value is a `UserError`
+  naming it.
+  """
+  call_text = f'dict({text})'
+  try:
+    call = ast.parse(call_text, mode='eval').body
+  except (SyntaxError, RecursionError, MemoryError):  # the last two: nested thousands deep
+    raise UserError(f'model_kwargs item {_shown(_bad_kwargs_item(text), 80)} is not '
+                    'key=value') from None
+  if call.args or any(k.arg is None for k in call.keywords):  # `relu`, `**x`
+    node = call.args[0] if call.args else next(k for k in call.keywords if k.arg is None)
+    item = ast.get_source_segment(call_text, node)
+    raise UserError(f'model_kwargs item {_shown(item, 80)} is not key=value')
+  return {k.arg: _kwarg_value(k.value, call_text) for k in call.keywords}
+
+
+def _kwarg_value(node: ast.expr, call_text: str):
+  if isinstance(node, ast.Name) and node.id.lower() in ('true', 'false', 'none'):
+    return {'true': True, 'false': False, 'none': None}[node.id.lower()]
+  try:
+    return ast.literal_eval(node)
+  except (ValueError, TypeError):  # a bare word (relu), another expression (he-normal), {[1]: 2}
+    return ast.get_source_segment(call_text, node)
+
+
+def _bad_kwargs_item(text: str) -> str:
+  """The first comma-separated item of `text` that is not name=value on its own, for the
+  error message; commas inside brackets or quotes do not separate (Python's tokenizer).
+  The rest of the text when a bracket or quote is left open."""
+  line_starts = [0]
+  for line in text.splitlines(keepends=True):
+    line_starts.append(line_starts[-1] + len(line))
+  offset = lambda row_col: line_starts[row_col[0] - 1] + row_col[1]  # noqa: E731
+  items, start, depth = [], 0, 0
+  try:
+    for token in tokenize.generate_tokens(io.StringIO(text).readline):
+      if token.type != tokenize.OP:
+        continue
+      depth += (token.string in ('(', '[', '{')) - (token.string in (')', ']', '}'))
+      if token.string == ',' and depth == 0:
+        items.append(text[start:offset(token.start)])
+        start = offset(token.end)
+  except (tokenize.TokenError, SyntaxError):
+    pass
+  items.append(text[start:])
+  for item in items:
+    try:
+      call = ast.parse(f'dict({item})', mode='eval').body
+    except (SyntaxError, RecursionError, MemoryError):
+      return item.strip()
+    if call.args or len(call.keywords) != 1 or call.keywords[0].arg is None:
+      return item.strip()
+  return text.strip()
