@@ -52,7 +52,7 @@ def parse(flag_values: flags.FlagValues, argv: Sequence[str]) -> list[str]:
   absl's own reading of a missing one is a cryptic message and of a binary one a traceback.
   Returns the positional arguments left over (program name first).
   """
-  for path in _flagfiles(argv[1:]):
+  for path in flagfiles(argv[1:]):
     read_text(path, 'flagfile')
   try:
     return flag_values(list(argv))
@@ -65,7 +65,7 @@ def parse(flag_values: flags.FlagValues, argv: Sequence[str]) -> list[str]:
                     f'{e.start}); give a text file of --name=value lines') from None
 
 
-def _flagfiles(args: Sequence[str]) -> list[str]:
+def flagfiles(args: Sequence[str]) -> list[str]:
   """The paths of the `--flagfile=PATH` / `--flagfile PATH` arguments (absl's spellings)."""
   paths = []
   for i, arg in enumerate(args):

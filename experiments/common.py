@@ -1,9 +1,13 @@
 """Flags shared by every experiment, and the wrapper that runs one.
 
-An experiment module is a dict of defaults plus `common.main(DEFAULTS)`; everything
-else lives in the library (`cvjax.tasks.fit`). The flags are generated from
-`cvjax.train.TrainConfig`'s fields and their help (one flag per field, same name), so
-a new config field is a new flag with nothing written here.
+An experiment program is `common.main()`; everything else lives in the library
+(`cvjax.tasks.fit`). The flags are generated from `cvjax.train.TrainConfig`'s fields and
+their help (one flag per field, same name, same default), so a new config field is a new
+flag with nothing written here. An experiment's settings live in one place, its flagfile
+in experiments/configs/ (first line: the command that runs it; then the result to expect);
+a setting that neither the flagfile nor the command line gives is TrainConfig's default.
+A program may name a default flagfile, read when the command line names none: the
+default run `python -m experiments.lenet` is experiments/configs/lenet_fashion_mnist.flags.
 
 Bad input (unknown model/dataset/op, impossible batch size, missing files, a flag
 that does not parse) ends with one `error: ...` line on stderr and exit status 2, no
@@ -26,6 +30,8 @@ from cvjax import cli, signals  # noqa: E402
 from cvjax.errors import CheckpointWriteError, Preempted, UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
+# The experiments' flagfiles, one per recipe.
+CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
 
 
 def _train_config():
@@ -80,8 +86,10 @@ def define_config_flags(module_name: str | None = None,
       flags.DEFINE_string(field.name, default, helptext, **common)
 
 
-def _define_run_flags(module_name: str) -> None:
-  common = dict(flag_values=FLAGS, module_name=module_name)
+def define_run_flags(module_name: str | None = None,
+                     flag_values: flags.FlagValues = FLAGS) -> None:
+  """The flags of a run that are not TrainConfig fields: --workdir, --set_aside, ..."""
+  common = dict(flag_values=flag_values, module_name=module_name or _main_module())
   flags.DEFINE_string('workdir', None, 'Run directory (default: runs/<model>_<dataset>). '
                       'A workdir with checkpoints is resumed.', **common)
   flags.DEFINE_bool('set_aside', False, 'If --workdir holds a different run, move it to '
@@ -134,7 +142,7 @@ def _train(argv, run, stop: signals.StopRequest) -> None:
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   # JAX, TensorFlow and the tasks are imported only once the flags are good.
   from cvjax import tasks  # pylint: disable=g-import-not-at-top
-  config = _drop_inapplicable_defaults(config_from_flags())
+  config = config_from_flags()
   workdir = FLAGS.workdir or os.path.join('runs', f'{config.model}_{config.dataset}')
   logging.info('workdir %s', workdir)
   if run is None:
@@ -147,22 +155,6 @@ def _train(argv, run, stop: signals.StopRequest) -> None:
                  and isinstance(v, float)), key=lambda k: (k not in ('test_accuracy', 'test_loss'), k))
   print(' '.join(f'{k}={results[k]:.4f}' for k in keys) + f' steps={results["step"]} '
         f'train_seconds={results["train_seconds"]:.0f} -> {workdir}')
-
-
-def _drop_inapplicable_defaults(config):
-  """The experiment's default model_kwargs without the options `config.model` lacks
-  (`experiments.lenet --model=resnet20` keeps LeNet's activation/pooling defaults out);
-  options typed on the command line are kept and checked by the model."""
-  if not FLAGS['model_kwargs'].using_default_value or not config.model_kwargs:
-    return config
-  from cvjax import models  # pylint: disable=g-import-not-at-top
-  options = set(models.model_options(config.model))
-  dropped = sorted(set(config.model_kwargs) - options)
-  if dropped:
-    logging.info('note: this experiment\'s default model_kwargs %s do not apply to %s; '
-                 'dropped', ', '.join(dropped), config.model)
-  return config.replace(model_kwargs={k: v for k, v in config.model_kwargs.items()
-                                      if k in options})
 
 
 def _exit_at_once(status: int = 130) -> None:
@@ -207,11 +199,23 @@ def _main(argv, run, stop: signals.StopRequest) -> None:
     sys.exit(130)
 
 
-def main(defaults: dict, run=None) -> None:
-  """Defines the shared flags with this experiment's `defaults`, then runs it.
+def with_default_flagfile(argv: list[str], default_flagfile: str | None) -> list[str]:
+  """`argv` (program name first) with `--flagfile=<experiments/configs/default_flagfile>`
+  read first when `argv` names no flagfile of its own: a flagfile is a whole recipe, so one
+  given replaces the default; the command line's other flags override either."""
+  if default_flagfile is None or cli.flagfiles(argv[1:]):
+    return list(argv)
+  return [argv[0], f'--flagfile={os.path.join(CONFIGS, default_flagfile)}', *argv[1:]]
+
+
+def main(run=None, default_flagfile: str | None = None) -> None:
+  """Defines the shared flags (TrainConfig's defaults), then runs the experiment that the
+  command line describes.
 
   run: `run(config, workdir) -> results` in place of one `fit` (e.g. the two phases of
   experiments.transfer); its results need test_accuracy, test_loss, step, train_seconds.
+  default_flagfile: a file in experiments/configs/ read when the command line names no
+  --flagfile (`with_default_flagfile`).
 
   SIGTERM and Ctrl-C are recorded from here on, before JAX is imported: the run stops at
   its next safe point (Preempted / Interrupted), a second Ctrl-C ends it at once.
@@ -219,7 +223,7 @@ def main(defaults: dict, run=None) -> None:
   with signals.stop_signals(on_second_interrupt=_exit_at_once) as stop:
     module_name = _main_module()
     define_config_flags(module_name)
-    _define_run_flags(module_name)
-    for name, value in defaults.items():
-      FLAGS.set_default(name, value)
-    app.run(functools.partial(_main, run=run, stop=stop), flags_parser=cli.absl_flags_parser)
+    define_run_flags(module_name)
+    app.run(functools.partial(_main, run=run, stop=stop),
+            argv=with_default_flagfile(sys.argv, default_flagfile),
+            flags_parser=cli.absl_flags_parser)

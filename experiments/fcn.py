@@ -7,10 +7,5 @@ report mIoU (the main metric) and pixel accuracy.
 """
 from experiments import common
 
-DEFAULTS = dict(
-    task='segmentation', model='fcn8s_tiny', dataset='cvjax_shapes', image_size=128,
-    batch_size=32, num_epochs=30, optimizer='adam', learning_rate=2e-3, schedule='cosine',
-    weight_decay=1e-4)
-
 if __name__ == '__main__':
-  common.main(DEFAULTS)
+  common.main()

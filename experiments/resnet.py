@@ -5,10 +5,5 @@
 """
 from experiments import common
 
-DEFAULTS = dict(
-    model='resnet20', dataset='cifar10', batch_size=128, num_epochs=182,
-    optimizer='momentum', learning_rate=0.1, schedule='step', decay_epochs=['91', '136'],
-    weight_decay=1e-4)
-
 if __name__ == '__main__':
-  common.main(DEFAULTS)
+  common.main()

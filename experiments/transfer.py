@@ -5,7 +5,8 @@
   python -m experiments.transfer --flagfile=experiments/configs/transfer_resnet50_tf_flowers.flags \
       --init_from=runs/resnet50_keras_imagenet
 
---recipe picks what happens with the shared flags (which describe phase 1):
+The recipe is in its flagfile; --recipe picks what happens with the shared flags (which
+describe phase 1):
   two_phase  (default) the lecture's recipe: phase 1 trains with --freeze (all_but_head:
              only the new head), phase 2 continues from it with --phase2_freeze
              (all_but_top:2: the top two stages and the head train) and the learning rate
@@ -20,20 +21,20 @@ from absl import flags
 
 from experiments import common
 
-DEFAULTS = dict(
-    model='resnet50_keras', dataset='tf_flowers', preprocessing='caffe', image_size=224,
-    eval_split='validation', freeze='all_but_head', optimizer='adam', learning_rate=1e-3,
-    schedule='cosine', batch_size=32, num_epochs=5, workdir='runs/transfer')
 
-
-def _define_flags() -> None:
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """The flags of this program besides the shared ones: --recipe and phase 2's."""
+  f = dict(flag_values=flag_values)
   flags.DEFINE_enum('recipe', 'two_phase', ['two_phase', 'fine_tune', 'features'],
-                    'What to run; see the module doc.')
+                    'What to run; see the module doc.', **f)
   flags.DEFINE_string('phase2_freeze', 'all_but_top:2', 'Frozen params in phase 2 '
-                      '("" to unfreeze everything).')
-  flags.DEFINE_float('phase2_lr_scale', 0.1, 'Phase 2 learning rate = this × --learning_rate.')
-  flags.DEFINE_float('phase2_epochs', None, 'Phase 2 length in epochs (default: as phase 1).')
-  flags.DEFINE_integer('phase2_steps', None, 'Phase 2 length in steps; overrides phase2_epochs.')
+                      '("" to unfreeze everything).', **f)
+  flags.DEFINE_float('phase2_lr_scale', 0.1, 'Phase 2 learning rate = this × --learning_rate.',
+                     **f)
+  flags.DEFINE_float('phase2_epochs', None, 'Phase 2 length in epochs (default: as phase 1).',
+                     **f)
+  flags.DEFINE_integer('phase2_steps', None, 'Phase 2 length in steps; overrides phase2_epochs.',
+                       **f)
 
 
 def run(config, workdir):
@@ -58,8 +59,8 @@ def run(config, workdir):
 
 
 def main() -> None:
-  _define_flags()
-  common.main(DEFAULTS, run=run)
+  define_flags()
+  common.main(run=run)
 
 
 if __name__ == '__main__':

@@ -4,9 +4,5 @@
 """
 from experiments import common
 
-DEFAULTS = dict(
-    model='vgg16_bn_cifar', dataset='cifar10', batch_size=128, num_epochs=100,
-    optimizer='momentum', learning_rate=0.05, schedule='cosine', weight_decay=5e-4)
-
 if __name__ == '__main__':
-  common.main(DEFAULTS)
+  common.main()

@@ -11,12 +11,5 @@ results.json gets test_map50 (VOC AP@0.5) and test_map (COCO AP@[.5:.95]);
 """
 from experiments import common
 
-# The CPU recipe, SSD's (experiments/configs/ssd128_shapes_cpu.flags) with the YOLO model.
-DEFAULTS = dict(
-    task='detection', model='yolov3_shapes', dataset='cvjax_shapes', augment='flip',
-    batch_size=32, num_epochs=16, optimizer='adam', learning_rate=3e-3, schedule='cosine',
-    warmup_epochs=0.3, weight_decay=0.0, eval_split='validation', eval_every_steps=1000,
-    log_every_steps=50)
-
 if __name__ == '__main__':
-  common.main(DEFAULTS)
+  common.main()

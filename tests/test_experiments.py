@@ -1,20 +1,80 @@
-"""The experiment programs as a user runs them: kill -9 and resume, SIGTERM, bad input."""
+"""The experiment programs as a user runs them: kill -9 and resume, SIGTERM, bad input; and
+their one config source: the flagfiles in experiments/configs/ over TrainConfig's defaults."""
+import glob
+import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+from absl import flags
 
+from cvjax.models import list_models, model_options
 from cvjax.tasks import fit
 from cvjax.train import TrainConfig
 from cvjax.train.checkpoint import Checkpoints
-
-pytestmark = pytest.mark.slow  # Each test runs an experiment program in a subprocess.
+from experiments import common, lenet, transfer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGFILES = sorted(glob.glob(os.path.join(REPO, 'experiments', 'configs', '*.flags')))
+# The default run (`make demo`, README "Results": test accuracy 0.9059 on Fashion-MNIST).
+DEMO = TrainConfig(model='lenet5', model_kwargs={'activation': 'relu', 'pooling': 'max'},
+                   dataset='fashion_mnist', batch_size=128, num_epochs=10.0, optimizer='adam',
+                   learning_rate=2e-3, schedule='cosine')
+
+
+def _parse(program, argv):
+  """(TrainConfig, --workdir) of `python -m experiments.<program> *argv`, without running it:
+  the shared flags, the run flags, the program's own, and its default flagfile."""
+  values = flags.FlagValues()
+  common.define_config_flags('experiments', values)
+  common.define_run_flags('experiments', values)
+  if program == 'transfer':
+    transfer.define_flags(values)
+  default = lenet.DEFAULT_FLAGFILE if program == 'lenet' else None
+  values(common.with_default_flagfile([program, *argv], default))
+  return common.config_from_flags(values), values.workdir
+
+
+def test_the_default_run_is_the_demo_flagfile_over_trainconfig_defaults():
+  assert _parse('lenet', []) == (DEMO, None)   # workdir: runs/lenet5_fashion_mnist
+  assert _parse('lenet', ['--dataset=mnist', '--num_epochs=3']) == (
+      DEMO.replace(dataset='mnist', num_epochs=3.0), None)
+  classic = os.path.join(REPO, 'experiments/configs/lenet_classic_mnist.flags')
+  assert _parse('lenet', [f'--flagfile={classic}']) == (TrainConfig(   # replaces the default
+      model='lenet5', model_kwargs={'activation': 'tanh', 'pooling': 'avg'}, dataset='mnist',
+      batch_size=128, num_epochs=10.0, optimizer='momentum', learning_rate=0.05,
+      schedule='cosine'), 'runs/lenet5_classic_mnist')
+  for program in ('resnet', 'vgg', 'models', 'ssd', 'transfer'):   # no defaults of their own
+    assert _parse(program, []) == (TrainConfig(), None), program
+
+
+@pytest.mark.parametrize('path', FLAGFILES, ids=os.path.basename)
+def test_every_flagfile_states_its_command_and_result_and_parses_to_a_valid_config(path):
+  with open(path) as f:
+    lines = f.read().splitlines()
+  comments = lines[:next(i for i, line in enumerate(lines) if line.startswith('--'))]
+  assert comments and all(line.startswith('#') for line in comments), path
+  command = next(line for line in comments if line.startswith('# python -m experiments.'))
+  program = re.match(r'# python -m experiments\.(\w+) ', command)[1]
+  assert f' --flagfile=experiments/configs/{os.path.basename(path)}' in command, command
+  assert importlib.util.find_spec(f'experiments.{program}'), command
+  assert re.search(r'[Ee]xpect|measured|Results|Reference', ' '.join(comments)), path
+  config, _ = _parse(program, [f'--flagfile={path}'])
+  config.validate()
+  assert config.model in list_models(None)
+  assert set(config.model_kwargs) <= set(model_options(config.model)), config.model_kwargs
+
+
+def test_the_yolo_flagfile_anchors_parse_to_nine_width_height_pairs():
+  config, _ = _parse('yolo', [f'--flagfile={REPO}/experiments/configs/yolov3_shapes_cpu.flags'])
+  anchors = config.model_kwargs['anchors']
+  assert isinstance(anchors, tuple) and len(anchors) == 18
+  assert (anchors[0], anchors[1], anchors[-1]) == (0.0790, 0.0894, 0.3776)
 
 
 def _command(real_mnist, workdir, *extra):
@@ -64,7 +124,13 @@ def test_killed_with_sigkill_and_rerun_ends_exactly_like_an_uninterrupted_run(re
   assert os.path.exists(os.path.join(killed, '.lock'))  # left behind by the killed run
   # The uninterrupted reference: the killed program's own config.json, run in this process.
   with open(os.path.join(killed, 'config.json')) as f:
-    fit(TrainConfig.from_json(f.read()), straight)
+    config = TrainConfig.from_json(f.read())
+  # The program read its default flagfile (the demo) under the command line's flags.
+  assert config == DEMO.replace(dataset='mnist', data_dir=real_mnist['data_dir'],
+                                raw_data_dir=real_mnist['raw_dir'], batch_size=64,
+                                num_train_steps=30, checkpoint_every_steps=5, eval_every_steps=15,
+                                log_every_steps=10, keep_checkpoints=20)
+  fit(config, straight)
   # The bytes a kill in the middle of the next metrics write leaves: half a record, no newline.
   with open(os.path.join(killed, 'metrics.jsonl'), 'a') as f:
     f.write('{"step": 29, "train_loss": 0.4')
@@ -107,13 +173,16 @@ BAD_INPUTS = {
     'unknown_dataset': (['--dataset=mnits'], "error: unknown dataset 'mnits'; did you mean 'mnist'?"),
     'unknown_optimizer': (['--optimizer=rmsprop'], "flag --optimizer=rmsprop: value should be one of"),
     'missing_flagfile': (['--flagfile=experiments/configs/nope.flags'], 'nope.flags'),
+    'malformed_model_kwargs': (['--model_kwargs=activation:relu'],
+                               "error: model_kwargs item 'activation:relu' is not key=value"),
 }
 
 
+@pytest.mark.slow
 def test_bad_input_gives_one_clear_line_and_a_nonzero_exit_without_traceback(real_mnist, tmp_path):
   procs = {}
-  for name, (flags, _) in BAD_INPUTS.items():  # in parallel: each start-up costs seconds
-    command = _command(real_mnist, str(tmp_path / name), *flags)
+  for name, (args, _) in BAD_INPUTS.items():  # in parallel: each start-up costs seconds
+    command = _command(real_mnist, str(tmp_path / name), *args)
     procs[name] = subprocess.Popen(command, env=_env(), cwd=REPO, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True)
   for name, proc in procs.items():
