@@ -10,7 +10,8 @@
 Modules: `datasets` (names, splits, statistics: the catalogue), `prepare`
 (getting a dataset prepared, `dataset_meta`), `download` (download hosts and a
 fast reachability probe), `local_files` (building a stock TFDS dataset from raw
-files on disk), `shapes` (the `cvjax_shapes` TFDS builder), `shapes_video` (shape videos
+files on disk), `shapes` (the `cvjax_shapes` TFDS builder), `shapes_views` (its segmentation and
+localization views), `detection_datasets` (VOC, COCO, cvjax_shapes for detection), `shapes_video` (shape videos
 with MOTChallenge ground truth for tracking; the `cvjax_shapes_crops` builder), `preprocess` (the op
 registry), `batching` (process share of a global batch, device prefetch into
 global jax.Arrays, epoch seeds), `pipeline` (the one input pipeline, `DataSpec`), `classification` (the
@@ -30,7 +31,8 @@ _EXPORTS = {
     'preprocess_for_eval': 'classification',
 }
 
-_SUBMODULES = ('batching', 'classification', 'datasets', 'download', 'local_files', 'pipeline', 'prepare',
+_SUBMODULES = ('batching', 'classification', 'datasets', 'detection_datasets', 'download',
+               'local_files', 'pipeline', 'prepare', 'shapes_views',
                'preprocess', 'shapes', 'shapes_video')
 
 __all__ = sorted(_EXPORTS)

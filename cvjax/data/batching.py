@@ -5,7 +5,7 @@ arrays and hands them to `DevicePrefetch`. The conventions:
 
   B   global batch size: examples per step over all processes.
   P   `jax.process_count()`; process p holds rows [p * B / P, (p + 1) * B / P)
-      of each global batch (`process_rows`), B / P of them (`process_share`).
+      of each global batch, B / P of them (`process_share`).
   host batch    {name: np.ndarray[B / P, ...]}, this process's rows.
   global batch  {name: jax.Array[B, ...]} laid out by a `NamedSharding` whose
                 batch axis is split over the devices (mesh axis 'data').
@@ -37,13 +37,6 @@ def process_share(global_batch_size: int) -> int:
     raise UserError(f'global batch size {global_batch_size} must be a positive multiple of '
                     f'the {processes} processes')
   return global_batch_size // processes
-
-
-def process_rows(global_batch_size: int) -> slice:
-  """The rows [p * B / P, (p + 1) * B / P) of a global batch that this process p holds."""
-  local = process_share(global_batch_size)
-  index = jax.process_index()
-  return slice(index * local, (index + 1) * local)
 
 
 def local_batch_size(global_batch_size: int, sharding: jax.sharding.Sharding) -> int:

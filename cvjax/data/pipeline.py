@@ -1,30 +1,23 @@
 """The one tf.data input pipeline, for every task: TFDS → example dicts → global batches.
 
-    spec = DataSpec(parts={'train': (('mnist', 'train'),), ...}, read=..., tail='normalize(...)')
-    it = train_batches(spec, global_batch_size=256, sharding=sharding, seed=0, start_step=k)
+A task says only what differs in a small `DataSpec` (where its splits are, how a TFDS
+example becomes its example dict, the ops that bring an example to the model's input,
+its default augmentation, the keys of its batches). Everything else is here: read →
+decode → the augmentation ops of `cvjax.data.preprocess` → tail → batch → pad the last
+eval batch → `cvjax.data.batching.DevicePrefetch` (global jax.Arrays).
 
-A task says only what differs in a small `DataSpec`: where its splits are (one or more
-TFDS datasets read one after another), how a TFDS example becomes its example dict
-(`read`), the deterministic ops that bring an example to the model's input (`tail`),
-its default augmentation and which keys its batches carry. Everything else is here:
-read → decode → the augmentation ops of `cvjax.data.preprocess` → tail → batch → pad
-the last eval batch → `cvjax.data.batching.DevicePrefetch` (global jax.Arrays).
-
-Train order. Each process yields `B / P` examples per step (`batching`). Step k of an
-epoch of `S` steps is in epoch `e = k // S`. A split held in memory (`in_memory`) is
-read once per process, whole; epoch e visits it in the order of a stateless permutation
-seeded by (seed, e) (`tf.random.experimental.index_shuffle`) and each process takes its
-slice of each global batch, so batch k is a pure function of k: a resumed run skips
-nothing and sees the same batches, for any number of processes. Otherwise each process
-streams its share of the split (`tfds.split_for_jax_process`) with file order and a
-shuffle buffer seeded by (seed, e); resuming mid-epoch re-reads the records before the
-resume point of that epoch. Augmentation randomness of an example comes from the
-stateless seed [seed, e · 2³² + position], `position` being its index in the global
-batch order of its epoch, so it does not depend on where a run was resumed.
+Train order. Each process yields `B / P` examples per step. Step k of an epoch of `S`
+steps is in epoch `e = k // S`. A split held in memory (`in_memory`) is read once per
+process, whole; epoch e visits it in a stateless permutation seeded by (seed, e)
+(`tf.random.experimental.index_shuffle`) and each process takes its slice of each global
+batch, so batch k is a pure function of k: a resumed run sees the same batches, for any
+number of processes. Otherwise each process streams its share of the split with file
+order and a shuffle buffer seeded by (seed, e); resuming mid-epoch re-reads the records
+before the resume point. Augmentation randomness of an example comes from the stateless
+seed [seed, e · 2³² + position in the epoch's global order], whatever the resume point.
 
 Eval: every example of a split once, in file order; the last batches are padded with
-zero examples ('mask' False) so that every process yields equally many, equally shaped
-batches.
+zero examples ('mask' False) so that every process yields equally many batches.
 """
 from __future__ import annotations
 

@@ -36,8 +36,7 @@ import tensorflow as tf
 
 from cvjax.errors import UserError, unknown_choice
 
-Example = dict
-Apply = Callable[..., Example]
+Apply = Callable[..., dict]
 IGNORE = 255           # segmentation label of pixels that were padded in, not seen
 VIEW = '_view'         # the pending view of `zoom_out` / `iou_crop`, float32[4]
 MEAN_FILL = (123.0 / 255, 117.0 / 255, 104.0 / 255)  # torchvision's zoom-out fill

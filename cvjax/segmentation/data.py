@@ -1,15 +1,9 @@
 """The segmentation view of `cvjax_shapes`: images and semantic masks.
 
-`cvjax_shapes` (built by `cvjax.data.shapes`, no network needed) already
-stores, for every image, `segmentation`: uint8[S, S, 1], 0 background and
-label + 1 for the 6 shape classes — the masks of the very shapes its boxes
-describe. Here that becomes a K = 7 class segmentation dataset:
-
-  names:   'cvjax_shapes' (256², 6,000 train / 500 validation / 1,000 test) and
-           'cvjax_shapes/tiny' (96², 64 / 16 / 32, for tests)
-  classes: background, circle, square, triangle, star, cross, ring
-  batches: {'image': float32[B, S, S, 3], 'segmentation': int32[B, S, S]}
-           (+ 'mask': bool[B] in eval: False for padding examples)
+`cvjax_shapes` (`cvjax.data.shapes`) stores for every image `segmentation`:
+uint8[S, S, 1], 0 background and label + 1 for its 6 shape classes; datasets and
+classes: `cvjax.data.shapes_views`. Batches: {'image': float32[B, S, S, 3],
+'segmentation': int32[B, S, S]} (+ 'mask': bool[B] in eval: False for padding).
 
 Images are resized to the model's S when read (bilinear, antialiased, rounded;
 masks by nearest neighbour) and held in memory, then augmented (default
@@ -25,61 +19,14 @@ import tensorflow_datasets as tfds
 
 from cvjax.data import datasets
 from cvjax.data import pipeline
-from cvjax.data import shapes
-from cvjax.errors import UserError
-
-DATASETS = ('cvjax_shapes', 'cvjax_shapes/tiny')
-# Label sets of imported weights, which restore and predict but do not train here:
-# name → class names, background first.
-WEIGHTS_ONLY = {
-    'voc': ('background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car',
-            'cat', 'chair', 'cow', 'diningtable', 'dog', 'horse', 'motorbike', 'person',
-            'pottedplant', 'sheep', 'sofa', 'train', 'tvmonitor'),
-}
-
-
-def class_names(name: str = 'cvjax_shapes') -> tuple[str, ...]:
-  """Class names of dataset `name` (one of DATASETS or WEIGHTS_ONLY), background first."""
-  if name in WEIGHTS_ONLY:
-    return WEIGHTS_ONLY[name]
-  return ('background',) + tuple(shapes.CLASSES)
-
-
-def check_dataset(name: str) -> None:
-  if name not in DATASETS:
-    raise UserError(f'the segmentation task trains on {" or ".join(DATASETS)}, got dataset '
-                    f'{name!r}; use --dataset=cvjax_shapes')
-
-
-def generated_builder(name: str, data_dir: str | None = None):
-  """The TFDS builder of a generated dataset (`cvjax_shapes/...`), generated offline on
-  first use."""
-  datasets.tensorflow()  # hides accelerators from TF before its first op
-  builder = tfds.builder(name, data_dir=data_dir)
-  builder.download_and_prepare()  # a no-op when prepared; generates offline otherwise
-  return builder
-
-
-def prepared_builder(name: str, data_dir: str | None = None):
-  """The TFDS builder of segmentation dataset `name`, generated offline on first use."""
-  check_dataset(name)
-  return generated_builder(name, data_dir)
-
-
-def dataset_meta(name: str, data_dir: str | None = None) -> datasets.DatasetMeta:
-  """`cvjax.data.DatasetMeta` of the segmentation dataset (num_classes = 7, background included)."""
-  builder = prepared_builder(name, data_dir)
-  info = builder.info
-  names = class_names()
-  return datasets.DatasetMeta(name=name, num_classes=len(names),
-                              image_shape=tuple(info.features['image'].shape),
-                              split_sizes={s: info.splits[s].num_examples for s in info.splits},
-                              class_names=names)
+from cvjax.data.shapes_views import (SEGMENTATION_DATASETS as DATASETS,  # noqa: F401
+                                     WEIGHTS_ONLY, check_segmentation_dataset as check_dataset,
+                                     class_names, segmentation_meta as dataset_meta)
 
 
 def resize_images(images: np.ndarray, image_size: int) -> np.ndarray:
   """uint8[B, H, W, C] (C = 1 or 3) → uint8[B, S, S, 3], S = image_size, resized as
-  `load_split` resizes the dataset (bilinear, antialiased, rounded)."""
+  `read_resized` resizes the dataset (bilinear, antialiased, rounded)."""
   datasets.tensorflow()
   x = tf.constant(images)
   if images.shape[-1] == 1:

@@ -20,32 +20,12 @@ from __future__ import annotations
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from cvjax.data import datasets
 from cvjax.data import pipeline
-from cvjax.data import shapes
+from cvjax.data.shapes_views import (LOCALIZATION_DATASETS as DATASETS,  # noqa: F401
+                                     check_localization_dataset as check_dataset,
+                                     localization_meta as dataset_meta)
 from cvjax.detection import data as detection_data
-from cvjax.errors import UserError
 from cvjax.segmentation import data as segmentation_data
-
-DATASETS = ('cvjax_shapes/single', 'cvjax_shapes/single_tiny')
-
-
-def check_dataset(name: str) -> None:
-  if name not in DATASETS:
-    raise UserError(f'the localization task trains on one object per image, '
-                    f'{" or ".join(DATASETS)}; got dataset {name!r}: use '
-                    f'--dataset=cvjax_shapes/single')
-
-
-def dataset_meta(name: str, data_dir: str | None = None) -> datasets.DatasetMeta:
-  """`cvjax.data.DatasetMeta` of the dataset (num_classes = 6 shape classes)."""
-  check_dataset(name)
-  info = segmentation_data.generated_builder(name, data_dir).info
-  return datasets.DatasetMeta(name=name, num_classes=len(shapes.CLASSES),
-                              image_shape=tuple(info.features['image'].shape),
-                              split_sizes={s: info.splits[s].num_examples for s in info.splits},
-                              class_names=tuple(shapes.CLASSES))
-
 
 def data_spec(name: str, *, image_size: int) -> pipeline.DataSpec:
   """The `DataSpec` of `name` at input size S = image_size. Reading an example that
