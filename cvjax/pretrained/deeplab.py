@@ -82,8 +82,7 @@ def load(weights: str, model: str, image_size: int | None = None):
   """
   if model not in MODELS:
     raise unknown_choice('torchvision DeepLab model', model, MODELS)
-  state = {k: v for k, v in torchvision.read_state_dict(weights).items()
-           if not k.endswith('num_batches_tracked')}
+  state = torchvision.read_state_dict(weights)
   what = f'torchvision weights {weights} for {model}'
   if 'classifier.4.weight' not in state:
     raise UserError(f'{what}: missing tensor classifier.4.weight (the classifier); is the file '
@@ -98,23 +97,7 @@ def load(weights: str, model: str, image_size: int | None = None):
   # Natural order (layer3.6 before layer3.10), so an error names the first tensor missing.
   natural = lambda name: [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', name)]
   mapping = dict(sorted(mapping.items(), key=lambda item: natural(item[0])))
-  for torch_name, (path, _) in mapping.items():
-    if torch_name not in state:
-      raise UserError(f'{what}: missing tensor {torch_name} (cvjax {path}); is the file for '
-                      'this model?')
-  for torch_name in state:
-    if torch_name not in mapping:
-      raise UserError(f'{what}: unexpected tensor {torch_name}; is the file for this model?')
-  arrays = {}
-  for torch_name, (path, kind) in mapping.items():
-    to_cvjax, torch_shape = torchvision._layout(kind)  # pylint: disable=protected-access
-    want = tuple(torch_shape(expected[path]))
-    if tuple(state[torch_name].shape) != want:
-      raise UserError(f'{what}: tensor {torch_name} has shape {tuple(state[torch_name].shape)}, '
-                      f'cvjax {path} needs {want} in torch layout')
-    arrays[path] = to_cvjax(state[torch_name].astype('float32'))
-  inverse = {path: torch_name for torch_name, (path, _) in mapping.items()}
-  common.check_against(arrays, expected, what=what, source_name=lambda p: inverse.get(p, p))
+  arrays = torchvision.convert_state(state, mapping, expected, what=what)
   config = TrainConfig(task='segmentation', model=model, model_kwargs=kwargs, dataset=DATASET,
                        num_classes=num_classes, image_size=size, preprocessing='torch',
                        optimizer='sgd', schedule='constant', learning_rate=0.01, batch_size=1,

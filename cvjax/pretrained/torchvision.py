@@ -140,6 +140,41 @@ def _alexnet_map() -> dict:
   return out
 
 
+def convert_state(state: dict[str, np.ndarray], mapping: dict[str, tuple[str, str]],
+                  expected: dict[str, tuple[int, ...]], *, what: str) -> dict[str, np.ndarray]:
+  """{cvjax path: float32 array} of a torch state_dict, checked tensor by tensor.
+
+  state: torch name -> array (`read_state_dict`; num_batches_tracked is dropped here);
+  mapping: torch name -> (cvjax path, layout name), in the order the checks name a
+  first missing tensor; expected: cvjax path -> shape (`common.model_shapes`); what:
+  e.g. "torchvision weights X.pth for resnet18", the head of every message.
+
+  Raises:
+    UserError: the first tensor of `mapping` missing from `state`, the first of `state`
+      not in `mapping`, the first whose shape is not its cvjax shape in torch layout;
+      then `common.check_against`'s errors, named by torch name.
+  """
+  state = {k: v for k, v in state.items() if not k.endswith('num_batches_tracked')}
+  for torch_name, (path, _) in mapping.items():
+    if torch_name not in state:
+      raise UserError(f'{what}: missing tensor {torch_name} (cvjax {path}); is the file for '
+                      'this model?')
+  for torch_name in state:
+    if torch_name not in mapping:
+      raise UserError(f'{what}: unexpected tensor {torch_name}; is the file for this model?')
+  arrays = {}
+  for torch_name, (path, kind) in mapping.items():
+    to_cvjax, torch_shape = _layout(kind)
+    want = tuple(torch_shape(expected[path]))
+    if tuple(state[torch_name].shape) != want:
+      raise UserError(f'{what}: tensor {torch_name} has shape {tuple(state[torch_name].shape)}, '
+                      f'cvjax {path} needs {want} in torch layout')
+    arrays[path] = np.asarray(to_cvjax(np.asarray(state[torch_name], np.float32)))
+  inverse = {path: torch_name for torch_name, (path, _) in mapping.items()}
+  common.check_against(arrays, expected, what=what, source_name=lambda p: inverse.get(p, p))
+  return arrays
+
+
 def _layout(kind: str):
   """(to_cvjax, torch_shape_from_cvjax_shape) of a layout name."""
   if kind.startswith('nchw_dense:'):
@@ -171,8 +206,7 @@ def load(weights: str, model: str, image_size: int | None = None):
     UserError: unreadable file, or the first missing / unexpected / mis-shaped tensor.
   """
   name = cvjax_model(model)
-  state = {k: v for k, v in read_state_dict(weights).items()
-           if not k.endswith('num_batches_tracked')}
+  state = read_state_dict(weights)
   head = 'fc' if name.startswith('resnet') else 'classifier.6'
   num_classes = int(state[f'{head}.weight'].shape[0]) if f'{head}.weight' in state else 1000
   size = image_size or models.model_input_shape(name)[0]
@@ -185,24 +219,8 @@ def load(weights: str, model: str, image_size: int | None = None):
   else:
     mapping = _alexnet_map()
   mapping = {k: v for k, v in mapping.items() if v[0] in expected}  # e.g. blocks w/o downsample
-  what = f'torchvision weights {weights} for {model}'
-  for torch_name, (path, _) in mapping.items():
-    if torch_name not in state:
-      raise UserError(f'{what}: missing tensor {torch_name} (cvjax {path}); is the file for '
-                      'this model?')
-  for torch_name in state:
-    if torch_name not in mapping:
-      raise UserError(f'{what}: unexpected tensor {torch_name}; is the file for this model?')
-  arrays = {}
-  for torch_name, (path, kind) in mapping.items():
-    to_cvjax, torch_shape = _layout(kind)
-    want = tuple(torch_shape(expected[path]))
-    if tuple(state[torch_name].shape) != want:
-      raise UserError(f'{what}: tensor {torch_name} has shape {tuple(state[torch_name].shape)}, '
-                      f'cvjax {path} needs {want} in torch layout')
-    arrays[path] = np.asarray(to_cvjax(np.asarray(state[torch_name], np.float32)))
-  inverse = {path: torch_name for torch_name, (path, _) in mapping.items()}
-  common.check_against(arrays, expected, what=what, source_name=lambda p: inverse.get(p, p))
+  arrays = convert_state(state, mapping, expected,
+                         what=f'torchvision weights {weights} for {model}')
   config = common.converted_config(model=name, num_classes=num_classes, image_size=size,
                                    preprocessing=PREPROCESSING)
   return config, arrays
