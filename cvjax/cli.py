@@ -178,6 +178,39 @@ def check_image_out(path: str, flag: str = 'out') -> None:
                     'use e.g. .png or .jpg')
 
 
+def define_image_tool_flags(flag_values: flags.FlagValues, task: str) -> None:
+  """Declares the flags of a tool that runs a trained `task` run on one image file:
+  --workdir and --image (required), --out, --step and --json.
+
+  They count as the calling tool's own, so `help_text` lists them in one alphabetical
+  list with the flags the tool declares itself.
+  """
+  # absl credits a flag to the module that calls DEFINE_*; disclaiming this one credits
+  # the tool instead (for every flag this module declares from now on, in any FlagValues).
+  flags.disclaim_key_flags()
+  flags.DEFINE_string('workdir', None, f'A cvjax {task} run directory.', flag_values=flag_values)
+  flags.DEFINE_string('image', None, 'Image file (JPEG, PNG, ...).', flag_values=flag_values)
+  flags.DEFINE_string('out', None, 'Where to write the picture (by extension: .png, .jpg, ...); '
+                      'default: draw nothing.', flag_values=flag_values)
+  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the newest good one).',
+                       flag_values=flag_values)
+  flags.DEFINE_bool('json', False, 'Print one JSON object.', flag_values=flag_values)
+  flags.mark_flags_as_required(['workdir', 'image'], flag_values=flag_values)
+
+
+def read_image_tool_inputs(image: str, out: str | None, **fractions: float):
+  """The pixels of the image file at `image` (`read_image`: uint8[H, W, 3]), once the
+  other inputs of a one-image tool are checked too, before anything slow loads: each of
+  `fractions` (flag name=value) in [0, 1], and `out`, when given, an image extension.
+  """
+  pixels = read_image(image)
+  for flag, value in fractions.items():
+    check_unit_interval(flag, value)
+  if out is not None:
+    check_image_out(out)
+  return pixels
+
+
 def check_no_positional(rest: Sequence[str]) -> None:
   if len(rest) > 1:
     raise UserError(f'unexpected arguments {list(rest[1:])}; flags look like --name=value')

@@ -27,15 +27,8 @@ from cvjax.detection import draw  # noqa: E402
 from cvjax.errors import UserError  # noqa: E402
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_string('workdir', None, 'A cvjax detection run directory.', flag_values=FLAGS)
-flags.DEFINE_string('image', None, 'Image file (JPEG, PNG, ...).', flag_values=FLAGS)
-flags.DEFINE_string('out', None, 'Where to write the picture (by extension: .png, .jpg, ...); '
-                    'default: draw nothing.', flag_values=FLAGS)
+cli.define_image_tool_flags(FLAGS, 'detection')
 flags.DEFINE_float('min_score', 0.5, 'Lowest score shown, in [0, 1].', flag_values=FLAGS)
-flags.DEFINE_integer('step', None, 'Checkpoint step (default: the newest good one).',
-                     flag_values=FLAGS)
-flags.DEFINE_bool('json', False, 'Print one JSON object.', flag_values=FLAGS)
-flags.mark_flags_as_required(['workdir', 'image'], flag_values=FLAGS)
 
 
 def detect(workdir: str, image_path: str, out: str | None, min_score: float = 0.5,
@@ -43,10 +36,7 @@ def detect(workdir: str, image_path: str, out: str | None, min_score: float = 0.
   """Detections of the run in `workdir` on the image at `image_path`; draws them to `out`."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from cvjax import restoring  # loads JAX, Flax and orbax
-  image = cli.read_image(image_path)
-  cli.check_unit_interval('min_score', min_score)
-  if out is not None:
-    cli.check_image_out(out)
+  image = cli.read_image_tool_inputs(image_path, out, min_score=min_score)
   restored = restoring.restore(workdir, step)
   if restored.config.task != 'detection':
     raise UserError(f'{workdir} is a {restored.config.task} run, not a detector')

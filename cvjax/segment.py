@@ -29,15 +29,8 @@ from cvjax.detection import draw  # noqa: E402
 from cvjax.errors import UserError  # noqa: E402
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_string('workdir', None, 'A cvjax segmentation run directory.', flag_values=FLAGS)
-flags.DEFINE_string('image', None, 'Image file (JPEG, PNG, ...).', flag_values=FLAGS)
-flags.DEFINE_string('out', None, 'Where to write the picture (by extension: .png, .jpg, ...); '
-                    'default: draw nothing.', flag_values=FLAGS)
+cli.define_image_tool_flags(FLAGS, 'segmentation')
 flags.DEFINE_float('alpha', 0.5, 'Opacity of the mask colours, in [0, 1].', flag_values=FLAGS)
-flags.DEFINE_integer('step', None, 'Checkpoint step (default: the newest good one).',
-                     flag_values=FLAGS)
-flags.DEFINE_bool('json', False, 'Print one JSON object.', flag_values=FLAGS)
-flags.mark_flags_as_required(['workdir', 'image'], flag_values=FLAGS)
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -56,10 +49,7 @@ def segment(workdir: str, image_path: str, out: str | None, alpha: float = 0.5,
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from cvjax import restoring  # loads JAX, Flax and orbax
   from cvjax.segmentation import data  # loads TensorFlow
-  image = cli.read_image(image_path)
-  cli.check_unit_interval('alpha', alpha)
-  if out is not None:
-    cli.check_image_out(out)
+  image = cli.read_image_tool_inputs(image_path, out, alpha=alpha)
   restored = restoring.restore(workdir, step)
   if restored.config.task != 'segmentation':
     raise UserError(f'{workdir} is a {restored.config.task} run, not a segmenter')

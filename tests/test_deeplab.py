@@ -259,3 +259,15 @@ def test_restored_tiny_segmenter_predicts_probabilities_and_segment_draws_them(t
   assert capsys.readouterr().err.strip() == 'error: --alpha must be in [0, 1], got 2.0'
   assert segment.main([f'--workdir={workdir}', '--image=/nonexistent.png']) == 2
   assert capsys.readouterr().err.strip() == 'error: --image=/nonexistent.png does not exist'
+
+
+def test_segment_and_detect_help_lists_the_shared_and_own_flags_as_one_sorted_list():
+  """The flags cvjax.cli declares for both image tools count as each tool's own: --help
+  lists them with --alpha / --min_score alphabetically, --workdir naming the task."""
+  from cvjax import cli, detect, segment
+  for tool, own, task in ((segment, '--alpha', 'segmentation'), (detect, '--min_score', 'detection')):
+    lines = cli.help_text(tool.FLAGS, tool.__doc__).splitlines()
+    listed = [line.split(':')[0].strip() for line in lines if line.startswith('  --')]
+    assert listed == sorted([own, '--image', '--[no]json', '--out', '--step', '--workdir'],
+                            key=lambda name: name.replace('[no]', '')), listed
+    assert f'  --workdir: A cvjax {task} run directory.' in lines
