@@ -266,7 +266,6 @@ def run(f: flags.FlagValues) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   return cli.main(run, FLAGS, argv, doc=__doc__)
 
 
