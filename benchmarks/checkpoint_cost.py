@@ -106,7 +106,7 @@ def run_steps(model: str, batch_size: int, every: int, repeats: int, model_kwarg
       {'image': rng.normal(size=(batch_size, size, size, channels)).astype(np.float32),
        'label': rng.integers(0, num_classes, batch_size).astype(np.int32)},
       train_steps.batch_sharded(mesh))
-  step = train_steps.parallel_train_step(mesh, get_task('classification'))
+  step = train_steps.parallel_train_step(mesh, get_task(TrainConfig(model=model), None))
   count = [0]
   state_bytes = sum(x.nbytes for x in jax.tree.leaves(holder[0]))
 

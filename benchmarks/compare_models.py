@@ -108,11 +108,12 @@ def short_run(name: str, *, steps: int, batch_size: int, learning_rate: float, s
   from cvjax import data
   from cvjax.models import get_model
   from cvjax.tasks import get_task
+  from cvjax.train import TrainConfig
   from cvjax.train import steps as train_steps
   from cvjax.train.state import create_train_state
   mesh = train_steps.make_mesh(1)
   sharding = train_steps.batch_sharded(mesh)
-  task = get_task('classification')
+  task = get_task(TrainConfig(model=name), None)  # classification, default settings
   model = get_model(name, NUM_CLASSES, conv_impl=conv_impl, **bn_options(name))
   tx = optax.adam(optax.cosine_decay_schedule(learning_rate, steps))
   # rbg keys: XLA:CPU compiles threefry's initialisation of a large model slowly.
@@ -121,9 +122,11 @@ def short_run(name: str, *, steps: int, batch_size: int, learning_rate: float, s
   step = jax.jit(functools.partial(train_steps.train_step, task=task, axis_name=None),
                  donate_argnums=0)
   evaluate = jax.jit(functools.partial(train_steps.eval_step, task=task, axis_name=None))
-  batches = data.train_batches('fashion_mnist', global_batch_size=batch_size,
-                               image_size=IMAGE[0], sharding=sharding, seed=seed, augment='',
-                               data_dir=data_dir)
+  meta = data.dataset_meta('fashion_mnist', data_dir=data_dir)
+  spec = data.classification.data_spec('fashion_mnist', meta, image_size=IMAGE[0])
+  batches = data.pipeline.train_batches(spec, global_batch_size=batch_size, sharding=sharding,
+                                        seed=seed, augment='', data_dir=data_dir,
+                                        num_examples=meta.split_sizes['train'])
   start = time.time()
   for _ in range(steps):
     state, metrics = step(state, next(batches))
@@ -133,8 +136,8 @@ def short_run(name: str, *, steps: int, batch_size: int, learning_rate: float, s
   if not np.isfinite(loss):
     raise RuntimeError(f'{name}: the training loss is {loss}')
   correct = count = 0.0
-  test = data.eval_batches('fashion_mnist', split='test', global_batch_size=250,
-                           image_size=IMAGE[0], sharding=sharding, data_dir=data_dir)
+  test = data.pipeline.eval_batches(spec, split='test', global_batch_size=250,
+                                    sharding=sharding, data_dir=data_dir)
   for batch in test:
     sums, _ = jax.device_get(evaluate(state, batch))
     correct, count = correct + float(sums['correct']), count + float(sums['count'])

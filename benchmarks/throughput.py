@@ -59,6 +59,7 @@ def cvjax_runners(model_name: str, image_size: int, batch_size: int, num_classes
   import optax
   from cvjax import models
   from cvjax.tasks import get_task
+  from cvjax.train import TrainConfig
   from cvjax.train import steps as train_steps
   from cvjax.train.state import create_train_state, model_variables
 
@@ -91,7 +92,8 @@ def cvjax_runners(model_name: str, image_size: int, batch_size: int, num_classes
     infer(1)
     runners['infer'] = infer
   if 'train' in modes:
-    step = train_steps.parallel_train_step(mesh, get_task('classification'))
+    # Classification with default settings (no label smoothing); no dataset facts needed.
+    step = train_steps.parallel_train_step(mesh, get_task(TrainConfig(), None))
     holder = [state]
 
     def train(n: int) -> None:

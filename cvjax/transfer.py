@@ -18,10 +18,9 @@ import numpy as np
 from absl import logging
 
 from cvjax.errors import UserError
-from cvjax.pretrained import common
 from cvjax.restoring import restore
-from cvjax.tasks import fit
-from cvjax.train import freeze, warm_start
+from cvjax.tasks import fit, get_task
+from cvjax.train import freeze, rundir, warm_start
 
 
 def two_phase(config, workdir: str, *, phase2_freeze: str = 'all_but_top:2',
@@ -82,7 +81,9 @@ def feature_extraction(config, workdir: str) -> dict[str, Any]:
     full = config.replace(task='classification', freeze='', init_from=None, init_exclude=None,
                           num_classes=num_classes,
                           image_size=config.image_size or source_config.image_size)
-    common.write_workdir(model_dir, full, joined,
+    # The head run's record: its dataset's classes and names, no dataset needed.
+    meta = rundir.read_resolved(head_dir).dataset_meta(full.dataset)
+    rundir.write_workdir(model_dir, get_task(full, meta), joined,
                          {'feature_extraction': {'base': os.path.abspath(config.init_from),
                                                  'head': os.path.abspath(head_dir)}})
   return {**results, 'model_workdir': model_dir}

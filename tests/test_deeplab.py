@@ -231,9 +231,9 @@ def test_deeplabv3_probabilities_match_torchvision(name, weights, tmp_path):
 def test_restored_tiny_segmenter_predicts_probabilities_and_segment_draws_them(tmp_path, capsys):
   from PIL import Image
   from cvjax import segment
-  from cvjax.pretrained import common
   from cvjax.segmentation import data
-  from cvjax.train import freeze
+  from cvjax.tasks import get_task
+  from cvjax.train import freeze, rundir
   from cvjax.train.config import TrainConfig
   model = get_model('deeplabv3_tiny', 7)
   variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
@@ -241,14 +241,15 @@ def test_restored_tiny_segmenter_predicts_probabilities_and_segment_draws_them(t
             for p, v in freeze.flat_paths(variables[c]).items()}
   config = TrainConfig(task='segmentation', model='deeplabv3_tiny', dataset='cvjax_shapes/tiny',
                        num_classes=7, image_size=64, batch_size=1, num_train_steps=1)
-  workdir = common.write_workdir(str(tmp_path / 'run'), config, arrays, {})
+  workdir = rundir.write_workdir(str(tmp_path / 'run'), get_task(config, None), arrays, {})
   images = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
   predict = cvjax.restore(workdir).predict
   probs = predict(images)
   assert probs.shape == (1, 64, 64, 7) and probs.dtype == np.float32
   expected = jax.nn.softmax(jax.jit(model.apply)(variables, data.normalize(images)))
   np.testing.assert_allclose(probs, expected, atol=1e-5)
-  assert predict([images[0, :48, :40]]).shape == (1, 64, 64, 7)  # resized to the input
+  (small,) = predict([images[0, :48, :40]])  # at the input's own size, as torchvision
+  assert small.shape == (48, 40, 7)
 
   Image.fromarray(images[0, :50]).save(tmp_path / 'photo.png')  # 50×64: drawn at its own size
   args = [f'--workdir={workdir}', f'--image={tmp_path / "photo.png"}']

@@ -2,7 +2,6 @@
 import functools
 import json
 import os
-import types
 
 import jax
 import numpy as np
@@ -11,7 +10,8 @@ import pytest
 from PIL import Image
 
 import cvjax
-from cvjax.detection import data
+from cvjax.data import pipeline
+from cvjax.detection import data, heads
 from cvjax.models import anchors
 from cvjax.detection.task import DetectionTask
 from cvjax.models import resnet, ssd
@@ -48,8 +48,8 @@ def test_detection_step_on_eight_devices_equals_one_device():
   positives, or by the global positives without the device factor, fails these
   tolerances (checked); float32 summation order stays well inside them."""
   model = _tiny_ssd()
-  task = DetectionTask()
-  run = types.SimpleNamespace(model=model, image_size=32, freezer=None)  # what the loss reads
+  task = DetectionTask(TrainConfig(task='detection', model='ssd128_resnet18_slim', image_size=32),
+                       None, head=heads.head_for(model, 32))  # the loss reads the head
   init = jax.jit(lambda key: create_train_state(model, optax.sgd(0.05, momentum=0.9), key,
                                                 (1, 32, 32, 3)))
   key = jax.random.key(0, impl='rbg')  # rbg: threefry's init compiles slowly on CPU
@@ -58,7 +58,7 @@ def test_detection_step_on_eight_devices_equals_one_device():
   for devices in (1, 8):
     mesh = steps.make_mesh(devices)
     state = jax.device_put(init(key), steps.replicated(mesh))  # fresh: the step donates it
-    step = steps.parallel_train_step(mesh, task, run)
+    step = steps.parallel_train_step(mesh, task)
     rng = np.random.default_rng(0)
     history = []
     for _ in range(2):
@@ -88,10 +88,11 @@ def shapes_dir(tmp_path_factory):
 
 
 def test_train_batch_k_is_the_same_whether_resumed_at_k_or_reached(shapes_dir):
-  kwargs = dict(global_batch_size=8, image_size=64, seed=3, data_dir=shapes_dir)
-  it = data.local_train_batches('cvjax_shapes/tiny', **kwargs)
+  spec = data.data_spec('cvjax_shapes/tiny', image_size=64, data_dir=shapes_dir)
+  kwargs = dict(global_batch_size=8, seed=3, data_dir=shapes_dir, num_examples=64)
+  it = pipeline.local_train_batches(spec, **kwargs)
   reached = [next(it) for _ in range(10)][-1]                 # step 9: the second epoch
-  resumed = next(data.local_train_batches('cvjax_shapes/tiny', start_step=9, **kwargs))
+  resumed = next(pipeline.local_train_batches(spec, start_step=9, **kwargs))
   for k in reached:
     np.testing.assert_array_equal(reached[k], resumed[k])
   assert reached['box_mask'].any(1).all()   # every augmented image keeps an object

@@ -189,10 +189,11 @@ def _converted_lenet(workdir: str) -> str:
   """A workdir with one checkpoint (step 0) and no dataset: cvjax.convert's shape of run."""
   from cvjax import models
   from cvjax.pretrained import common
+  from cvjax.tasks import get_task
   config = TrainConfig(model='lenet5', num_classes=10)
   shapes = common.model_shapes(models.get_model('lenet5', num_classes=10), 32, channels=1)
-  return common.write_workdir(workdir, config, {p: np.ones(s, np.float32) * 0.01
-                                                for p, s in shapes.items()}, {})
+  return rundir.write_workdir(workdir, get_task(config, None),
+                              {p: np.ones(s, np.float32) * 0.01 for p, s in shapes.items()}, {})
 
 
 def _tree(directory) -> list[str]:
@@ -483,8 +484,8 @@ def test_sigterm_in_the_final_evaluation_stops_cleanly_and_the_rerun_evaluates(
   straight = fit(config, str(tmp_path / 'straight'))
   real_eval_batches = ClassificationTask.eval_batches
 
-  def terminated_in_test(self, run, split):
-    for i, batch in enumerate(real_eval_batches(self, run, split)):
+  def terminated_in_test(self, sharding, split):
+    for i, batch in enumerate(real_eval_batches(self, sharding, split)):
       if split == 'test' and i == 1:
         os.kill(os.getpid(), signal.SIGTERM)
       yield batch

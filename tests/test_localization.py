@@ -5,6 +5,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tensorflow_datasets as tfds
 import pytest
 
 import cvjax
@@ -12,6 +13,7 @@ from cvjax.errors import UserError
 from cvjax.models import get_model, list_models, model_info
 from cvjax.tasks import fit, get_task
 from cvjax.tasks import localization as loc
+from cvjax.data import pipeline
 from cvjax.tasks import localization_data as data
 from cvjax.train import TrainConfig
 
@@ -40,6 +42,11 @@ def test_localizers_are_registered_with_pinned_parameter_counts_and_two_outputs(
   assert _params('localizer_resnet18', 1000, 160)[0] == 11_780_940
 
 
+def _task():
+  """The localization task of a default localizer config, no dataset facts."""
+  return get_task(TrainConfig(task='localization', model='localizer_shapes'), None)
+
+
 def test_loss_on_a_hand_made_batch():
   logits = jnp.log(jnp.array([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1]]))
   true = jnp.array([[0.1, 0.1, 0.5, 0.5], [0.2, 0.2, 0.6, 0.8]])
@@ -48,7 +55,7 @@ def test_loss_on_a_hand_made_batch():
   box = true + jnp.array([[0.2, 0.2, 0.2, 0.2], [0.05, 0, 0, 0]])
   batch = {'label': jnp.array([0, 1]), 'box': true}
   np.testing.assert_allclose(loc.box_loss(box, true), [0.6, 0.0125], rtol=1e-5)
-  loss, metrics = get_task('localization').loss((logits, box), batch, None, None)
+  loss, metrics = _task().loss((logits, box), batch, None)
   expected = np.mean([-np.log(0.5) + 5 * 0.6, -np.log(0.8) + 5 * 0.0125])
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
   assert float(metrics['accuracy']) == 1.0
@@ -68,32 +75,19 @@ def test_evaluator_metrics_on_hand_made_boxes():
   logits = jax.nn.one_hot(np.array([1, 2, 0, 4, 1]), 6)
   np.testing.assert_allclose(loc.paired_iou(jnp.asarray(predicted), jnp.asarray(true)),
                              [1, 0.5, 0.25, 1, 0], atol=1e-6)
-  task = get_task('localization')
-  evaluator = task.evaluator(None)
+  task = _task()
+  evaluator = task.evaluator()
   batch = {'label': labels, 'box': true, 'mask': np.array([True] * 4 + [False])}
-  sums, _ = task.eval_outputs((logits, jnp.asarray(predicted)), batch, None)
+  sums, _ = task.eval_outputs((logits, jnp.asarray(predicted)), batch)
   evaluator.update(sums, {})
   # a second batch: only the inverted box, real this time
   batch2 = {'label': labels[4:], 'box': true[4:], 'mask': np.array([True])}
-  evaluator.update(task.eval_outputs((logits[4:], jnp.asarray(predicted[4:])), batch2, None)[0],
-                   {})
+  evaluator.update(task.eval_outputs((logits[4:], jnp.asarray(predicted[4:])), batch2)[0], {})
   r = evaluator.result()
   assert r['count'] == 5 and task.main_metric == 'loc_accuracy'
   np.testing.assert_allclose([r['accuracy'], r['mean_iou'], r['iou50'], r['loc_accuracy']],
                              [4 / 5, 2.75 / 5, 3 / 5, 2 / 5], rtol=1e-6)
   assert np.isfinite(r['loss'])
-
-
-def test_flip_mirrors_the_box_with_the_image():
-  image = np.zeros((1, 8, 8, 3), np.float32)
-  image[0, 2:4, 1:3] = 1.0                        # rows 2-3, columns 1-2
-  box = np.array([[2 / 8, 1 / 8, 4 / 8, 3 / 8]], np.float32)
-  flipped, fbox = data.flip_lr(image, box)
-  ys, xs = np.nonzero(flipped[0, ..., 0])
-  np.testing.assert_allclose(fbox[0], [ys.min() / 8, xs.min() / 8, (ys.max() + 1) / 8,
-                                       (xs.max() + 1) / 8])
-  np.testing.assert_allclose(fbox[0], [2 / 8, 5 / 8, 4 / 8, 7 / 8])
-  np.testing.assert_array_equal(data.flip_lr(*data.flip_lr(image, box))[1], box)
 
 
 def test_single_shape_configs_leave_the_others_unchanged():
@@ -128,20 +122,22 @@ def single_dir(tmp_path_factory):
 
 
 def test_train_batches_flip_boxes_with_images_and_resume(single_dir):
-  kwargs = dict(global_batch_size=8, image_size=64, seed=1, data_dir=single_dir)
-  plain = data.local_train_batches('cvjax_shapes/single_tiny', augment='', **kwargs)
-  flipped = data.local_train_batches('cvjax_shapes/single_tiny', **kwargs)
+  spec = data.data_spec('cvjax_shapes/single_tiny', image_size=64)
+  kwargs = dict(global_batch_size=8, seed=1, data_dir=single_dir, num_examples=48)
+  plain = pipeline.local_train_batches(spec, augment='', **kwargs)
+  flipped = pipeline.local_train_batches(spec, **kwargs)
   a, b = next(plain), next(flipped)
   assert a['image'].shape == (8, 64, 64, 3) and a['label'].dtype == np.int32
   assert a['box'].shape == (8, 4) and a['box'].dtype == np.float32
   np.testing.assert_array_equal(a['label'], b['label'])
   same = (a['box'] == b['box']).all(1)
   assert 0 < same.sum() < 8                           # some flipped, some not
-  mirrored = data.flip_lr(a['image'][~same], a['box'][~same])
-  np.testing.assert_array_equal(b['image'][~same], mirrored[0])
-  np.testing.assert_allclose(b['box'][~same], mirrored[1], atol=1e-7)
+  np.testing.assert_array_equal(b['image'][~same], a['image'][~same][:, :, ::-1])
+  box = a['box'][~same]
+  np.testing.assert_allclose(b['box'][~same], np.stack(
+      [box[:, 0], 1 - box[:, 3], box[:, 2], 1 - box[:, 1]], -1), atol=1e-6)
   reached = [next(flipped) for _ in range(7)][-1]     # step 7: the second epoch
-  resumed = next(data.local_train_batches('cvjax_shapes/single_tiny', start_step=7, **kwargs))
+  resumed = next(pipeline.local_train_batches(spec, start_step=7, **kwargs))
   for k in reached:
     np.testing.assert_array_equal(reached[k], resumed[k])
 
@@ -190,9 +186,13 @@ def test_fit_a_few_steps_then_restore_predicts_class_probabilities_and_box(singl
     np.testing.assert_allclose(o['probabilities'].sum(), 1, rtol=1e-5)
     assert o['box'].shape == (4,) and ((0 <= o['box']) & (o['box'] <= 1)).all()
   # the predictor and the eval pipeline agree on a test image
-  images, labels, boxes = data.load_split('cvjax_shapes/single_tiny', 'test', 64, single_dir)
+  spec = data.data_spec('cvjax_shapes/single_tiny', image_size=64)
+  first = next(pipeline.local_eval_batches(spec, split='test', global_batch_size=2,
+                                           data_dir=single_dir))
+  images = np.stack([ex['image'] for ex in tfds.as_numpy(tfds.builder(
+      'cvjax_shapes/single_tiny', data_dir=single_dir).as_dataset(split='test').take(2))])
   apply = jax.jit(lambda v, x: restored.model.apply(v, x, train=False))
-  logits, box = apply(restored.variables, data.normalize(images[:2]))
+  logits, box = apply(restored.variables, first['image'])
   again = restored.predict(images[:2])
   np.testing.assert_allclose(again[1]['box'], box[1], atol=1e-5)
   np.testing.assert_allclose(again[0]['probabilities'], jax.nn.softmax(logits[0]), atol=1e-5)

@@ -508,7 +508,8 @@ def test_miou_on_hand_made_masks():
 
 def _seg_task():
   from cvjax import tasks
-  return tasks.get_task('segmentation')
+  from cvjax.train import TrainConfig
+  return tasks.get_task(TrainConfig(task='segmentation', model='fcn8s_tiny'), None)
 
 
 def test_segmentation_task_is_registered_and_its_loss_is_per_pixel_ce():
@@ -516,13 +517,13 @@ def test_segmentation_task_is_registered_and_its_loss_is_per_pixel_ce():
   assert task.name == 'segmentation' and task.main_metric == 'miou'
   labels = jnp.array([[[0, 1], [2, 255]]])
   uniform = jnp.zeros((1, 2, 2, 3))
-  loss, m = task.loss(uniform, {'segmentation': labels}, None, None)
+  loss, m = task.loss(uniform, {'segmentation': labels}, None)
   assert float(loss) == pytest.approx(np.log(3), rel=1e-6)  # the 255 pixel is ignored
   sure = 20.0 * jax.nn.one_hot(jnp.array([[[0, 1], [2, 0]]]), 3)
-  loss, m = task.loss(sure, {'segmentation': labels}, None, None)
+  loss, m = task.loss(sure, {'segmentation': labels}, None)
   assert float(loss) < 1e-6 and float(m['accuracy']) == 1.0
   wrong = 20.0 * jax.nn.one_hot(jnp.array([[[1, 1], [2, 0]]]), 3)
-  assert float(task.loss(wrong, {'segmentation': labels}, None, None)[0]) == pytest.approx(20 / 3, rel=1e-4)
+  assert float(task.loss(wrong, {'segmentation': labels}, None)[0]) == pytest.approx(20 / 3, rel=1e-4)
 
 
 def test_segmentation_eval_sums_ignore_padding_examples():
@@ -530,8 +531,8 @@ def test_segmentation_eval_sums_ignore_padding_examples():
   labels = jnp.array([[[0, 1], [1, 1]], [[2, 2], [2, 2]]])
   logits = 10.0 * jax.nn.one_hot(jnp.array([[[0, 1], [0, 1]], [[0, 0], [0, 0]]]), 3)
   sums, _ = task.eval_outputs(logits, {'segmentation': labels,
-                                       'mask': jnp.array([True, False])}, None)
-  ev = task.evaluator(None)
+                                       'mask': jnp.array([True, False])})
+  ev = task.evaluator()
   ev.update(jax.device_get(sums), {})
   result = ev.result()
   assert result['count'] == 1
@@ -545,20 +546,22 @@ def shapes_data_dir(tmp_path_factory):
   pytest.importorskip('skimage')
   from cvjax.segmentation import data
   data_dir = str(tmp_path_factory.mktemp('tfds'))
-  data.prepared_builder('cvjax_shapes/tiny', data_dir)
+  data.dataset_meta('cvjax_shapes/tiny', data_dir)
   return data_dir
 
 
 def test_shapes_segmentation_batches(shapes_data_dir):
+  from cvjax.data import pipeline
   from cvjax.segmentation import data
   from cvjax.train import steps
   meta = data.dataset_meta('cvjax_shapes/tiny', shapes_data_dir)
   assert meta.num_classes == 7 and meta.class_names[0] == 'background'
   assert meta.split_sizes == {'train': 64, 'validation': 16, 'test': 32}
   sharding = steps.batch_sharded(steps.make_mesh())
-  batches = lambda start: data.train_batches('cvjax_shapes/tiny', global_batch_size=16,
-                                             image_size=64, sharding=sharding, seed=0,
-                                             start_step=start, data_dir=shapes_data_dir)
+  spec = data.data_spec('cvjax_shapes/tiny', image_size=64)
+  batches = lambda start: pipeline.train_batches(spec, global_batch_size=16, sharding=sharding,
+                                                 seed=0, start_step=start, num_examples=64,
+                                                 data_dir=shapes_data_dir)
   it = batches(0)
   first = [next(it) for _ in range(5)]
   b = first[0]
@@ -568,13 +571,16 @@ def test_shapes_segmentation_batches(shapes_data_dir):
   assert values[0] == 0 and set(values) <= set(range(7)) and len(values) > 3
   resumed = next(batches(4))  # step 4 (epoch 1) computed directly from the step
   np.testing.assert_array_equal(resumed['image'], first[4]['image'])
-  evals = list(data.eval_batches('cvjax_shapes/tiny', split='validation', global_batch_size=24,
-                                 image_size=64, sharding=sharding, data_dir=shapes_data_dir))
+  evals = list(pipeline.eval_batches(spec, split='validation', global_batch_size=24,
+                                     sharding=sharding, data_dir=shapes_data_dir))
   assert len(evals) == 1 and int(np.sum(evals[0]['mask'])) == 16
   with pytest.raises(errors.UserError, match='cvjax_shapes'):
     data.check_dataset('voc')
-  with pytest.raises(errors.UserError, match='flip_lr'):
-    data.check_augment('pad_crop(4)')
+  # the classification ops apply: pad_crop pads the mask with the ignored label
+  shifted = next(pipeline.local_train_batches(spec, global_batch_size=16, seed=0,
+                                              augment='pad_crop(4)', num_examples=64,
+                                              data_dir=shapes_data_dir))
+  assert set(np.unique(shifted['segmentation'])) <= set(range(7)) | {255}
 
 
 @pytest.mark.slow

@@ -108,7 +108,7 @@ def test_bf16_step_keeps_params_optimizer_and_bn_statistics_float32_and_near_the
   mesh = steps.make_mesh(8)
   batch = jax.device_put(_batch(0, size=16), steps.batch_sharded(mesh))
   tx = optax.sgd(0.1, momentum=0.9)
-  step = steps.parallel_train_step(mesh, ClassificationTask())
+  step = steps.parallel_train_step(mesh, ClassificationTask(TrainConfig(), None))
   state, metrics = step(_state(_ConvBN(jnp.bfloat16), tx, mesh, size=16), batch)
   for tree in (state.params, state.opt_state, state.batch_stats):
     assert {x.dtype for x in jax.tree.leaves(tree)} == {jnp.dtype(jnp.float32)}
@@ -126,7 +126,7 @@ def test_fp16_overflow_leaves_params_optimizer_and_bn_statistics_and_halves_the_
   mesh = steps.make_mesh(8)
   model = _ConvBN(jnp.float16)
   batch = jax.device_put(_batch(0, size=16), steps.batch_sharded(mesh))
-  step = steps.parallel_train_step(mesh, ClassificationTask())
+  step = steps.parallel_train_step(mesh, ClassificationTask(TrainConfig(), None))
   # 2**40 × dloss/dlogits cannot be represented in float16 (max 65,504): a sure overflow.
   state = _state(model, optax.sgd(0.1, momentum=0.9), mesh, size=16,
                  loss_scale=DynamicLossScale.create(initial=2.0**40))
@@ -157,7 +157,7 @@ def test_fp16_overflow_on_one_device_skips_the_step_on_every_device():
   batch['image'][6:8] *= 1000.0    # device 3's two examples only
   state = _state(model, tx, mesh, channels=1, loss_scale=DynamicLossScale.create())  # 2**15
   before = jax.device_get(state.params)
-  state, metrics = steps.parallel_train_step(mesh, ClassificationTask())(state,
+  state, metrics = steps.parallel_train_step(mesh, ClassificationTask(TrainConfig(), None))(state,
                                                    jax.device_put(batch, steps.batch_sharded(mesh)))
   assert float(metrics['overflow']) == 1.0 and np.isfinite(float(metrics['loss']))
   # Every device's copy of the replicated params is the old one.
@@ -165,7 +165,7 @@ def test_fp16_overflow_on_one_device_skips_the_step_on_every_device():
     np.testing.assert_array_equal(np.asarray(shard.data), before['conv1']['kernel'])
   # Without device 3's outliers the same scale is fine.
   state = _state(model, tx, mesh, channels=1, loss_scale=DynamicLossScale.create())
-  _, metrics = steps.parallel_train_step(mesh, ClassificationTask())(
+  _, metrics = steps.parallel_train_step(mesh, ClassificationTask(TrainConfig(), None))(
       state, jax.device_put(_batch(0, channels=1), steps.batch_sharded(mesh)))
   assert float(metrics['overflow']) == 0.0
 
@@ -208,7 +208,7 @@ def _accum_run(k, micro_batch, updates, dtype):
   model = models.get_model('lenet5', num_classes=10, dtype=dtype, param_dtype=dtype)
   state = _state(model, tx, mesh, channels=1)
   initial = jax.device_get(state.params)
-  step = steps.parallel_train_step(mesh, ClassificationTask())
+  step = steps.parallel_train_step(mesh, ClassificationTask(TrainConfig(), None))
   flags = []
   data = [_batch(i, n=16, channels=1) for i in range(updates)]   # 16 examples per update
   for big in data:
@@ -240,7 +240,7 @@ def test_resume_from_a_checkpoint_in_the_middle_of_an_accumulation_is_exact(tmp_
   tx = optim.make_optimizer(config, optax.constant_schedule(1e-3))
   model = models.get_model('lenet5', num_classes=10)
   fresh = functools.partial(_state, model, tx, mesh, channels=1)
-  step = steps.parallel_train_step(mesh, ClassificationTask())
+  step = steps.parallel_train_step(mesh, ClassificationTask(TrainConfig(), None))
   batches = [jax.device_put(_batch(i, n=8, channels=1), steps.batch_sharded(mesh))
              for i in range(6)]
   state = fresh()
@@ -303,8 +303,8 @@ def test_sigterm_mid_accumulation_finishes_the_step_and_the_rerun_ends_exactly_a
   # accumulation, checkpoints step 4 and stops; a re-run ends like the straight run.
   original = ClassificationTask.train_batches
 
-  def interrupted(self, run, start_step):
-    for i, batch in enumerate(original(self, run, start_step), start=start_step + 1):
+  def interrupted(self, sharding, start_step):
+    for i, batch in enumerate(original(self, sharding, start_step), start=start_step + 1):
       yield batch
       if i == 7:
         os.kill(os.getpid(), signal.SIGTERM)
@@ -412,8 +412,7 @@ def test_remat_on_a_model_without_blocks_and_too_large_accumulation_are_refused(
 
 def test_a_bf16_remat_run_restores_with_the_compute_dtype_and_remat_it_trained_with(tmp_path):
   """restore builds the model with the same factory as training (no dataset needed here)."""
-  from cvjax.pretrained import common
-  from cvjax.train import freeze
+  from cvjax.train import freeze, rundir
   config = TrainConfig(model='resnet20', num_classes=10, dataset='cifar10', half_precision='bf16',
                        remat=True, conv_impl='xla', batch_size=1, num_train_steps=1,
                        optimizer='sgd', schedule='constant')
@@ -421,7 +420,7 @@ def test_a_bf16_remat_run_restores_with_the_compute_dtype_and_remat_it_trained_w
   shapes = freeze.variable_shapes(net, (1, 32, 32, 3))
   arrays = {f'{c}/{p}': np.zeros(v.shape, np.float32) for c in ('params', 'batch_stats')
             for p, v in freeze.flat_paths(shapes[c]).items()}
-  common.write_workdir(str(tmp_path / 'run'), config, arrays, {})
+  rundir.write_workdir(str(tmp_path / 'run'), tasks.get_task(config, None), arrays, {})
   restored = cvjax.restore(str(tmp_path / 'run'))
   assert restored.model.dtype == jnp.bfloat16 and restored.model.remat
   assert restored.model.conv_impl == 'xla' and restored.model.bn_axis_name is None

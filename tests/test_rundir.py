@@ -208,3 +208,74 @@ def test_a_finished_run_rerun_reports_its_results_and_rewrites_nothing(real_mnis
     assert json.load(f)['num_train_steps'] == 30
   steps = [json.loads(line)['step'] for line in open(os.path.join(workdir, 'metrics.jsonl'))]
   assert steps == sorted(steps) and steps.count(20) == 2  # train and eval lines, once each
+
+
+@pytest.mark.slow
+def test_restore_needs_only_the_workdir_and_resuming_says_it_needs_the_data(
+    real_mnist, tmp_path, monkeypatch):
+  """config.json records what the dataset resolved (classes, names, input, normalisation):
+  with the run's TFDS data_dir deleted, restore predicts as training measured without
+  reading or preparing the dataset and without building an optimizer; resuming and
+  --reevaluate still need the data and say so in one line."""
+  import shutil
+
+  import tensorflow_datasets as tfds
+
+  import cvjax
+  from cvjax import data
+  from cvjax.data import prepare
+  from cvjax.tasks.classification import ClassificationTask
+  from cvjax.train import optim
+  from cvjax.train import run as train_run
+
+  data_dir = str(tmp_path / 'tfds')  # the run's own copy: the session's stays
+  shutil.copytree(real_mnist['data_dir'], data_dir)
+  config = _lenet(data_dir=data_dir, num_train_steps=10, eval_every_steps=10,
+                  checkpoint_every_steps=10)
+  workdir = str(tmp_path / 'run')
+  results = fit(config, workdir)
+  with open(os.path.join(workdir, 'config.json')) as f:
+    written = json.load(f)
+  assert written['resolved'] == {
+      'num_classes': 10, 'class_names': [str(d) for d in range(10)], 'image_size': 32,
+      'channels': 1, 'preprocessing': 'normalize((0.1307,), (0.3081,))'}
+  assert rundir.read_config(workdir) == config  # the record is no TrainConfig field
+
+  shutil.rmtree(data_dir)
+
+  def refused(what):
+    def fail(*args, **kwargs):
+      raise AssertionError(f'restore called {what}')
+    return fail
+  for owner, name in ((prepare, 'prepared_builder'), (prepare, 'dataset_meta'),
+                      (data, 'dataset_meta'), (tfds, 'builder'), (optim, 'make_optimizer'),
+                      (train_run, 'build_run')):
+    monkeypatch.setattr(owner, name, refused(f'{owner.__name__}.{name}'))
+  monkeypatch.setattr(ClassificationTask, 'dataset_meta', classmethod(refused('dataset_meta')))
+  restored = cvjax.restore(workdir)
+  assert restored.step == 10 and restored.class_names == [str(d) for d in range(10)]
+  probs = restored.predict(real_mnist['test_images'])
+  accuracy = float(np.mean(probs.argmax(-1) == real_mnist['test_labels']))
+  assert accuracy == pytest.approx(results['test_accuracy'], abs=1e-3)
+  assert not os.path.exists(data_dir)
+  monkeypatch.undo()
+
+  # Raw files that are not there either: building the dataset again fails, in one line.
+  empty = tmp_path / 'no_raw_files'
+  empty.mkdir()
+  longer = config.replace(num_train_steps=20, raw_data_dir=str(empty))  # resumable fields
+  with pytest.raises(UserError) as resumed:
+    fit(longer, workdir)
+  with pytest.raises(UserError) as reevaluated:
+    fit(config.replace(raw_data_dir=str(empty)), workdir, reevaluate=True)
+  for error, doing in ((resumed, 'resuming'), (reevaluated, 're-evaluating')):
+    message = str(error.value)
+    assert message.startswith(f"{doing} the run in {workdir} needs its dataset 'mnist'")
+    assert 'lacks the raw files of mnist' in message and '\n' not in message
+  assert json.load(open(os.path.join(workdir, 'config.json')))['num_train_steps'] == 10
+
+  # A workdir from before the record falls back to the dataset's facts: it needs the data.
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.replace(raw_data_dir=str(empty)).to_json())
+  with pytest.raises(UserError, match='lacks the raw files of mnist'):
+    cvjax.restore(workdir)

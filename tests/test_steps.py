@@ -36,7 +36,7 @@ def _train(num_devices, model_name='resnet20', steps_to_run=2, tx=None, dtype=jn
   tx = tx or optax.sgd(0.1, momentum=0.9)
   state = _init(model, tx, (1, size, size, 3))
   state = jax.device_put(state, steps.replicated(mesh))
-  step = steps.parallel_train_step(mesh, ClassificationTask())
+  step = steps.parallel_train_step(mesh, ClassificationTask(TrainConfig(), None))
   history = []
   for i in range(steps_to_run):
     batch = jax.device_put(_batch(seed=i, size=size, dtype=dtype), steps.batch_sharded(mesh))
@@ -74,7 +74,7 @@ def test_eight_device_step_equals_plain_single_device_step_not_eight_times_it():
   model = models.get_model('lenet5', num_classes=10)
   state = _init(model, optax.sgd(0.1), (1, 32, 32, 3))
   initial = jax.device_get(state.params)
-  plain, _ = jax.jit(lambda s, b: steps.train_step(s, b, task=ClassificationTask(), axis_name=None))(state, _batch(seed=0))
+  plain, _ = jax.jit(lambda s, b: steps.train_step(s, b, task=ClassificationTask(TrainConfig(), None), axis_name=None))(state, _batch(seed=0))
   assert _max_diff(mesh_state.params, jax.device_get(plain.params)) < 2e-5
   # And the step actually moved the parameters.
   assert _max_diff(initial, jax.device_get(plain.params)) > 1e-3
@@ -90,7 +90,7 @@ class _DropoutNet(nn.Module):
 def test_dropout_masks_differ_between_steps_but_repeat_for_the_same_step():
   model = _DropoutNet()
   state = _init(model, optax.sgd(0.0), (1, 32, 32, 3))
-  step = jax.jit(lambda s, b: steps.train_step(s, b, task=ClassificationTask(), axis_name=None))
+  step = jax.jit(lambda s, b: steps.train_step(s, b, task=ClassificationTask(TrainConfig(), None), axis_name=None))
   batch = _batch(n=4)
   _, m1 = step(state, batch)
   _, m1_again = step(state, batch)
@@ -108,7 +108,7 @@ def test_eval_step_counts_only_masked_in_examples():
   batch = {'image': rng.normal(size=(16, 32, 32, 1)).astype(np.float32),
            'label': rng.integers(0, 10, 16).astype(np.int32),
            'mask': np.arange(16) < 11}
-  sums, _ = jax.device_get(steps.parallel_eval_step(mesh, ClassificationTask())(state, jax.device_put(batch, steps.batch_sharded(mesh))))
+  sums, _ = jax.device_get(steps.parallel_eval_step(mesh, ClassificationTask(TrainConfig(), None))(state, jax.device_put(batch, steps.batch_sharded(mesh))))
   assert sums['count'] == 11
   logits = model.apply({'params': state.params}, batch['image'][:11], train=False)
   expected = float(jnp.sum(cross_entropy(logits, batch['label'][:11])))

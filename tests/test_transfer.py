@@ -16,8 +16,8 @@ from cvjax.tasks import features
 from cvjax.tasks.classification import ClassificationTask
 from cvjax.errors import UserError
 from cvjax.pretrained import common
-from cvjax.tasks import fit
-from cvjax.train import TrainConfig, optim, steps, warm_start
+from cvjax.tasks import fit, get_task
+from cvjax.train import TrainConfig, optim, rundir, steps, warm_start
 from cvjax.train import freeze as freezing
 from cvjax.train.state import create_train_state
 
@@ -75,7 +75,7 @@ def test_frozen_params_and_bn_statistics_stay_bit_identical_through_training_ste
   state = _init(model, tx, shape)
   batch = {'image': jax.random.normal(jax.random.PRNGKey(1), (8, 16, 16, 3)),
            'label': jnp.arange(8) % 5}
-  step = jax.jit(lambda s, b: steps.train_step(s, b, task=ClassificationTask(), axis_name=None, freezer=freezer))
+  step = jax.jit(lambda s, b: steps.train_step(s, b, task=ClassificationTask(TrainConfig(), None), axis_name=None, freezer=freezer))
   after = state
   for _ in range(3):
     after, _ = step(after, batch)
@@ -187,8 +187,8 @@ def test_init_from_refuses_a_source_with_nothing_in_common_or_other_preprocessin
   """(The loop's init_from hook itself is exercised by the tests around this one.)"""
   resnet = models.get_model('resnet20', num_classes=3)
   arrays = {p: np.zeros(s, np.float32) for p, s in common.model_shapes(resnet, 32).items()}
-  fake = common.write_workdir(str(tmp_path / 'resnet20'), common.converted_config(
-      model='resnet20', num_classes=3, image_size=32, preprocessing='torch'), arrays, {})
+  fake = rundir.write_workdir(str(tmp_path / 'resnet20'), get_task(common.converted_config(
+      model='resnet20', num_classes=3, image_size=32, preprocessing='torch'), None), arrays, {})
   state = _lenet_state()
   with pytest.raises(UserError, match=r'trained on torch-normalised inputs but this run uses '
                                       r"the dataset's; set --preprocessing=torch"):
@@ -247,10 +247,9 @@ def test_feature_extraction_computes_base_and_head_in_bf16_with_half_precision(
                    eval_every_steps=40, checkpoint_every_steps=40, eval_batch_size=200)
   results = transfer.feature_extraction(config, str(tmp_path / 'fx'))
   assert results['test_accuracy'] > 0.3  # chance: 0.1
-  task = features.FeatureTask()
-  model, variables, head, _ = task.base(config)
-  meta = task.dataset_meta(config)
-  assert task.build_model(config, meta)[0].dtype == model.dtype == 'bfloat16'
+  task = features.FeatureTask(config, features.FeatureTask.dataset_meta(config))
+  model, variables, head, _ = task.base()
+  assert task.build_model().dtype == model.dtype == 'bfloat16'
   x = jnp.asarray(real_mnist['test_images'][:16], jnp.float32) / 255.0
   half = jax.jit(features.feature_fn(model, head))(variables, x)
   full = jax.jit(features.feature_fn(model.clone(dtype=jnp.float32), head))(variables, x)
@@ -288,5 +287,5 @@ def test_model_preprocessing_replaces_the_dataset_normalisation():
 def test_converted_source_dir_must_not_exist(tmp_path):
   os.makedirs(tmp_path / 'taken')
   with pytest.raises(UserError, match=r'already exists; choose a new directory'):
-    common.write_workdir(str(tmp_path / 'taken'), common.converted_config(
-        model='lenet5', num_classes=10, image_size=32, preprocessing='torch'), {}, {})
+    rundir.write_workdir(str(tmp_path / 'taken'), get_task(common.converted_config(
+        model='lenet5', num_classes=10, image_size=32, preprocessing='torch'), None), {}, {})

@@ -4,7 +4,6 @@ import functools
 import json
 import math
 import os
-import types
 
 import jax
 import jax.numpy as jnp
@@ -248,16 +247,18 @@ def test_loss_normalisation_makes_eight_devices_one():
   pmean of the gradients averages) is the one-device loss of the whole batch; without the
   device factor it would be 8 times too small."""
   from cvjax.detection.task import DetectionTask
+  from cvjax.detection import heads
+  from cvjax.train import TrainConfig
   model = yolo_models.YOLOv3Tiny(num_classes=3)
-  run = types.SimpleNamespace(model=model, image_size=64)
   rng = np.random.default_rng(1)
   maps = [rng.normal(0, 1, (16, s, s, 3, 8)).astype(np.float32) for s in (2, 4)]
   centre, size = rng.uniform(0.2, 0.8, (16, 4, 2)), rng.uniform(0.05, 0.4, (16, 4, 2))
   batch = {'boxes': np.concatenate([centre - size / 2, centre + size / 2], -1).astype(np.float32),
            'labels': rng.integers(0, 3, (16, 4)).astype(np.int32),
            'box_mask': rng.uniform(size=(16, 4)) < 0.6}
-  task = DetectionTask()
-  loss = lambda axis: (lambda maps, batch: task.loss(maps, batch, run, axis)[0])
+  task = DetectionTask(TrainConfig(task='detection', model='yolov3_tiny', image_size=64), None,
+                       head=heads.head_for(model, 64))
+  loss = lambda axis: (lambda maps, batch: task.loss(maps, batch, axis)[0])
   one = jax.jit(loss(None))(maps, batch)
   shard = lambda x: x.reshape((8, -1) + x.shape[1:])
   per_device = np.asarray(jax.pmap(loss('data'), axis_name='data')(

@@ -38,7 +38,6 @@ from cvjax.models import registry
 from cvjax.data import datasets
 from cvjax.detection import heads, metrics
 from cvjax.errors import UserError
-from cvjax.train import steps
 from cvjax.train.task import Task
 
 
@@ -47,11 +46,6 @@ from cvjax.train.task import Task
 def _data():
   from cvjax.detection import data  # pylint: disable=g-import-not-at-top
   return data
-
-
-def _augment():
-  from cvjax.detection import augment  # pylint: disable=g-import-not-at-top
-  return augment
 
 
 def _global_sum(x, axis_name: str | None):
@@ -119,21 +113,28 @@ class DetectionTask(Task):
   name = 'detection'
   main_metric = 'map50'
   main_metric_higher_is_better = True
+  example_keys = ('image', 'boxes', 'labels', 'box_mask')
 
-  def loss(self, outputs, batch, run, axis_name):
+  def __init__(self, config, meta, *, head=None):
+    """head: the family's loss and decoding (`heads`); default: `heads.head_for` the
+    model `config` describes at the task's input size (its default boxes or anchors).
+    Tests of the jitted hooks pass the head of their own module."""
+    super().__init__(config, meta)
+    self.head = head if head is not None else heads.head_for(self.build_model(), self.image_size)
+
+  def loss(self, outputs, batch, axis_name):
     """Per-device loss, normalised as in the module doc (label smoothing is not used).
     outputs: the model's (see `heads`); batch: 'boxes' f32[b, M, 4], 'labels' int32[b, M],
     'box_mask' bool[b, M]. Metrics: each loss term (SSD 'loc_loss', 'conf_loss'; YOLO
     'box_loss', 'obj_loss', 'cls_loss') and 'positives' per image."""
-    parts = heads.head_for(run.model, run.image_size).loss(
-        outputs, batch['boxes'], batch['labels'], batch['box_mask'])
+    parts = self.head.loss(outputs, batch['boxes'], batch['labels'], batch['box_mask'])
     normaliser, devices = _global_sum(jnp.sum(parts.normaliser), axis_name)
     scale = devices / jnp.maximum(normaliser, 1.0)
     terms = {k: jnp.sum(v) * scale for k, v in parts.terms.items()}
     return sum(terms.values()), {**terms, 'positives': jnp.mean(parts.positives)}
 
-  def eval_outputs(self, outputs, batch, run):
-    head = heads.head_for(run.model, run.image_size)
+  def eval_outputs(self, outputs, batch):
+    head = self.head
     mask = batch['mask']
     gt_mask = batch['box_mask'] & mask[:, None]
     parts = head.loss(outputs, batch['boxes'], batch['labels'], gt_mask & ~batch['crowd'])
@@ -147,40 +148,35 @@ class DetectionTask(Task):
                    'image_size': batch['image_size'], 'mask': mask}
     return sums, per_example
 
-  def evaluator(self, run):
-    return DetectionEvaluator(run.dataset.num_classes, _data().spec(run.config.dataset).voc_metric)
+  def evaluator(self):
+    return DetectionEvaluator(self.meta.num_classes, _data().spec(self.config.dataset).voc_metric)
 
-  def check(self, config):
+  def preprocessing(self):
+    return ''  # images in [0, 1]: the models normalise internally
+
+  @classmethod
+  def check(cls, config):
     if registry.model_task(config.model) != 'detection':
       raise UserError(f"task 'detection' needs a detection model, got {config.model!r}; "
                       f"choose one of {', '.join(registry.list_models('detection'))}")
     _data().spec(config.dataset)  # unknown dataset: fail before anything is prepared
-    _data().parse_augment(config.augment)
+    super().check(config)
 
-  def dataset_meta(self, config):
+  @classmethod
+  def dataset_meta(cls, config):
     return _data().dataset_meta(config.dataset, data_dir=config.data_dir,
                                 raw_data_dir=config.raw_data_dir)
 
-  def train_batches(self, run, start_step):
-    c = run.config
-    return _data().train_batches(
-        c.dataset, global_batch_size=c.batch_size, image_size=run.image_size,
-        sharding=steps.batch_sharded(run.mesh), seed=c.seed, start_step=start_step,
-        augment=c.augment, data_dir=c.data_dir, raw_data_dir=c.raw_data_dir)
+  def data_spec(self):
+    return _data().data_spec(self.config.dataset, image_size=self.image_size,
+                             data_dir=self.config.data_dir)
 
-  def eval_batches(self, run, split):
-    c = run.config
-    return _data().eval_batches(
-        c.dataset, split=split, global_batch_size=c.eval_batch_size or c.batch_size,
-        image_size=run.image_size, sharding=steps.batch_sharded(run.mesh),
-        data_dir=c.data_dir, raw_data_dir=c.raw_data_dir)
-
-  def predictor(self, run, model, variables: dict):
+  def predictor(self, model, variables: dict):
     """predict(images) for `cvjax.restore`: uint8[B, H, W, 3] (or a list of uint8[H, W, 3]
     of any sizes) → one dict per image: 'boxes' f32[n, 4] (ymin, xmin, ymax, xmax)
     normalised to that image, 'classes' int32[n], 'scores' f32[n], best first."""
-    image_size = run.image_size
-    head = heads.head_for(model, image_size)  # no dataset needed (converted runs)
+    image_size = self.image_size
+    head = heads.head_for(model, image_size)  # the model `cvjax.restore` built
 
     @jax.jit
     def detect(x):
@@ -198,7 +194,7 @@ class DetectionTask(Task):
         x = tf.image.convert_image_dtype(tf.constant(image), tf.float32)
         if image.shape[-1] == 1:
           x = tf.image.grayscale_to_rgb(x)
-        batch.append(_augment().resize(x, image_size).numpy())
+        batch.append(tf.image.resize(x, [image_size] * 2, antialias=False).numpy())
       det = jax.device_get(detect(np.stack(batch)))
       return [{'boxes': det.boxes[i][det.valid[i]], 'classes': det.classes[i][det.valid[i]],
                'scores': det.scores[i][det.valid[i]]} for i in range(len(batch))]

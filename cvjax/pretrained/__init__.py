@@ -68,11 +68,14 @@ def convert(source: str, model: str, weights: str, out: str,
     UserError: a bad name or file, or the first missing / unexpected / mis-shaped tensor;
       nothing is written then.
   """
-  from cvjax.pretrained import common  # loads orbax
+  from cvjax import tasks  # loads JAX, Flax and orbax
+  from cvjax.pretrained import common
+  from cvjax.train import rundir
   if os.path.exists(out):  # fail before reading a large file
     raise UserError(f'--out={out} already exists; choose a new directory')
   config, arrays = load(source, model, weights, image_size, num_classes)
   meta = {'converted_from': {'source': source, 'model': model,
                              'weights': os.path.abspath(weights),
                              'sha256': common.sha256(weights)}}
-  return common.write_workdir(out, config, arrays, meta)
+  # No dataset: config.num_classes gives the classes (class names unknown).
+  return rundir.write_workdir(out, tasks.get_task(config, None), arrays, meta)

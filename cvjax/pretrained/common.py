@@ -1,11 +1,12 @@
-"""What the Keras and torchvision converters share: checks, layout maps, writing a workdir.
+"""What the Keras and torchvision converters share: checks, layout maps, the config.
 
 A converter turns a source file into `{'params': ..., 'batch_stats': ...}` (numpy, cvjax
 paths and layouts), checks it against the cvjax model's own shapes (`check_against`),
-and `write_workdir` stores it as a normal cvjax run directory:
+and `cvjax.train.rundir.write_workdir` stores it as a normal cvjax run directory:
 
   DIR/config.json               TrainConfig: model, num_classes, image_size, preprocessing,
-                                dataset 'imagenet2012' (what the weights were trained on)
+                                dataset 'imagenet2012' (what the weights were trained on),
+                                and "resolved" (classes, input size, normalisation)
   DIR/checkpoints/0/{state,meta}  a TrainState at step 0 (optimizer 'sgd': no slots), meta
                                 with `converted_from` (source, file, sha256)
 
@@ -14,24 +15,13 @@ so that `cvjax.restore(DIR)` predicts with the source's preprocessing and
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import os
-import shutil
-import tempfile
-from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
-from cvjax import tasks
 from cvjax.errors import UserError
 from cvjax.train import freeze
-from cvjax.train.checkpoint import Checkpoints
 from cvjax.train.config import TrainConfig
-from cvjax.train.state import TrainState
 
 Arrays = dict[str, np.ndarray]  # '/'-joined cvjax path ('params/conv1/kernel') -> array
 
@@ -120,45 +110,3 @@ def converted_config(*, model: str, num_classes: int, image_size: int | None,
                      num_classes=num_classes, image_size=image_size,
                      preprocessing=preprocessing, optimizer='sgd', schedule='constant',
                      learning_rate=0.01, batch_size=1, num_train_steps=1, keep_checkpoints=1)
-
-
-def write_workdir(out: str, config, arrays: Arrays, meta: dict[str, Any]) -> str:
-  """Writes `arrays` (checked) as step 0 of a new cvjax workdir `out`, atomically.
-
-  Everything is written to a temporary sibling directory that is renamed to `out`
-  only when complete, so a failure leaves no half-written `out`.
-
-  Raises UserError if `out` exists.
-  """
-  out = os.path.abspath(out)
-  if os.path.exists(out):
-    raise UserError(f'--out={out} already exists; choose a new directory')
-  parent = os.path.dirname(out)
-  os.makedirs(parent, exist_ok=True)
-  run = tasks.build_run(config.replace(num_devices=1), with_data=False)
-
-  def tree(collection):
-    prefix = collection + '/'
-    flat = {tuple(k[len(prefix):].split('/')): jnp.asarray(v) for k, v in arrays.items()
-            if k.startswith(prefix)}
-    return traverse_util.unflatten_dict(flat) if flat else {}
-
-  params = tree('params')
-  state = TrainState.create(apply_fn=run.model.apply, params=params, tx=run.tx,
-                            batch_stats=tree('batch_stats'), rng=jax.random.PRNGKey(0))
-  tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(out)}.', suffix='.tmp', dir=parent)
-  try:
-    with open(os.path.join(tmp, 'config.json'), 'w') as f:
-      f.write(config.to_json())
-    ckpts = Checkpoints(os.path.join(tmp, 'checkpoints'), keep=1, async_save=False)
-    try:
-      ckpts.save(0, state, {'step': 0, 'config': dataclasses.asdict(config), **meta})
-      ckpts.wait()
-    finally:
-      ckpts.close()
-    os.rename(tmp, out)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return out
-

@@ -181,7 +181,7 @@ def load(weights: str, model: str, image_size: int | None = None):
       at 224 (fc1 takes 7·7·512 inputs).
 
   Returns:
-    (TrainConfig, {cvjax path: float32 array}) ready for `common.write_workdir`.
+    (TrainConfig, {cvjax path: float32 array}) ready for `cvjax.train.rundir.write_workdir`.
 
   Raises:
     UserError: unreadable file, or the first missing / unexpected / mis-shaped tensor.

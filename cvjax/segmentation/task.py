@@ -4,7 +4,7 @@
 
 Batches: {'image': float32[B, S, S, 3], 'segmentation': int32[B, S, S]} (+ 'mask':
 bool[B] in eval); model outputs: logits float32[B, S, S, K] (`cvjax.models.fcn`,
-`cvjax.models.deeplab`). `predict` of a restored run: per-pixel probabilities.
+`cvjax.models.deeplab`). `predict` of a restored run: per-pixel probabilities at the input's size.
 Loss: per-pixel softmax cross-entropy, mean over the labelled pixels of the
 batch (`metrics.pixel_loss`). Eval sums the confusion matrix over the split
 and reports `miou` (the main metric), `accuracy` (pixel accuracy), `loss`
@@ -14,14 +14,18 @@ Task 'segmentation' of `cvjax.tasks`.
 """
 from __future__ import annotations
 
-import jax
+import functools
+
 import jax.numpy as jnp
 import numpy as np
 
+from cvjax.data import datasets
 from cvjax.errors import UserError
 from cvjax.segmentation import metrics
-from cvjax.train import steps
-from cvjax.train.task import Task, image_batches
+from cvjax.train.task import Task
+
+# ImageNet mean/std, as a `cvjax.data.preprocess` op string (`Task.preprocessing`).
+_IMAGENET_NORMALIZE = f'normalize({datasets.IMAGENET_MEAN}, {datasets.IMAGENET_STD})'
 
 
 def _data():
@@ -59,18 +63,21 @@ class SegmentationTask(Task):
   name = 'segmentation'
   main_metric = 'miou'
   main_metric_higher_is_better = True
+  example_keys = ('image', 'segmentation')
 
-  def loss(self, logits, batch, run, axis_name):
+  def __init__(self, config, meta):
+    super().__init__(config, meta)
+    self.label_smoothing = config.label_smoothing
+
+  def loss(self, logits, batch, axis_name):
     del axis_name
     labels = batch['segmentation']
-    smoothing = run.config.label_smoothing if run is not None else 0.0
-    loss = metrics.pixel_loss(logits, labels, smoothing)
+    loss = metrics.pixel_loss(logits, labels, self.label_smoothing)
     valid = metrics.valid_pixels(labels, logits.shape[-1])
     correct = jnp.sum((jnp.argmax(logits, -1) == labels) & valid)
     return loss, {'accuracy': correct / jnp.maximum(jnp.sum(valid), 1)}
 
-  def eval_outputs(self, logits, batch, run):
-    del run
+  def eval_outputs(self, logits, batch):
     labels, weights = batch['segmentation'], batch['mask'].astype(jnp.float32)
     k = logits.shape[-1]
     valid = metrics.valid_pixels(labels, k) & (weights[:, None, None] > 0)
@@ -83,46 +90,35 @@ class SegmentationTask(Task):
     }
     return sums, {}
 
-  def evaluator(self, run):
-    del run
+  def evaluator(self):
     return _ConfusionEvaluator()
 
-  def check(self, config):
+  def preprocessing(self):
+    return _IMAGENET_NORMALIZE  # `data.normalize`
+
+  @classmethod
+  def check(cls, config):
     if config.dataset not in _data().WEIGHTS_ONLY:  # imported weights: restore and predict only
       _data().check_dataset(config.dataset)
-    _data().check_augment(config.augment)  # fail on a bad op before anything is written
+    super().check(config)
     if config.preprocessing not in (None, 'torch'):
       raise UserError(f'segmentation inputs are normalised with the ImageNet mean/std '
                       f'(preprocessing torch), got preprocessing {config.preprocessing!r}; '
                       'leave --preprocessing unset')
 
-  def predictor(self, run, model, variables):
-    """predict(uint8[B, H, W, C] images, any size; or a list) → float32[B, S, S, K]
-    per-pixel class probabilities at the model input S (softmax over the K classes),
-    with the eval preprocessing: resized to S² as the dataset is, ImageNet mean/std."""
-    apply = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False)))
-    size = run.image_size
+  def predictor(self, model, variables):
+    """predict(uint8[B, H, W, C] images; or a list of images of any sizes) → float32[B,
+    H, W, K] per-pixel class probabilities at each input's own size (softmax over the K
+    classes; a list gives one [H_i, W_i, K] per image), ImageNet mean/std
+    (`cvjax.segmentation.predict`)."""
+    from cvjax.segmentation import predict as seg  # pylint: disable=g-import-not-at-top
+    return functools.partial(seg.predict, functools.partial(model.apply, train=False), variables,
+                             size_multiple=seg.size_multiple(model), mean=datasets.IMAGENET_MEAN,
+                             std=datasets.IMAGENET_STD)
 
-    def predict(images) -> np.ndarray:
-      return np.concatenate([
-          np.asarray(apply(variables, _data().normalize(_data().resize_images(batch, size))))
-          for batch in image_batches(images)])
-    return predict
-
-  def dataset_meta(self, config):
+  @classmethod
+  def dataset_meta(cls, config):
     return _data().dataset_meta(config.dataset, config.data_dir)
 
-  def train_batches(self, run, start_step):
-    c = run.config
-    return _data().train_batches(c.dataset, global_batch_size=c.batch_size,
-                                  image_size=run.image_size, sharding=steps.batch_sharded(run.mesh),
-                                  seed=c.seed, start_step=start_step, augment=c.augment,
-                                  data_dir=c.data_dir)
-
-  def eval_batches(self, run, split):
-    c = run.config
-    return _data().eval_batches(c.dataset, split=split,
-                                 global_batch_size=c.eval_batch_size or c.batch_size,
-                                 image_size=run.image_size, sharding=steps.batch_sharded(run.mesh),
-                                 data_dir=c.data_dir)
-
+  def data_spec(self):
+    return _data().data_spec(self.config.dataset, image_size=self.image_size)

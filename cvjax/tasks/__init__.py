@@ -1,6 +1,8 @@
 """Tasks by name: the layer above `cvjax.train` that knows every kind of problem.
 
-    task = cvjax.tasks.get_task('detection')      # a cvjax.train.Task
+    cls = cvjax.tasks.task_class('detection')     # a cvjax.train.Task subclass
+    meta = cls.dataset_meta(config)               # prepares the dataset if needed
+    task = cvjax.tasks.get_task(config, meta)     # built once with the run's settings
     results = cvjax.tasks.fit(config, workdir)    # cvjax.train.fit with config.task's task
 
 The training loop never looks tasks up itself; this registry is the only place that
@@ -8,8 +10,9 @@ maps `TrainConfig.task` to a `Task`, and adding a task is one line here.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
+from cvjax.data import DatasetMeta
 from cvjax.detection.task import DetectionTask
 from cvjax.errors import unknown_choice
 from cvjax.segmentation.task import SegmentationTask
@@ -19,7 +22,7 @@ from cvjax.tasks.localization import LocalizationTask
 from cvjax.train import Task, TrainConfig, loop
 from cvjax.train import run as train_run
 
-TASKS: dict[str, Callable[[], Task]] = {
+TASKS: dict[str, type[Task]] = {
     'classification': ClassificationTask,
     'detection': DetectionTask,
     'segmentation': SegmentationTask,
@@ -28,11 +31,19 @@ TASKS: dict[str, Callable[[], Task]] = {
 }
 
 
-def get_task(name: str) -> Task:
-  """A new `Task` object for `name` (see TASKS)."""
+def task_class(name: str) -> type[Task]:
+  """The `Task` subclass of `name` (see TASKS); its classmethods `check(config)` and
+  `dataset_meta(config)` need no task object."""
   if name not in TASKS:
     raise unknown_choice('task', name, TASKS)
-  return TASKS[name]()
+  return TASKS[name]
+
+
+def get_task(config: TrainConfig, meta: DatasetMeta | None) -> Task:
+  """The task `config.task` names, built once with `config` and the dataset's facts `meta`
+  (None where there are none: weights without their dataset, whose config sets
+  num_classes)."""
+  return task_class(config.task)(config, meta)
 
 
 def fit(config: TrainConfig, workdir: str, *, set_aside: bool = False,
@@ -41,10 +52,11 @@ def fit(config: TrainConfig, workdir: str, *, set_aside: bool = False,
   (`cvjax.train.fit` says what set_aside, reevaluate and stop do). A setting that
   cannot work is a `UserError` before anything is written to `workdir`."""
   config.validate()
-  return loop.fit(config, workdir, get_task(config.task), set_aside=set_aside,
+  return loop.fit(config, workdir, task_class(config.task), set_aside=set_aside,
                   reevaluate=reevaluate, stop=stop)
 
 
-def build_run(config: TrainConfig, *, with_data: bool = True):
-  """`cvjax.train.build_run` with the task `config.task` names."""
-  return train_run.build_run(config, get_task(config.task), with_data=with_data)
+def build_run(config: TrainConfig):
+  """`cvjax.train.build_run` with the task `config.task` names: checks, the dataset's
+  facts, then the task built once (`get_task`), mesh, model, optimizer and schedule."""
+  return train_run.build_run(config, task_class(config.task))

@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import optax
 
 from cvjax import data
-from cvjax.train import steps
 from cvjax.train.task import Task
 
 
@@ -45,22 +44,22 @@ class ClassificationTask(Task):
   main_metric = 'accuracy'
   main_metric_higher_is_better = True
 
-  def check(self, config):
-    if config.augment:  # a bad op string fails before anything is written
-      data.preprocess.build(config.augment, image_size=config.image_size)
+  def __init__(self, config, meta):
+    super().__init__(config, meta)
+    self.label_smoothing = config.label_smoothing
 
-  def dataset_meta(self, config):
+
+  @classmethod
+  def dataset_meta(cls, config):
     return data.dataset_meta(config.dataset, data_dir=config.data_dir,
                              raw_data_dir=config.raw_data_dir)
 
-  def loss(self, logits, batch, run, axis_name):
+  def loss(self, logits, batch, axis_name):
     del axis_name
-    smoothing = run.config.label_smoothing if run is not None else 0.0
-    loss = cross_entropy(logits, batch['label'], smoothing).mean()
+    loss = cross_entropy(logits, batch['label'], self.label_smoothing).mean()
     return loss, {'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label'])}
 
-  def eval_outputs(self, logits, batch, run):
-    del run
+  def eval_outputs(self, logits, batch):
     mask = batch['mask'].astype(jnp.float32)
     sums = {
         'loss_sum': jnp.sum(cross_entropy(logits, batch['label']) * mask),
@@ -69,22 +68,10 @@ class ClassificationTask(Task):
     }
     return sums, {}
 
-  def evaluator(self, run):
-    del run
+  def evaluator(self):
     return AccuracyEvaluator()
 
-  def train_batches(self, run, start_step):
-    c = run.config
-    return data.train_batches(
-        c.dataset, global_batch_size=c.batch_size, image_size=run.image_size,
-        channels=run.channels, sharding=steps.batch_sharded(run.mesh), seed=c.seed,
-        start_step=start_step, augment=c.augment, data_dir=c.data_dir,
-        raw_data_dir=c.raw_data_dir, preprocessing=c.preprocessing)
-
-  def eval_batches(self, run, split):
-    c = run.config
-    return data.eval_batches(
-        c.dataset, split=split, global_batch_size=c.eval_batch_size or c.batch_size,
-        image_size=run.image_size, channels=run.channels,
-        sharding=steps.batch_sharded(run.mesh), data_dir=c.data_dir,
-        raw_data_dir=c.raw_data_dir, preprocessing=c.preprocessing)
+  def data_spec(self):
+    c = self.config
+    return data.classification.data_spec(c.dataset, self.meta, image_size=self.image_size,
+                                         channels=self.channels, preprocessing=c.preprocessing)

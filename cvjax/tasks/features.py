@@ -11,6 +11,7 @@ Batches: {'features': float32[B, D], 'label': int32[B]} (+ 'mask': bool[B] in ev
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -57,23 +58,28 @@ def feature_fn(model: nn.Module, head: str):
 
 class FeatureTask(ClassificationTask):
   """Classification of cached base features (task 'features'); loss and metrics as
-  classification's. The base and each split's features are computed once per task
-  object and memoised (`_base`, `_features`): a cache, not state any hook relies on."""
+  classification's. The base is read when the task is built; each split's features are
+  computed once and memoised (`_features`): a cache, not state any hook relies on.
+  `image_size` and `channels` are the base's input; `input_shape` is the head's, (1, D)."""
   name = 'features'
 
-  def __init__(self):
-    self._base: dict[tuple, tuple] = {}
-    self._features: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+  def __init__(self, config, meta):
+    super().__init__(config, meta)
+    self._base = None
+    self._features: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    _, _, _, shape = self.base()
+    self.image_size, self.channels = shape[1], shape[3]
 
-  def check(self, config):
+  @classmethod
+  def check(cls, config):
     if not config.init_from:
       raise UserError('task=features needs --init_from=DIR, the base whose features to use')
 
-  def base(self, config):
-    """(base model, its variables, head module name, input shape (1, S, S, C))."""
-    key = (config.init_from, config.model, repr(config.model_kwargs), config.image_size,
-           config.half_precision)
-    if key not in self._base:
+  def base(self):
+    """(base model, its variables, head module name, input shape (1, S, S, C)), read once
+    from `config.init_from`."""
+    if self._base is None:
+      config = self.config
       source_config, arrays, _ = warm_start.read_workdir(config.init_from)
       if source_config.model != config.model:
         raise UserError(f'task=features: --model={config.model} but init_from '
@@ -87,62 +93,66 @@ class FeatureTask(ClassificationTask):
       num_classes = int(arrays['params'][head[0]]['kernel'].shape[-1])
       model = factory.build_model(config, num_classes, bn_axis_name=None)
       variables = {k: v for k, v in arrays.items() if v}
-      self._base[key] = (model, variables, head[0], shape)
-    return self._base[key]
+      self._base = (model, variables, head[0], shape)
+    return self._base
 
-  def build_model(self, config, meta):
-    """A fresh head on features, and its init input shape (1, D)."""
-    model, variables, head, shape = self.base(config)
+  @functools.cached_property
+  def input_shape(self):
+    """The head's init input (1, D): D features of the base."""
+    model, variables, head, shape = self.base()
     dim = int(np.prod(jax.eval_shape(feature_fn(model, head), variables,
                                      jnp.zeros(shape, jnp.float32)).shape[1:]))
+    return (1, dim)
+
+  def build_model(self, *, bn_axis_name=factory.DATA_AXIS):
+    """A fresh head on features (no BatchNorm: `bn_axis_name` does not apply)."""
+    del bn_axis_name
+    model, _, head, _ = self.base()
     dtype = getattr(model, 'dtype', jnp.float32)  # --half_precision's compute dtype
-    return Head(meta.num_classes, head, dtype=dtype), (1, dim)
+    return Head(self.num_classes, head, dtype=dtype)
 
   def model_input(self, batch):
     return batch['features']
 
-  def warm_start(self, state, run):
+  def warm_start(self, state, model):
     return state  # the base's weights are used through its features, not loaded
 
-  def features(self, run, split: str) -> tuple[np.ndarray, np.ndarray]:
+  def features(self, split: str) -> tuple[np.ndarray, np.ndarray]:
     """float32[N, D] features and int32[N] labels of `split`, computed once."""
-    c = run.config
-    key = (c.init_from, c.dataset, split, c.image_size, c.preprocessing, c.half_precision)
-    if key not in self._features:
-      model, variables, head, shape = self.base(c)
+    c = self.config
+    if split not in self._features:
+      model, variables, head, shape = self.base()
       mesh = steps.make_mesh(1)
       fn = jax.jit(feature_fn(model, head))
       feats, labels = [], []
-      for batch in data.eval_batches(
-          c.dataset, split=split, global_batch_size=c.eval_batch_size or c.batch_size,
-          image_size=shape[1], channels=shape[3], sharding=steps.batch_sharded(mesh),
-          data_dir=c.data_dir, raw_data_dir=c.raw_data_dir, preprocessing=c.preprocessing):
+      for batch in data.pipeline.eval_batches(
+          self.data_spec(), split=split, global_batch_size=c.eval_batch_size or c.batch_size,
+          sharding=steps.batch_sharded(mesh), data_dir=c.data_dir):
         mask = np.asarray(batch['mask'])
         feats.append(np.asarray(fn(variables, batch['image']))[mask])
         labels.append(np.asarray(batch['label'])[mask])
-      self._features[key] = (np.concatenate(feats).reshape(sum(map(len, labels)), -1),
-                             np.concatenate(labels).astype(np.int32))
+      self._features[split] = (np.concatenate(feats).reshape(sum(map(len, labels)), -1),
+                               np.concatenate(labels).astype(np.int32))
       logging.info('features of %s %s: %s, computed once', c.dataset, split,
-                   self._features[key][0].shape)
-    return self._features[key]
+                   self._features[split][0].shape)
+    return self._features[split]
 
-  def train_batches(self, run, start_step):
-    feats, labels = self.features(run, 'train')
-    batch, per_epoch = run.config.batch_size, run.steps_per_epoch
-    sharding = steps.batch_sharded(run.mesh)
+  def train_batches(self, sharding, start_step):
+    feats, labels = self.features('train')
+    batch = self.config.batch_size
+    per_epoch = data.steps_per_epoch(self.meta, batch * self.config.grad_accum_steps)
     step = start_step
     while True:  # the order of step k depends only on (seed, epoch of k): exact resume
       epoch, within = divmod(step, per_epoch)
-      order = np.random.default_rng([run.config.seed, epoch]).permutation(len(labels))
+      order = np.random.default_rng([self.config.seed, epoch]).permutation(len(labels))
       index = order[within * batch:(within + 1) * batch]
       yield {'features': jax.device_put(feats[index], sharding),
              'label': jax.device_put(labels[index], sharding)}
       step += 1
 
-  def eval_batches(self, run, split):
-    feats, labels = self.features(run, split)
-    batch = run.config.eval_batch_size or run.config.batch_size
-    sharding = steps.batch_sharded(run.mesh)
+  def eval_batches(self, sharding, split):
+    feats, labels = self.features(split)
+    batch = self.config.eval_batch_size or self.config.batch_size
     for start in range(0, len(labels), batch):
       n = min(batch, len(labels) - start)
       pad = batch - n
@@ -151,7 +161,7 @@ class FeatureTask(ClassificationTask):
              'label': jax.device_put(np.pad(labels[start:start + n], (0, pad)), sharding),
              'mask': jax.device_put(np.arange(batch) < n, sharding)}
 
-  def predictor(self, run, model, variables):
+  def predictor(self, model, variables):
     """predict(features float32[B, D]) -> float32[B, classes] probabilities."""
     apply = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False)))
     return lambda features: np.asarray(apply(variables, jnp.asarray(features, jnp.float32)))

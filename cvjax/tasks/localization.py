@@ -42,7 +42,7 @@ from cvjax.detection import boxes as box_lib
 from cvjax.errors import UserError
 from cvjax.models import registry
 from cvjax.tasks.classification import cross_entropy
-from cvjax.train import steps
+from cvjax.data import datasets
 from cvjax.train.task import Task, image_batches
 
 
@@ -52,6 +52,9 @@ def _data():
   from cvjax.tasks import localization_data  # pylint: disable=g-import-not-at-top
   return localization_data
 
+
+# ImageNet mean/std, as `cvjax.data.preprocess` op string (`Task.preprocessing`).
+_IMAGENET_NORMALIZE = f'normalize({datasets.IMAGENET_MEAN}, {datasets.IMAGENET_STD})'
 
 BOX_WEIGHT = 5.0   # λ, the box loss's weight next to the cross-entropy
 BOX_BETA = 0.1     # smooth L1's switch from quadratic to linear, in image sides
@@ -116,54 +119,50 @@ class LocalizationTask(Task):
   name = 'localization'
   main_metric = 'loc_accuracy'
   main_metric_higher_is_better = True
+  example_keys = ('image', 'label', 'boxes', 'box_mask')
 
-  def check(self, config):
+  def __init__(self, config, meta):
+    super().__init__(config, meta)
+    self.label_smoothing = config.label_smoothing
+
+  @classmethod
+  def check(cls, config):
     if registry.model_task(config.model) != 'localization':
       raise UserError(f"task 'localization' needs a localization model, got {config.model!r}; "
                       f"choose one of {', '.join(registry.list_models('localization'))}")
     _data().check_dataset(config.dataset)
-    _data().check_augment(config.augment)
+    super().check(config)
 
-  def dataset_meta(self, config):
+  @classmethod
+  def dataset_meta(cls, config):
     return _data().dataset_meta(config.dataset, config.data_dir)
 
-  def loss(self, outputs, batch, run, axis_name):
+  def loss(self, outputs, batch, axis_name):
     del axis_name  # the step pmeans the gradients: a local mean is the global one
-    smoothing = run.config.label_smoothing if run is not None else 0.0
     logits, box = outputs
     iou = paired_iou(box, batch['box'])
-    return per_example_loss(outputs, batch, smoothing).mean(), {
+    return per_example_loss(outputs, batch, self.label_smoothing).mean(), {
         'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
         'box_loss': jnp.mean(box_loss(box, batch['box'])),
         'mean_iou': jnp.mean(iou)}
 
-  def eval_outputs(self, outputs, batch, run):
-    del run
+  def eval_outputs(self, outputs, batch):
     return eval_sums(outputs, batch), {}
 
-  def evaluator(self, run):
-    del run
+  def evaluator(self):
     return LocalizationEvaluator()
 
-  def train_batches(self, run, start_step):
-    c = run.config
-    return _data().train_batches(c.dataset, global_batch_size=c.batch_size,
-                                  image_size=run.image_size, sharding=steps.batch_sharded(run.mesh),
-                                  seed=c.seed, start_step=start_step, augment=c.augment,
-                                  data_dir=c.data_dir)
+  def preprocessing(self):
+    return _IMAGENET_NORMALIZE  # `segmentation.data.normalize`
 
-  def eval_batches(self, run, split):
-    c = run.config
-    return _data().eval_batches(c.dataset, split=split,
-                                 global_batch_size=c.eval_batch_size or c.batch_size,
-                                 image_size=run.image_size, sharding=steps.batch_sharded(run.mesh),
-                                 data_dir=c.data_dir)
+  def data_spec(self):
+    return _data().data_spec(self.config.dataset, image_size=self.image_size)
 
-  def predictor(self, run, model, variables: dict):
+  def predictor(self, model, variables: dict):
     """predict(images) for `cvjax.restore`: uint8[B, H, W, C] (or a list of uint8[H, W, C]
     of any sizes, C = 1 or 3) → one dict per image: 'class' int, 'probabilities'
     f32[K] (softmax), 'box' f32[4] (ymin, xmin, ymax, xmax) normalised to that image."""
-    image_size = run.image_size
+    image_size = self.image_size
 
     @jax.jit
     def apply(x):
@@ -171,9 +170,10 @@ class LocalizationTask(Task):
       return jax.nn.softmax(logits), box
 
     def predict(images: Any) -> list[dict[str, Any]]:
-      out = []
+      seg_data, out = _data().segmentation_data, []
       for group in image_batches(images):
-        probabilities, box = jax.device_get(apply(_data().normalize(_data().resize(group, image_size))))
+        x = seg_data.normalize(seg_data.resize_images(group, image_size))
+        probabilities, box = jax.device_get(apply(x))
         out += [{'class': int(np.argmax(p)), 'probabilities': p, 'box': b}
                 for p, b in zip(probabilities, box)]
       return out

@@ -1,7 +1,8 @@
 """Training: config, state, pure steps, the Task protocol, the model factory and the one loop.
 
-    run = build_run(config, task)        # model, optimizer, schedule, data facts
-    results = fit(config, workdir, task) # train or resume; `cvjax.tasks.fit` looks the task up
+    run = build_run(config, task_class)         # the task, model, optimizer, schedule
+    results = fit(config, workdir, task_class)  # train or resume; `cvjax.tasks.fit` looks
+                                                # the task class up by config.task
 """
 from cvjax.train.config import TrainConfig
 from cvjax.train.factory import build_model

@@ -136,6 +136,39 @@ class Checkpoints:
     step vanished meanwhile (the live run deleted it).
     """
     target = _abstract(template)
+    return self._newest(lambda step: self._restore(step, template, target))
+
+  def restore_variables(self, template: dict, step: int | None = None):
+    """(variables, step) of checkpoint `step`, default the newest that restores cleanly
+    (damaged steps skipped as in `restore_latest`); None when there is no checkpoint.
+
+    Only the model's variables are read: orbax's partial restore of the state's
+    'params' and 'batch_stats' (and its batch counter 'step'), not the optimizer state
+    nor anything else, so nothing of the run's optimizer is needed.
+
+    template: {'params': ..., 'batch_stats'?: ...} of jax.ShapeDtypeStruct (e.g.
+      `jax.eval_shape` of the model's init); the stored shapes must match it.
+    Returns: variables {'params', 'batch_stats' when the model has BatchNorm} as numpy
+      arrays, and the TrainState's `step` (train-step calls: batches consumed).
+    """
+    item = {k: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), v)
+            for k, v in template.items() if v}
+    item['step'] = jax.ShapeDtypeStruct((), np.int64)
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+
+    def read(step: int):
+      state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+          item=item, restore_args=restore_args, partial_restore=True)))['state']
+      return {k: state[k] for k in item if k != 'step'}, int(state['step'])
+    if step is None:
+      return self._newest(read)
+    if step not in self.all_steps():
+      raise UserError(f'no checkpoint at step {step} in {self.directory}; '
+                      f'available: {self.all_steps()}')
+    return read(step)
+
+  def _newest(self, restore_step):
+    """`restore_step(step)` of the newest step for which it succeeds (see restore_latest)."""
     damaged: list[tuple[int, str]] = []
     tried: set[int] = set()
     while True:
@@ -145,7 +178,7 @@ class Checkpoints:
       step = steps[-1]
       tried.add(step)
       try:
-        restored = self._restore(step, template, target)
+        restored = restore_step(step)
       except Exception as e:  # pylint: disable=broad-except
         if not os.path.isdir(os.path.join(self.directory, str(step))):
           continue  # deleted by the run that owns it while we read

@@ -36,6 +36,10 @@ SCHEDULES = ('constant', 'step', 'cosine')
 PREPROCESSINGS = ('caffe', 'torch', 'tf')
 # Compute dtype of --half_precision (params, optimizer state and BN statistics stay float32).
 HALF_PRECISIONS = {'bf16': 'bfloat16', 'fp16': 'float16'}
+# The key of a workdir's config.json beside the TrainConfig fields: what the run resolved
+# (classes, input size, normalisation; `cvjax.train.rundir.Resolved`). Not a field:
+# `from_json` skips it.
+RESOLVED = 'resolved'
 
 
 def field(default: Any = dataclasses.MISSING, *, help: str, choices=None,  # pylint: disable=redefined-builtin
@@ -203,11 +207,13 @@ class TrainConfig:
   def from_json(cls, text: str, source: str = 'config.json') -> 'TrainConfig':
     """The TrainConfig `to_json` wrote as `text`, its values' types checked (not their
     ranges: that is `validate`). Text that is not a JSON object, an unknown field or a
-    value of the wrong type is a `UserError` naming `source` (e.g. the file) and the key."""
+    value of the wrong type is a `UserError` naming `source` (e.g. the file) and the key.
+    A workdir's `RESOLVED` record beside the fields is skipped (`cvjax.train.rundir`)."""
     raw = cli.parse_json(text, source, 'a JSON object of TrainConfig fields')
     if not isinstance(raw, dict):
       raise UserError(f'{source} holds a JSON {_json_kind(raw)}; expected a JSON object of '
                       'TrainConfig fields')
+    raw = {k: v for k, v in raw.items() if k != RESOLVED}
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(raw) - set(fields)
     if unknown:

@@ -1,4 +1,4 @@
-"""The training loop every experiment uses: `fit(config, workdir, task)`.
+"""The training loop every experiment uses: `fit(config, workdir, task_class)`.
 
 One loop for the whole codebase. It builds the mesh, model, optimizer and data
 from a `TrainConfig`, resumes from the newest good checkpoint in `workdir`, and
@@ -17,8 +17,9 @@ written between optimizer steps; SIGTERM in the middle of an accumulation
 finishes it first (at most K − 1 more micro-batches).
 
 Files written to `workdir` (process 0 only; see `cvjax.train.rundir` for the contract):
-`config.json`, `config_history.jsonl`, `metrics.jsonl`, `tensorboard/`,
-`checkpoints/<step>/`, `.lock` while running, and at the end `results.json`.
+`config.json` (with what the run resolved: `rundir.Resolved`), `config_history.jsonl`,
+`metrics.jsonl`, `tensorboard/`, `checkpoints/<step>/`, `.lock` while running, and at the
+end `results.json`.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from cvjax.errors import TrainingDiverged, UserError
 from cvjax.train import rundir, steps
 from cvjax.train.checkpoint import Checkpoints
 from cvjax.train.config import TrainConfig
-from cvjax.train.run import Run, build_run
+from cvjax.train.run import DatasetUnavailable, Run, build_run
 from cvjax.train.state import TrainState
 from cvjax.train.task import Task
 from cvjax.train.writers import MetricWriter, Progress
@@ -53,8 +54,8 @@ def evaluate(run: Run, state: TrainState, eval_step, split: str,
   With `stop`, a stop signal ends the evaluation between two batches (Interrupted or
   Preempted, naming the checkpoint of optimizer step `step` as the one kept).
   """
-  evaluator = run.task.evaluator(run)
-  for batch in run.task.eval_batches(run, split):
+  evaluator = run.task.evaluator()
+  for batch in run.task.eval_batches(steps.batch_sharded(run.mesh), split):
     if stop is not None:
       stop.check(f'during the evaluation on {split}: the checkpoint of step {step} is kept; '
                  're-run the same command to evaluate it')
@@ -91,14 +92,19 @@ class _Bookkeeping:
             'train_sums': self.train_sums, 'train_count': self.train_count}
 
 
-def fit(config: TrainConfig, workdir: str, task: Task, *, set_aside: bool = False,
+def fit(config: TrainConfig, workdir: str, task_class: type[Task], *, set_aside: bool = False,
         reevaluate: bool = False, stop: signals.StopRequest | None = None) -> dict[str, Any]:
-  """Trains (or resumes training) `config` as `task` in `workdir`; returns the results dict.
+  """Trains (or resumes training) `config` as a `task_class` task in `workdir`; returns the
+  results dict. The task is built once, with the config and the dataset's facts
+  (`build_run`).
 
   `cvjax.tasks.fit(config, workdir)` looks the task up by `config.task`. The workdir
   contract (`cvjax.train.rundir`): one live run per workdir; a workdir holding another
   experiment is refused, or with `set_aside` moved to a sibling first; a finished run
   returns its recorded results without training or rewriting them, unless `reevaluate`.
+
+  Resuming or re-evaluating needs the dataset as training did (`cvjax.restore` does not);
+  without it a UserError says so.
 
   Raises UserError for bad settings, TrainingDiverged for a non-finite loss
   (after making sure the last good checkpoint is on disk), Preempted after SIGTERM
@@ -112,7 +118,7 @@ def fit(config: TrainConfig, workdir: str, task: Task, *, set_aside: bool = Fals
     if stop is None:
       stop = handlers.enter_context(signals.stop_signals())
     try:
-      return _fit_locked(config, workdir, task, set_aside, reevaluate, stop)
+      return _fit_locked(config, workdir, task_class, set_aside, reevaluate, stop)
     except OSError as e:
       if e.errno not in _REFUSED_WRITES:
         raise
@@ -125,7 +131,7 @@ def fit(config: TrainConfig, workdir: str, task: Task, *, set_aside: bool = Fals
 _REFUSED_WRITES = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
-def _fit_locked(config: TrainConfig, workdir: str, task: Task, set_aside: bool,
+def _fit_locked(config: TrainConfig, workdir: str, task_class: type[Task], set_aside: bool,
                 reevaluate: bool, stop: signals.StopRequest) -> dict[str, Any]:
   stop.check('before training started: nothing was written')
   chief = jax.process_index() == 0
@@ -143,12 +149,20 @@ def _fit_locked(config: TrainConfig, workdir: str, task: Task, set_aside: bool,
     # The state is replicated and each device draws its own random bits inside the
     # shard_map, so no random draw needs the partitionable threefry (see Run.init_state).
     with jax.threefry_partitionable(False):
-      return _fit(config, workdir, task, chief, changed, reevaluate, stop)
+      return _fit(config, workdir, task_class, chief, changed, reevaluate, stop)
 
 
-def _fit(config: TrainConfig, workdir: str, task: Task, chief: bool, changed: dict,
+def _fit(config: TrainConfig, workdir: str, task_class: type[Task], chief: bool, changed: dict,
          reevaluate: bool, stop: signals.StopRequest) -> dict[str, Any]:
-  run = build_run(config, task)
+  try:
+    run = build_run(config, task_class)
+  except DatasetUnavailable as e:
+    if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+      raise
+    doing = 're-evaluating' if reevaluate else 'resuming'
+    raise UserError(f'{doing} the run in {workdir} needs its dataset {config.dataset!r} '
+                    f'(restoring it for inference, cvjax.restore, does not): {e}') from None
+  task = run.task
   ckpts = Checkpoints(os.path.join(workdir, 'checkpoints'), keep=config.keep_checkpoints,
                       best_metric=f'eval_{task.main_metric}')
   restored = ckpts.restore_latest(run.abstract_state())
@@ -157,7 +171,7 @@ def _fit(config: TrainConfig, workdir: str, task: Task, chief: bool, changed: di
     state = restored[0]
     logging.info('resumed from step %d in %s', int(state.step), ckpts.directory)
   else:
-    state = task.warm_start(run.init_state(), run)
+    state = task.warm_start(run.init_state(), run.model)
   # Optimizer steps done (checkpoint names, logs, schedules) and batches consumed
   # (`state.step`: the data position). They differ under --grad_accum_steps and
   # after skipped fp16 overflow steps; checkpoints are written between optimizer steps.
@@ -169,7 +183,7 @@ def _fit(config: TrainConfig, workdir: str, task: Task, chief: bool, changed: di
       rundir.record_changes(workdir, start_step, changed)
       logging.info('resuming at step %d with %s', start_step, ', '.join(
           f'{k}: {a} → {b}' for k, (a, b) in sorted(changed.items())))
-    rundir.write_atomically(os.path.join(workdir, 'config.json'), config.to_json())
+    rundir.write_config(workdir, config, task.resolved())
   if (restored and start_step >= run.total_steps and os.path.exists(results_path)
       and not reevaluate):
     ckpts.close()
@@ -184,8 +198,8 @@ def _fit(config: TrainConfig, workdir: str, task: Task, chief: bool, changed: di
 
   writer = MetricWriter(workdir, enabled=chief)
   writer.truncate_after(start_step)
-  train_step = steps.parallel_train_step(run.mesh, task, run)
-  eval_step = steps.parallel_eval_step(run.mesh, task, run)
+  train_step = steps.parallel_train_step(run.mesh, task, run.freezer)
+  eval_step = steps.parallel_eval_step(run.mesh, task)
   eval_every = config.eval_every_steps or run.steps_per_epoch
   ckpt_every = config.checkpoint_every_steps or run.steps_per_epoch
   watched = config.early_stopping_metric or task.main_metric
@@ -196,7 +210,7 @@ def _fit(config: TrainConfig, workdir: str, task: Task, chief: bool, changed: di
     meta = {'step': step, 'config': dataclasses.asdict(config), **book.as_meta()}
     ckpts.save(step, state, meta, metrics=metrics)
 
-  batches = task.train_batches(run, start_batch)
+  batches = task.train_batches(steps.batch_sharded(run.mesh), start_batch)
   stop.check(f'before training started: nothing new was written in {workdir}')
   progress = Progress(run.total_steps, start_step, config.log_every_steps, enabled=chief)
   step, stopped_early = start_step, False

@@ -1,4 +1,4 @@
-"""`build_run(config, task)`: everything a config determines before training starts."""
+"""`build_run(config, task_class)`: everything a config determines before training starts."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,7 +7,6 @@ import math
 from typing import Any
 
 import jax
-import optax
 
 from cvjax import data, models
 from cvjax.errors import UserError
@@ -20,13 +19,14 @@ from cvjax.train.task import Task
 
 @dataclasses.dataclass
 class Run:
-  """What `build_run` derives from a config: enough to train or to restore."""
+  """What `build_run` derives from a config: enough to train (`cvjax.restore` needs none
+  of it: no mesh, optimizer, schedule or dataset)."""
   config: TrainConfig
-  task: Task
+  task: Task                 # built once with the config and `dataset`
   mesh: Any
   model: Any
-  dataset: Any               # data.DatasetMeta; None when restoring converted weights
-  input_shape: tuple[int, ...]  # (1, S, S, C) used for init
+  dataset: Any               # data.DatasetMeta
+  input_shape: tuple[int, ...]  # the model's init input, (1, S, S, C)
   steps_per_epoch: int      # optimizer steps (of batch_size × grad_accum_steps examples)
   total_steps: int          # optimizer steps
   schedule: Any
@@ -35,15 +35,15 @@ class Run:
 
   @property
   def image_size(self) -> int:
-    return self.input_shape[1]
+    return self.task.image_size
 
   @property
   def channels(self) -> int:
-    return self.input_shape[-1]
+    return self.task.channels
 
   @property
   def num_classes(self) -> int:
-    return self.config.num_classes or self.dataset.num_classes
+    return self.task.num_classes
 
   def _create_state(self):
     scale = DynamicLossScale.create() if self.config.half_precision == 'fp16' else None
@@ -76,11 +76,16 @@ def _check_divisible(name: str, size: int, devices: int) -> None:
                     f'use a multiple of {devices} (e.g. {fix}) or --num_devices')
 
 
-def build_run(config: TrainConfig, task: Task, *, with_data: bool = True) -> Run:
-  """Validates `config` and builds mesh, model, optimizer and schedule.
+class DatasetUnavailable(UserError):
+  """The run's dataset could not be prepared or read (`Task.dataset_meta` failed)."""
 
-  with_data=False (restoring a run whose config sets num_classes, e.g. converted
-  weights): neither the dataset nor its statistics are needed; one step, constant lr.
+
+def build_run(config: TrainConfig, task_class: type[Task]) -> Run:
+  """Validates `config` and builds its task, mesh, model, optimizer and schedule.
+
+  Checks run first (config, devices, model, `task_class.check`, batch sizes), then
+  `task_class.dataset_meta(config)` prepares the dataset if needed (a failure there is
+  a `DatasetUnavailable`), then the task is built once: `task_class(config, meta)`.
   """
   config.validate()
   if config.num_devices is not None and not 1 <= config.num_devices <= jax.device_count():
@@ -88,19 +93,15 @@ def build_run(config: TrainConfig, task: Task, *, with_data: bool = True) -> Run
                     f'{jax.device_count()} devices')
   mesh = steps.make_mesh(config.num_devices)
   models.model_info(config.model)  # an unknown model fails first
-  task.check(config)
-  if not with_data:
-    if config.num_classes is None:
-      raise UserError('restoring without data needs a config with num_classes set')
-    model, input_shape = task.build_model(config, None)
-    schedule = optax.constant_schedule(config.learning_rate)
-    freezer = freeze.make_freezer(config.freeze, model, input_shape) if config.freeze else None
-    return Run(config=config, task=task, mesh=mesh, model=model, dataset=None,
-               input_shape=input_shape, steps_per_epoch=1, total_steps=1, schedule=schedule,
-               tx=optim.make_optimizer(config, schedule, freezer), freezer=freezer)
+  task_class.check(config)
   _check_divisible('batch_size', config.batch_size, mesh.size)
   _check_divisible('eval_batch_size', config.eval_batch_size or config.batch_size, mesh.size)
-  meta = task.dataset_meta(config)
+  try:
+    meta = task_class.dataset_meta(config)
+  except DatasetUnavailable:
+    raise
+  except UserError as e:
+    raise DatasetUnavailable(str(e)) from None
   if config.num_classes is not None and config.num_classes < meta.num_classes:
     raise UserError(f'num_classes={config.num_classes} but {config.dataset} has '
                     f'{meta.num_classes} classes; leave num_classes unset to use the dataset\'s')
@@ -115,7 +116,8 @@ def build_run(config: TrainConfig, task: Task, *, with_data: bool = True) -> Run
                     f'{meta.split_sizes["train"]} training examples of {config.dataset}')
   total = config.num_train_steps or math.ceil(config.num_epochs * steps_per_epoch)
   schedule = optim.learning_rate_schedule(config, total, steps_per_epoch)
-  model, input_shape = task.build_model(config, meta)
+  task = task_class(config, meta)
+  model, input_shape = task.build_model(), task.input_shape
   freezer = freeze.make_freezer(config.freeze, model, input_shape) if config.freeze else None
   return Run(config=config, task=task, mesh=mesh, model=model, dataset=meta,
              input_shape=input_shape, steps_per_epoch=steps_per_epoch, total_steps=total,

@@ -34,7 +34,7 @@ from cvjax.train.state import TrainState, model_variables
 from cvjax.train.task import Task
 
 
-def train_step(state: TrainState, batch: dict, *, task: Task, run=None,
+def train_step(state: TrainState, batch: dict, *, task: Task,
                axis_name: str | None = AXIS, freezer=None) -> tuple[TrainState, dict]:
   """One train step (an optimizer step, or one micro-step of an accumulation) on
   this device's shard of the batch.
@@ -42,8 +42,8 @@ def train_step(state: TrainState, batch: dict, *, task: Task, run=None,
   batch: the task's batch dict, e.g. {'image': f32[b, H, W, C], 'label': int32[b]},
   b = global batch / devices. Returns the new state and {'loss', ...task
   metrics} averaged over the global batch. With `axis_name=None` it is a plain
-  single-device step. `run` (the `cvjax.train.run.Run`; None in unit tests) is handed
-  to the task's loss. `freezer` (a `cvjax.train.freeze.Freezer`): no gradient into
+  single-device step. `task` (built with the run's settings) gives the model input and
+  the loss. `freezer` (a `cvjax.train.freeze.Freezer`): no gradient into
   its frozen params, and its frozen BatchNorm layers run in inference mode (their
   statistics stay unchanged).
 
@@ -69,7 +69,7 @@ def train_step(state: TrainState, batch: dict, *, task: Task, run=None,
                            rngs={'dropout': step_rng},
                            mutable=['batch_stats'] if has_bn else False)
     outputs, updates = out if has_bn else (out, {})
-    loss, metrics = task.loss(outputs, batch, run, axis_name)
+    loss, metrics = task.loss(outputs, batch, axis_name)
     scaled = loss if scaler is None else scaler.scale_loss(loss)
     return scaled, (loss, metrics, updates)
 
@@ -100,7 +100,7 @@ def train_step(state: TrainState, batch: dict, *, task: Task, run=None,
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: dict, *, task: Task, run=None,
+def eval_step(state: TrainState, batch: dict, *, task: Task,
               axis_name: str | None = AXIS) -> tuple[dict, dict]:
   """The task's eval measurements on one batch (model in inference mode).
 
@@ -108,7 +108,7 @@ def eval_step(state: TrainState, batch: dict, *, task: Task, run=None,
   `per_example` with a leading batch axis (see cvjax.train.task).
   """
   outputs = state.apply_fn(model_variables(state), task.model_input(batch), train=False)
-  sums, per_example = task.eval_outputs(outputs, batch, run)
+  sums, per_example = task.eval_outputs(outputs, batch)
   if axis_name is not None:
     sums = lax.psum(sums, axis_name)
   return sums, per_example
@@ -130,21 +130,21 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(AXIS))
 
 
-def parallel_train_step(mesh: Mesh, task: Task, run=None):
+def parallel_train_step(mesh: Mesh, task: Task, freezer=None):
   """jit(shard_map(train_step)): (state, global batch) → (state, metrics).
 
-  The incoming state buffer is donated, so keep only the returned state.
+  freezer: the run's `cvjax.train.freeze.Freezer`, or None. The incoming state buffer
+  is donated, so keep only the returned state.
   """
-  step = functools.partial(train_step, task=task, run=run, axis_name=AXIS,
-                           freezer=run.freezer if run is not None else None)
+  step = functools.partial(train_step, task=task, axis_name=AXIS, freezer=freezer)
   sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(AXIS)),
                           out_specs=(P(), P()), check_vma=False)
   return jax.jit(sharded, donate_argnums=0)
 
 
-def parallel_eval_step(mesh: Mesh, task: Task, run=None):
+def parallel_eval_step(mesh: Mesh, task: Task):
   """jit(shard_map(eval_step)): (state, global batch) → (sums, per_example)."""
-  step = functools.partial(eval_step, task=task, run=run, axis_name=AXIS)
+  step = functools.partial(eval_step, task=task, axis_name=AXIS)
   sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(AXIS)),
                           out_specs=(P(), P(AXIS)), check_vma=False)
   return jax.jit(sharded)

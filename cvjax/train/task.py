@@ -1,31 +1,42 @@
 """The Task protocol: what the one training loop needs to know about a kind of problem.
 
-The loop (`cvjax.train.loop.fit`) is task-agnostic. A task is a subclass of `Task`
-that fills in the five abstract hooks and may override the others, whose defaults fit
-image classification:
+The loop (`cvjax.train.loop.fit`) is task-agnostic. A task is a subclass of `Task`,
+built once per run as `TaskClass(config, meta)` with the run's `TrainConfig` and its
+resolved `DatasetMeta`, from which it derives its settings (label smoothing, the
+detection head and its default boxes, the input shape, ...). It fills in the abstract
+hooks and may override the others, whose defaults fit image classification:
 
-  dataset_meta(config)                prepared dataset facts (num_classes, split_sizes)
-  train_batches(run, start_step)      iterator of global train batches from `start_step`
-  eval_batches(run, split)            iterator of global eval batches, each example once
-  loss(outputs, batch, run, axis)     (scalar loss, {name: scalar}), means over the batch
-  eval_outputs(outputs, batch, run)   (sums, per_example): `sums` are summed over devices
+  dataset_meta(config)                (classmethod) prepared dataset facts (num_classes,
+                                      class_names, split_sizes, image_shape)
+  data_spec()                         what the one input pipeline reads (`cvjax.data.DataSpec`)
+  train_batches(sharding, start_step) iterator of global train batches from `start_step`
+                                      (default: the pipeline with `data_spec()`)
+  eval_batches(sharding, split)       iterator of global eval batches, each example once
+  loss(outputs, batch, axis_name)     (scalar loss, {name: scalar}), means over the batch
+  eval_outputs(outputs, batch)        (sums, per_example): `sums` are summed over devices
                                       (e.g. correct counts); `per_example` arrays keep
                                       their leading batch axis (e.g. detections)
-  evaluator(run)                      an `Evaluator` turning those into metrics
+  evaluator()                         an `Evaluator` turning those into metrics
 
-  check(config)                       fail on bad settings before anything is written
-  build_model(config, meta)           (module, init input shape); default: the model factory
+  check(config)                       (classmethod) fail on bad settings before anything
+                                      is written or prepared
+  build_model(bn_axis_name=...)       the module; default: the model factory
+  input_shape                         the model's init input (1, S, S, C)
   model_input(batch)                  what the model is applied to; default batch['image']
-  warm_start(state, run)              a fresh state's starting weights; default: init_from
-  predictor(run, model, variables)    `predict` of `cvjax.restore`; default: softmax
+  warm_start(state, model)            a fresh state's starting weights; default: init_from
+  preprocessing()                     the input normalisation, recorded in config.json
+  predictor(model, variables)         `predict` of `cvjax.restore`; default: softmax
                                       probabilities of eval-preprocessed images
 
-Tasks hold no state: everything a hook needs comes from its arguments (`run` is the
-`cvjax.train.run.Run` of the training run, read-only). Inside a data-parallel step
-`axis_name` names the mesh axis; it is None in a plain single-device step.
+The jitted hooks (`loss`, `eval_outputs`, `model_input`) see arrays, the task's own
+settings and, inside a data-parallel step, `axis_name`, the mesh axis (None in a plain
+single-device step); nothing else of the run. `meta` may be None where no dataset facts
+exist (weights without their dataset, unit tests): the class count is then
+`config.num_classes`.
 """
 from __future__ import annotations
 
+import abc
 from typing import Any, Callable, Iterator, Protocol
 
 import jax
@@ -33,7 +44,8 @@ import numpy as np
 
 from cvjax import data
 from cvjax.errors import UserError
-from cvjax.train import factory, freeze, warm_start
+from cvjax.train import factory, freeze, rundir, warm_start
+from cvjax.train.config import TrainConfig
 
 
 class Evaluator(Protocol):
@@ -47,64 +59,125 @@ class Evaluator(Protocol):
     ...
 
 
-class Task:
-  """Base class of every task; see the module doc for the hooks."""
+class Task(abc.ABC):
+  """Base class of every task; see the module doc for the hooks.
+
+  Attributes (set by the constructor from config and meta):
+    config: the run's TrainConfig (read-only).
+    meta: the resolved `cvjax.data.DatasetMeta`, or None (see the module doc).
+    num_classes: the model's outputs: config.num_classes, else the dataset's.
+    image_size, channels: the size S and channels C of the images the task reads.
+  """
   name: str = ''
   main_metric: str = ''               # what "best checkpoint" and early stopping watch
   main_metric_higher_is_better: bool = True
+  example_keys: tuple[str, ...] = ('image', 'label')  # what the augmentation ops see
+
+  def __init__(self, config: TrainConfig, meta: data.DatasetMeta | None):
+    self.config = config
+    self.meta = meta
+    self.num_classes = config.num_classes or (meta.num_classes if meta is not None else None)
+    _, self.image_size, _, self.channels = factory.input_shape(config)
 
   # ----------------------------------------------------------- must override
 
-  def dataset_meta(self, config) -> data.DatasetMeta:
-    raise NotImplementedError
+  @classmethod
+  @abc.abstractmethod
+  def dataset_meta(cls, config: TrainConfig) -> data.DatasetMeta:
+    """The prepared dataset's facts (prepares it when needed)."""
 
-  def train_batches(self, run, start_step: int) -> Iterator[dict]:
-    raise NotImplementedError
+  @abc.abstractmethod
+  def data_spec(self) -> data.DataSpec:
+    """What the one input pipeline (`cvjax.data.pipeline`) reads for this task."""
 
-  def eval_batches(self, run, split: str) -> Iterator[dict]:
-    raise NotImplementedError
+  @abc.abstractmethod
+  def loss(self, outputs: Any, batch: dict, axis_name: str | None) -> tuple[jax.Array, dict]:
+    """(scalar loss, {name: scalar metric}) of this device's share of the batch."""
 
-  def loss(self, outputs: Any, batch: dict, run, axis_name: str | None) -> tuple[jax.Array, dict]:
-    raise NotImplementedError
+  @abc.abstractmethod
+  def eval_outputs(self, outputs: Any, batch: dict) -> tuple[dict, dict]:
+    """(sums, per_example) of one eval batch (see the module doc)."""
 
-  def eval_outputs(self, outputs: Any, batch: dict, run) -> tuple[dict, dict]:
-    raise NotImplementedError
-
-  def evaluator(self, run) -> Evaluator:
-    raise NotImplementedError
+  @abc.abstractmethod
+  def evaluator(self) -> Evaluator:
+    """A fresh `Evaluator` for one pass over a split."""
 
   # ------------------------------------------------------------ defaults
 
-  def check(self, config) -> None:
-    """Raises UserError for settings this task cannot use (before any file is written)."""
-    del config
+  def train_batches(self, sharding, start_step: int) -> Iterator[dict]:
+    """Global train batches placed with `sharding`, from batch `start_step` on."""
+    c = self.config
+    return data.pipeline.train_batches(
+        self.data_spec(), global_batch_size=c.batch_size, sharding=sharding, seed=c.seed,
+        start_step=start_step, augment=c.augment, data_dir=c.data_dir,
+        num_examples=self.meta.split_sizes['train'])
 
-  def build_model(self, config, meta) -> tuple[Any, tuple[int, ...]]:
-    """(module, init input shape (1, S, S, C)) from the model factory."""
-    return (factory.build_model(config, config.num_classes or meta.num_classes),
-            factory.input_shape(config))
+  def eval_batches(self, sharding, split: str) -> Iterator[dict]:
+    """Global eval batches of `split` placed with `sharding`, each example once."""
+    c = self.config
+    return data.pipeline.eval_batches(self.data_spec(), split=split, sharding=sharding,
+                                      global_batch_size=c.eval_batch_size or c.batch_size,
+                                      data_dir=c.data_dir)
+
+  @classmethod
+  def check(cls, config: TrainConfig) -> None:
+    """Raises UserError for settings this task cannot use (before any file is written).
+    Default: `config.augment` must parse and suit examples with `example_keys`."""
+    data.preprocess.check(config.augment, cls.example_keys, cls.name,
+                          image_size=config.image_size)
+
+  @property
+  def input_shape(self) -> tuple[int, ...]:
+    """The model's init input: (1, S, S, C)."""
+    return (1, self.image_size, self.image_size, self.channels)
+
+  def build_model(self, *, bn_axis_name: str | None = factory.DATA_AXIS):
+    """The module, from the model factory with `num_classes` outputs. bn_axis_name: the
+    data axis for training, None for inference outside a mesh (`cvjax.restore`)."""
+    return factory.build_model(self.config, self.num_classes, bn_axis_name=bn_axis_name)
 
   def model_input(self, batch: dict) -> jax.Array:
     return batch['image']
 
-  def warm_start(self, state, run):
-    """A fresh state's weights: `config.init_from`'s where path and shape match."""
-    config = run.config
+  def warm_start(self, state, model):
+    """A fresh state's weights: `config.init_from`'s where path and shape match.
+    model: the module `state` belongs to (its head, for init_exclude='head')."""
+    config = self.config
     if not config.init_from:
       return state
-    head = (freeze.head_modules(run.model, run.input_shape)
+    head = (freeze.head_modules(model, self.input_shape)
             if config.init_exclude == 'head' else ())
     return warm_start.init_from(state, config, head)
 
-  def predictor(self, run, model, variables: dict) -> Callable[[np.ndarray], np.ndarray]:
+  def preprocessing(self) -> str:
+    """The normalisation of images scaled to [0, 1], as a `cvjax.data.preprocess` op
+    string ('' for none). Default: the classification pipeline's, i.e. the convention
+    of `config.preprocessing`, else the dataset's mean/std at the model's channels."""
+    from cvjax.data import classification, datasets  # pylint: disable=g-import-not-at-top
+    if self.config.preprocessing:
+      return classification.PREPROCESSING[self.config.preprocessing]
+    mean, std = classification.normalize_stats(datasets.spec(self.config.dataset),
+                                               self.channels)
+    return f'normalize({mean}, {std})'
+
+  def resolved(self) -> rundir.Resolved:
+    """What this run resolved beyond its config, recorded in config.json so that
+    `cvjax.restore` needs neither the dataset nor `dataset_meta`."""
+    names = self.meta.class_names if self.meta is not None else None
+    return rundir.Resolved(num_classes=self.num_classes,
+                           class_names=tuple(names) if names else None,
+                           image_size=self.image_size, channels=self.channels,
+                           preprocessing=self.preprocessing())
+
+  def predictor(self, model, variables: dict) -> Callable[[np.ndarray], np.ndarray]:
     """predict(uint8[B, H, W, C] images at any size) -> float32[B, ..., classes]
     probabilities (softmax over the last axis), with the run's eval preprocessing."""
-    config = run.config
+    config = self.config
     apply = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False)))
 
     def predict_batch(images: np.ndarray) -> np.ndarray:
-      x = data.preprocess_for_eval(images, dataset=config.dataset, image_size=run.image_size,
-                                   channels=run.channels, preprocessing=config.preprocessing)
+      x = data.preprocess_for_eval(images, dataset=config.dataset, image_size=self.image_size,
+                                   channels=self.channels, preprocessing=config.preprocessing)
       return np.asarray(apply(variables, x))
 
     def predict(images) -> np.ndarray:
