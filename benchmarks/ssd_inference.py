@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 from benchmarks import torch_peer  # noqa: E402
 from benchmarks.throughput import HALF_PRECISIONS, check_half_precision  # noqa: E402
 from cvjax import cli, models  # noqa: E402
-from cvjax.detection import heads  # noqa: E402
+from cvjax.detection import families  # noqa: E402
 from cvjax.errors import UserError, unknown_choice  # noqa: E402
 
 TORCHVISION = {'ssd300_vgg16': 'ssd300_vgg16'}
@@ -69,7 +69,7 @@ def cvjax_rate(model_name: str, batch_size: int, num_classes: int, steps: int,
   model = models.get_model(model_name, num_classes, score_threshold=0.0, conv_impl='auto',
                            **dtype)
   size = models.model_input_shape(model_name)[0]
-  head = heads.head_for(model, size)  # the family's decoding: SSD, YOLO
+  head = families.family_for(model, size)  # the family's decoding: SSD, YOLO
   variables = jax.jit(model.init)(jax.random.key(0, impl='rbg'), jnp.zeros((1, size, size, 3)))
 
   @jax.jit

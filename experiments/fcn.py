@@ -2,7 +2,7 @@
 
   python -m experiments.fcn --flagfile=experiments/configs/fcn8s_tiny_shapes.flags
 
-The dataset is generated offline on first use (see cvjax.data.shapes); results
+The dataset is generated offline on first use (see cvjax.data.cvjax_shapes); results
 report mIoU (the main metric) and pixel accuracy.
 """
 from experiments import common

@@ -4,7 +4,7 @@ a half-width ResNet-18 SSD at 128² that trains on a CPU.
   python -m experiments.ssd --flagfile=experiments/configs/ssd128_shapes_cpu.flags
   python -m experiments.ssd --flagfile=experiments/configs/ssd300_voc.flags
 
-The task is 'detection' (cvjax.detection.task): results.json gets test_map50 (VOC
+The task is 'detection' (cvjax.tasks.detection): results.json gets test_map50 (VOC
 AP@0.5) and test_map (COCO AP@[.5:.95]); `python -m cvjax.detect --workdir=...`
 draws the trained detector's boxes on an image.
 """

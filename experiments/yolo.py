@@ -3,7 +3,7 @@ quarter-width Darknet at 128² that trains on a CPU (yolov3_shapes).
 
   python -m experiments.yolo --flagfile=experiments/configs/yolov3_shapes_cpu.flags
 
-The task is 'detection' (cvjax.detection.task, the same loop and evaluator as SSD):
+The task is 'detection' (cvjax.tasks.detection, the same loop and evaluator as SSD):
 results.json gets test_map50 (VOC AP@0.5) and test_map (COCO AP@[.5:.95]);
 `python -m cvjax.anchors --dataset=... --k=9` computes anchors for --model_kwargs,
 `python -m cvjax.detect --workdir=...` draws the trained detector's boxes, and

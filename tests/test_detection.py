@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cvjax.detection import boxes, loss, matching, metrics, postprocess
+from cvjax.detection import boxes, matching, metrics, multibox, postprocess
 from cvjax.models import get_model, list_models, model_input_shape, ssd
 
 
@@ -124,7 +124,7 @@ def test_hard_negative_mining_takes_three_negatives_per_positive_with_the_larges
   positive = np.zeros((3, 50), bool)
   positive[0, [3, 7]] = True                  # 2 positives → 6 negatives
   positive[1, :20] = True                     # 20 positives → 60 > 30 negatives available
-  neg = np.asarray(loss.hard_negatives(ce, positive))
+  neg = np.asarray(multibox.hard_negatives(ce, positive))
   assert neg.sum(1).tolist() == [6, 30, 0]   # image 2 has no positives: no negatives
   expected = np.argsort(-np.where(positive[0], -np.inf, ce[0]))[:6]
   assert set(np.flatnonzero(neg[0])) == set(expected)
@@ -162,7 +162,7 @@ def test_multibox_loss_equals_a_per_image_reference():
   gt = np.stack([_random_boxes(rng, 6, 0.1, 0.5) for _ in range(2)])
   labels = rng.integers(0, 4, (2, 6)).astype(np.int32)
   mask = np.array([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]], bool)
-  got = jax.jit(loss.multibox_loss)(locs, logits, priors, gt, labels, mask)
+  got = jax.jit(multibox.multibox_loss)(locs, logits, priors, gt, labels, mask)
   ref = _reference_multibox(locs, logits, priors, gt, labels, mask)
   np.testing.assert_allclose(got['localization'], ref[:, 0], rtol=1e-4)
   np.testing.assert_allclose(got['confidence'], ref[:, 1], rtol=1e-4)

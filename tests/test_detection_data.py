@@ -4,7 +4,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from cvjax.data import pipeline, preprocess, shapes
+from cvjax.data import cvjax_shapes as shapes
+from cvjax.data import pipeline, preprocess
 from cvjax.detection import data
 from cvjax.errors import UserError
 

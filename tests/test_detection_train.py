@@ -11,9 +11,9 @@ from PIL import Image
 
 import cvjax
 from cvjax.data import pipeline
-from cvjax.detection import data, heads
-from cvjax.models import anchors
-from cvjax.detection.task import DetectionTask
+from cvjax.detection import data, families
+from cvjax.models import default_boxes
+from cvjax.tasks.detection import DetectionTask
 from cvjax.models import resnet, ssd
 from cvjax.tasks import fit
 from cvjax.train import TrainConfig, steps
@@ -27,7 +27,7 @@ def _tiny_ssd():
   backbone = functools.partial(ssd.ResNetFeatures, block_cls=resnet.BasicBlock,
                                stage_sizes=(1, 1), stage_strides=(1, 2), outputs=(0, 1),
                                num_filters=4, extras=(ssd.Extra(4, 8),))
-  spec = anchors.AnchorSpec(scales=(0.2, 0.4, 0.7, 1.0), aspect_ratios=((2,), (2,), (2,)))
+  spec = default_boxes.AnchorSpec(scales=(0.2, 0.4, 0.7, 1.0), aspect_ratios=((2,), (2,), (2,)))
   return ssd.SSD(backbone=backbone, anchor_spec=spec, num_classes=3, input_size=32,
                  pixel_mean=ssd.IMAGENET_MEAN, pixel_std=ssd.IMAGENET_STD,
                  bn_axis_name=steps.AXIS)
@@ -49,7 +49,7 @@ def test_detection_step_on_eight_devices_equals_one_device():
   tolerances (checked); float32 summation order stays well inside them."""
   model = _tiny_ssd()
   task = DetectionTask(TrainConfig(task='detection', model='ssd128_resnet18_slim', image_size=32),
-                       None, head=heads.head_for(model, 32))  # the loss reads the head
+                       None, head=families.family_for(model, 32))  # the loss reads the head
   init = jax.jit(lambda key: create_train_state(model, optax.sgd(0.05, momentum=0.9), key,
                                                 (1, 32, 32, 3)))
   key = jax.random.key(0, impl='rbg')  # rbg: threefry's init compiles slowly on CPU
@@ -104,7 +104,7 @@ def tiny_model():
   loop builds models by name, and the slim CPU model's compilation alone would cost a
   minute of the suite."""
   from cvjax.models import registry
-  spec = anchors.AnchorSpec(scales=(0.15, 0.3, 0.6, 0.9), aspect_ratios=((2,), (2,), (2,)))
+  spec = default_boxes.AnchorSpec(scales=(0.15, 0.3, 0.6, 0.9), aspect_ratios=((2,), (2,), (2,)))
   backbone = functools.partial(ssd.ResNetFeatures, block_cls=resnet.BasicBlock,
                                stage_sizes=(1, 1), stage_strides=(1, 2), outputs=(0, 1),
                                num_filters=8, extras=(ssd.Extra(8, 16),))

@@ -91,7 +91,7 @@ def test_evaluator_metrics_on_hand_made_boxes():
 
 
 def test_single_shape_configs_leave_the_others_unchanged():
-  from cvjax.data import shapes
+  from cvjax.data import cvjax_shapes as shapes
   photos = shapes._load_backgrounds()  # pylint: disable=protected-access
   # labels and pixel boxes of two examples as generated before the 'single' configs existed
   for config, index, labels, boxes in [

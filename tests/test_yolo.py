@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cvjax.detection import boxes as box_ops
-from cvjax.detection import heads, postprocess, yolo
+from cvjax.detection import families, postprocess, yolo
 from cvjax.errors import UserError
 from cvjax.models import get_model, model_info
 from cvjax.models import yolo as yolo_models
@@ -246,8 +246,8 @@ def test_loss_normalisation_makes_eight_devices_one():
   """Per device n_devices · Σ / (images of the global batch): the mean over 8 devices (what
   pmean of the gradients averages) is the one-device loss of the whole batch; without the
   device factor it would be 8 times too small."""
-  from cvjax.detection.task import DetectionTask
-  from cvjax.detection import heads
+  from cvjax.tasks.detection import DetectionTask
+  from cvjax.detection import families
   from cvjax.train import TrainConfig
   model = yolo_models.YOLOv3Tiny(num_classes=3)
   rng = np.random.default_rng(1)
@@ -257,7 +257,7 @@ def test_loss_normalisation_makes_eight_devices_one():
            'labels': rng.integers(0, 3, (16, 4)).astype(np.int32),
            'box_mask': rng.uniform(size=(16, 4)) < 0.6}
   task = DetectionTask(TrainConfig(task='detection', model='yolov3_tiny', image_size=64), None,
-                       head=heads.head_for(model, 64))
+                       head=families.family_for(model, 64))
   loss = lambda axis: (lambda maps, batch: task.loss(maps, batch, axis)[0])
   one = jax.jit(loss(None))(maps, batch)
   shard = lambda x: x.reshape((8, -1) + x.shape[1:])
@@ -440,10 +440,10 @@ def test_yolo_trains_in_the_one_loop_restores_detects_and_gets_anchors(
 
 
 def test_heads_are_chosen_by_the_model_family():
-  assert isinstance(heads.head_for(get_model('yolov3_shapes', 6)), heads.YOLOHead)
-  assert isinstance(heads.head_for(get_model('ssd128_resnet18_slim', 6)), heads.SSDHead)
+  assert isinstance(families.family_for(get_model('yolov3_shapes', 6)), families.YOLOFamily)
+  assert isinstance(families.family_for(get_model('ssd128_resnet18_slim', 6)), families.SSDFamily)
   with pytest.raises(UserError, match='ResNet is not a detector cvjax.detection knows'):
-    heads.head_for(get_model('resnet18', 10))
+    families.family_for(get_model('resnet18', 10))
 
 
 def test_decode_map_is_the_papers_formula():

@@ -22,7 +22,7 @@ import tensorflow_datasets as tfds
 from cvjax.data import datasets
 from cvjax.data import download as download_lib
 from cvjax.data import local_files
-from cvjax.data import shapes  # noqa: F401  (registers the cvjax_shapes builder)
+from cvjax.data import cvjax_shapes as shapes  # noqa: F401  (registers the cvjax_shapes builder)
 from cvjax.errors import UserError, unknown_choice
 
 

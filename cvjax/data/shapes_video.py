@@ -2,7 +2,7 @@
 MOTChallenge ground truth — an offline multi-object tracking benchmark.
 
 Sequence `index` of seed `seed` is a pure function of the two: a static background (a
-crop of a scikit-image photograph, as in `cvjax.data.shapes`) and 3-8 filled shapes
+crop of a scikit-image photograph, as in `cvjax.data.cvjax_shapes`) and 3-8 filled shapes
 of `shapes.CLASSES`, each with its own colour, size and depth. Shapes move at constant
 velocity (1-4 px/frame, plus a small random walk). They come in pairs aimed at a
 shared point at a shared time, so pairs cross, and the nearer one hides the farther;
@@ -31,7 +31,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from cvjax.data import shapes
+from cvjax.data import cvjax_shapes as shapes
 from cvjax.tracking import mot
 
 

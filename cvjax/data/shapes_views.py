@@ -1,4 +1,4 @@
-"""The task views of `cvjax_shapes` (`cvjax.data.shapes`): which configs each task reads,
+"""The task views of `cvjax_shapes` (`cvjax.data.cvjax_shapes`): which configs each task reads,
 their classes and `DatasetMeta`; generated offline on first use.
 
   segmentation  'cvjax_shapes', 'cvjax_shapes/tiny': K = 7 classes, background first
@@ -11,7 +11,7 @@ from __future__ import annotations
 import tensorflow_datasets as tfds
 
 from cvjax.data import datasets
-from cvjax.data import shapes
+from cvjax.data import cvjax_shapes as shapes
 from cvjax.errors import UserError
 
 SEGMENTATION_DATASETS = ('cvjax_shapes', 'cvjax_shapes/tiny')

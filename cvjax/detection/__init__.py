@@ -1,5 +1,5 @@
-"""Object detection: SSD's default boxes, box coding, matching, MultiBox loss, YOLOv3's
-loss and decoding, batched NMS, COCO/VOC metrics, detection datasets and the `DetectionTask`.
+"""Object detection numerics: box coding, matching, MultiBox loss, YOLOv3's loss and
+decoding, batched NMS, COCO/VOC metrics; and the reader of the detection datasets.
 
 Units and conventions used throughout (cvjax's, not torchvision's):
   boxes:   f32[..., 4] (ymin, xmin, ymax, xmax), normalised to [0, 1] by the
@@ -9,12 +9,13 @@ Units and conventions used throughout (cvjax's, not torchvision's):
   anchors: SSD's default boxes, f32[A, 4] in the box format above; YOLO's anchors are
            (w, h) pairs per map, f32[A, 2], normalised.
 
-Modules: `boxes` (IoU, coding), `matching`, `loss` (MultiBox), `yolo` (YOLOv3 loss,
-decoding, k-means anchors), `heads` (a model family's loss and decoding, chosen by the
-model class), `postprocess` (NMS, top-k), `metrics` (COCO, VOC), `augment` (SSD
-augmentation in tf.data), `data` (TFDS voc/coco/cvjax_shapes pipelines), `task` (`DetectionTask`, task 'detection' of
-`cvjax.tasks`), `draw` (pictures). The default boxes live with the models
-(`cvjax.models.anchors`): they are a pure function of the model and image size.
+Modules: `boxes` (IoU, coding), `matching`, `multibox` (SSD's loss), `yolo` (YOLOv3
+loss, decoding, k-means anchors), `families` (a model family's loss and decoding, chosen
+by the model class), `postprocess` (NMS, top-k), `metrics` (COCO, VOC), `data` (TFDS
+voc/coco/cvjax_shapes as a `cvjax.data.DataSpec`), `draw` (pictures). Each imports only
+jax/numpy (and, for `data`, TensorFlow): usable without the training loop. The task is
+`cvjax.tasks.detection`; SSD's augmentation is in `cvjax.data.preprocess`; the default
+boxes live with the models (`cvjax.models.default_boxes`).
 
 Importing this package does no I/O and loads neither TensorFlow nor TFDS.
 """

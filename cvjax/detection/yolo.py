@@ -25,7 +25,7 @@ Loss (`yolo_loss`), per image, summed over every map, cell and anchor:
                   ground-truth box by IoU > ignore_threshold (0.5 in the paper): ignored.
   class           Σ_c BCE(class c, target c) for responsible predictions (independent
                   logistic classifiers, no softmax).
-The sums are per image; `cvjax.detection.task` divides the batch's sum by the number of
+The sums are per image; `cvjax.tasks.detection` divides the batch's sum by the number of
 images of the global batch (the per-image mean Darknet's learning rate / batch gives).
 
 Anchors: `kmeans_anchors` clusters training boxes' (w, h) with d = 1 − IoU (YOLOv2 §2).

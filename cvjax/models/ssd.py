@@ -61,7 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cvjax.models import resnet
-from cvjax.models.anchors import AnchorSpec, default_boxes
+from cvjax.models.default_boxes import AnchorSpec, default_boxes
 from cvjax.models.base import BNModel, BNNet
 from cvjax.models.layers import MaxPool
 from cvjax.models.vgg import CFG_D

@@ -1,6 +1,6 @@
 """The segmentation view of `cvjax_shapes`: images and semantic masks.
 
-`cvjax_shapes` (`cvjax.data.shapes`) stores for every image `segmentation`:
+`cvjax_shapes` (`cvjax.data.cvjax_shapes`) stores for every image `segmentation`:
 uint8[S, S, 1], 0 background and label + 1 for its 6 shape classes; datasets and
 classes: `cvjax.data.shapes_views`. Batches: {'image': float32[B, S, S, 3],
 'segmentation': int32[B, S, S]} (+ 'mask': bool[B] in eval: False for padding).

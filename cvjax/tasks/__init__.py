@@ -13,9 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 from cvjax.data import DatasetMeta
-from cvjax.detection.task import DetectionTask
+from cvjax.tasks.detection import DetectionTask
 from cvjax.errors import unknown_choice
-from cvjax.segmentation.task import SegmentationTask
+from cvjax.tasks.segmentation import SegmentationTask
 from cvjax.tasks.classification import ClassificationTask
 from cvjax.tasks.features import FeatureTask
 from cvjax.tasks.localization import LocalizationTask

@@ -1,6 +1,6 @@
 """The classification + localisation view of `cvjax_shapes`: one class and one box per image.
 
-`cvjax_shapes/single` (built by `cvjax.data.shapes`, no network needed) has
+`cvjax_shapes/single` (built by `cvjax.data.cvjax_shapes`, no network needed) has
 exactly one shape per image; its label and visible extent become the targets:
 
   names:   'cvjax_shapes/single' (96², 4,000 train / 500 validation / 500 test) and

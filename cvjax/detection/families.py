@@ -1,6 +1,6 @@
 """What a detector family's outputs mean: its loss terms and its decoding to detections.
 
-    head = head_for(model, image_size)
+    head = family_for(model, image_size)
     parts = head.loss(outputs, boxes, labels, box_mask)     # per-image sums, `LossParts`
     detections = head.detect(outputs)                       # `postprocess.Detections`
 
@@ -16,7 +16,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from cvjax.detection import loss as multibox
+from cvjax.detection import multibox
 from cvjax.detection import postprocess, yolo
 from cvjax.errors import UserError
 
@@ -35,7 +35,7 @@ class LossParts:
   positives: jax.Array
 
 
-class SSDHead:
+class SSDFamily:
   """SSD: outputs (locations f32[B, A, 4], logits f32[B, A, K + 1]); MultiBox loss."""
 
   def __init__(self, model, image_size: int | None = None):
@@ -53,7 +53,7 @@ class SSDHead:
     return postprocess.detect(locations, logits, self.anchors, self.config)
 
 
-class YOLOHead:
+class YOLOFamily:
   """YOLOv3: outputs per-map raw f32[B, H, W, A, 5 + C], coarsest first; `yolo.yolo_loss`."""
 
   def __init__(self, model, image_size: int | None = None):
@@ -73,10 +73,10 @@ class YOLOHead:
     return yolo.detect(outputs, self.anchors, self.config)
 
 
-HEADS = {'ssd': SSDHead, 'yolo': YOLOHead}
+HEADS = {'ssd': SSDFamily, 'yolo': YOLOFamily}
 
 
-def head_for(model, image_size: int | None = None):
+def family_for(model, image_size: int | None = None):
   """The head strategy of `model`'s family, for inputs of `image_size`² (default: the model's)."""
   family = getattr(type(model), 'family', None)
   if family not in HEADS:

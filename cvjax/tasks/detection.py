@@ -2,7 +2,7 @@
 
 Task 'detection' of `cvjax.tasks` (`TrainConfig(task='detection', model='ssd300_vgg16',
 dataset='voc/07+12')`). What the model's outputs mean — the loss terms and the decoding
-to boxes — comes from its family (`cvjax.detection.heads`: SSD's MultiBox loss against
+to boxes — comes from its family (`cvjax.detection.families`: SSD's MultiBox loss against
 default boxes, YOLOv3's loss against anchors); everything else here is shared.
 
 Loss normalisation. torchvision divides the batch's summed MultiBox loss by
@@ -36,7 +36,7 @@ import numpy as np
 
 from cvjax.models import registry
 from cvjax.data import datasets
-from cvjax.detection import heads, metrics
+from cvjax.detection import families, metrics
 from cvjax.errors import UserError
 from cvjax.train.task import Task
 
@@ -105,7 +105,7 @@ class DetectionEvaluator:
 
 
 class DetectionTask(Task):
-  """Images → detector outputs; the family's loss (`heads`); VOC/COCO mAP.
+  """Images → detector outputs; the family's loss (`families`); VOC/COCO mAP.
 
   Batches: see `cvjax.detection.data` ('image', 'boxes', 'labels', 'box_mask'; in
   eval also 'difficult', 'crowd', 'image_size', 'mask').
@@ -116,15 +116,15 @@ class DetectionTask(Task):
   example_keys = ('image', 'boxes', 'labels', 'box_mask')
 
   def __init__(self, config, meta, *, head=None):
-    """head: the family's loss and decoding (`heads`); default: `heads.head_for` the
+    """head: the family's loss and decoding (`families`); default: `families.family_for` the
     model `config` describes at the task's input size (its default boxes or anchors).
     Tests of the jitted hooks pass the head of their own module."""
     super().__init__(config, meta)
-    self.head = head if head is not None else heads.head_for(self.build_model(), self.image_size)
+    self.head = head if head is not None else families.family_for(self.build_model(), self.image_size)
 
   def loss(self, outputs, batch, axis_name):
     """Per-device loss, normalised as in the module doc (label smoothing is not used).
-    outputs: the model's (see `heads`); batch: 'boxes' f32[b, M, 4], 'labels' int32[b, M],
+    outputs: the model's (see `families`); batch: 'boxes' f32[b, M, 4], 'labels' int32[b, M],
     'box_mask' bool[b, M]. Metrics: each loss term (SSD 'loc_loss', 'conf_loss'; YOLO
     'box_loss', 'obj_loss', 'cls_loss') and 'positives' per image."""
     parts = self.head.loss(outputs, batch['boxes'], batch['labels'], batch['box_mask'])
@@ -176,7 +176,7 @@ class DetectionTask(Task):
     of any sizes) → one dict per image: 'boxes' f32[n, 4] (ymin, xmin, ymax, xmax)
     normalised to that image, 'classes' int32[n], 'scores' f32[n], best first."""
     image_size = self.image_size
-    head = heads.head_for(model, image_size)  # the model `cvjax.restore` built
+    head = families.family_for(model, image_size)  # the model `cvjax.restore` built
 
     @jax.jit
     def detect(x):

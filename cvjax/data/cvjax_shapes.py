@@ -22,7 +22,7 @@ Configs: 'default' — 256², 6,000 train / 500 validation / 1,000 test;
 localisation (`cvjax.tasks.localization`), each 25%-60% of the side across:
 'single' — 96², 4,000 / 500 / 500; 'single_tiny' — 64², 48 / 16 / 16 (tests).
 
-    import cvjax.data.shapes  # registers the builder
+    import cvjax.data.cvjax_shapes  # registers the builder
     tfds.builder('cvjax_shapes').download_and_prepare()   # generated here, no network
 """
 from __future__ import annotations
