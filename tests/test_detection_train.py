@@ -147,6 +147,21 @@ def test_fit_trains_the_detector_and_reports_map(trained):
   assert any('eval_map50' in l for l in lines)
 
 
+@pytest.mark.slow
+def test_the_classification_ops_train_the_detector(shapes_dir, tiny_model, tmp_path):
+  """--augment speaks one grammar: ResNet-20's ops train an SSD, boxes moving with pixels."""
+  config = TrainConfig(task='detection', model=tiny_model, dataset='cvjax_shapes/tiny',
+                       data_dir=shapes_dir, batch_size=16, num_train_steps=4,
+                       optimizer='adam', learning_rate=3e-3, schedule='constant',
+                       log_every_steps=2, eval_every_steps=4, eval_split='validation',
+                       augment='flip_lr|pad_crop(4)', model_kwargs={'score_threshold': 0.05})
+  results = fit(config, str(tmp_path / 'run'))
+  assert results['step'] == 4 and np.isfinite(results['test_loss'])
+  with open(os.path.join(str(tmp_path / 'run'), 'metrics.jsonl')) as f:
+    train = [json.loads(l) for l in f if 'train_loss' in l]
+  assert all(l['train_positives'] > 0 for l in train)   # shifted boxes still match
+
+
 def test_restore_predicts_boxes_and_detect_draws_them(trained, shapes_dir, tmp_path, capsys):
   from cvjax import detect
   workdir, _ = trained

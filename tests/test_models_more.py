@@ -585,12 +585,13 @@ def test_shapes_segmentation_batches(shapes_data_dir):
 
 @pytest.mark.slow
 def test_fcn_trains_on_shapes_through_the_one_loop(shapes_data_dir, tmp_path):
+  """With ResNet-20's augmentation string: one --augment grammar for every task."""
   from cvjax.tasks import fit
   from cvjax.train import TrainConfig
   config = TrainConfig(task='segmentation', model='fcn8s_tiny', dataset='cvjax_shapes/tiny',
                        image_size=64, data_dir=shapes_data_dir, batch_size=16,
                        num_train_steps=8, optimizer='adam', learning_rate=3e-3,
-                       log_every_steps=4, eval_every_steps=8,
+                       log_every_steps=4, eval_every_steps=8, augment='flip_lr|pad_crop(4)',
                        conv_impl='xla')  # the loop is under test here, not the CPU lowerings
   results = fit(config, str(tmp_path))
   assert results['step'] == 8 and results['test_examples'] == 32
