@@ -153,21 +153,17 @@ def local_train_batches(spec: DataSpec, *, global_batch_size: int, seed: int,
     out = spec.finish(ex, example_seed, augment=chain, tail=tail, decode=decode)
     return {k: out[k] for k in keys}
 
-  steps = num_examples // global_batch_size
-  if spec.in_memory:
-    rows = _read_into_memory(spec, parts, data_dir)
-    n = len(rows['image'])
-    steps = min(steps, n // global_batch_size)
-    if steps == 0:
-      raise UserError(f'{parts[0][0]} has {n} {split} examples, fewer than the '
-                      f'{global_batch_size} per step; use a smaller --batch_size')
-    ds = _in_memory_train(rows, n, steps, start_step, order, one, batched=not (
-        chain.ops or spec.encoded), tail=tail, keys=keys, spec=spec)
-    return ds.with_options(_options()).as_numpy_iterator()
+  rows = _read_into_memory(spec, parts, data_dir) if spec.in_memory else None
+  n = len(rows['image']) if rows is not None else num_examples
+  steps = min(num_examples, n) // global_batch_size
   if steps == 0:
-    raise UserError(f'{parts[0][0]} has {num_examples} {split} examples, fewer than the '
+    raise UserError(f'{parts[0][0]} has {n} {split} examples, fewer than the '
                     f'{global_batch_size} per step; use a smaller --batch_size')
-  return _streamed_train(spec, parts, data_dir, steps, start_step, order, one)
+  if rows is None:
+    return _streamed_train(spec, parts, data_dir, steps, start_step, order, one)
+  ds = _in_memory_train(rows, n, steps, start_step, order, one, tail=tail, keys=keys, spec=spec,
+                        batched=not (chain.ops or spec.encoded))
+  return ds.with_options(_options()).as_numpy_iterator()
 
 
 def _read_into_memory(spec: DataSpec, parts, data_dir) -> dict[str, np.ndarray]:
