@@ -68,7 +68,8 @@ def cvjax_runners(model_name: str, image_size: int, batch_size: int, num_classes
   mesh = train_steps.make_mesh()
   build = lambda **kw: models.get_model(model_name, num_classes=num_classes, conv_impl=conv_impl,
                                         **(model_kwargs or {}), **kw)
-  model = build(**({'bn_axis_name': train_steps.AXIS} if info.batch_norm else {}))
+  model = build(**({'bn_axis_name': train_steps.AXIS}
+                   if 'bn_axis_name' in models.model_options(model_name) else {}))
   rng = np.random.default_rng(0)
   batch = jax.device_put(
       {'image': rng.normal(size=(batch_size, image_size, image_size, channels)).astype(np.float32),

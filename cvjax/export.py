@@ -78,7 +78,9 @@ def serving_function(run) -> tuple[Callable, tuple[int, int, int], str]:
   """
   h, _, c = registry.model_input_shape(run.config.model)
   s = run.config.image_size or h
-  model = run.model.clone(conv_impl='xla')
+  model = run.model
+  if 'conv_impl' in getattr(model, '__dataclass_fields__', {}):  # a plain flax model has none
+    model = model.clone(conv_impl='xla')
   if run.config.task == 'classification':
     def f(variables, x):
       return jax.nn.softmax(model.apply(variables, x, train=False))
