@@ -438,14 +438,30 @@ def _error_lines(stderr: str) -> list[str]:
   return [line for line in stderr.splitlines() if line.startswith('error:')]
 
 
+def _wait_until_it_handles_sigint(proc, timeout=120):
+  """Returns once `proc` has a handler for SIGINT (its SigCgt mask in /proc)."""
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    with open(f'/proc/{proc.pid}/status') as f:
+      caught = next(int(line.split()[1], 16) for line in f if line.startswith('SigCgt:'))
+    if caught & (1 << (signal.SIGINT - 1)):
+      return
+    assert proc.poll() is None
+    time.sleep(0.01)
+  raise AssertionError('the program installed no SIGINT handler')
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('after', [0.3, 3.0])
 def test_ctrl_c_during_start_up_exits_130_without_a_traceback(real_mnist, tmp_path, after):
-  """Whether it lands in Python's start-up, the imports, the data or the compilation."""
+  """Whether it lands in the imports, the data or the compilation: `after` seconds from when
+  the program handles SIGINT (an xdist worker starts it with SIGINT ignored, and under load
+  Python's own start-up alone can take longer than a fixed delay)."""
   workdir = str(tmp_path / 'run')
   proc = subprocess.Popen(_lenet_args(real_mnist, workdir, '--num_train_steps=100000',
                                       '--log_every_steps=1'), env=_env(), cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  _wait_until_it_handles_sigint(proc)
   time.sleep(after)
   proc.send_signal(signal.SIGINT)
   _, stderr = proc.communicate(timeout=300)
