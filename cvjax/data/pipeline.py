@@ -80,13 +80,12 @@ class DataSpec:
                             image_size=self.image_size)
 
   def finish(self, ex: dict, seed=None, *, augment=None, tail=None, decode=None) -> dict:
-    """One example, decoded, to float, augmented (with `seed`) and through the tail."""
+    """One example, decoded, to float, augmented (with `seed`) and through the tail, as
+    one chain: a view the augmentation leaves pending is sampled once, by the tail."""
     image = ex['image'] if decode is None else decode(ex['image'])
     ex = {**ex, 'image': tf.image.convert_image_dtype(image, tf.float32)}
-    if augment is not None and augment.ops:
-      ex = augment(ex, seed)
-    if tail is not None:
-      ex = tail(ex)
+    ops = [*(augment.ops if augment is not None else ()), *(tail.ops if tail is not None else ())]
+    ex = preprocess.Chain(ops)(ex, seed) if ops else ex
     return self.last(ex) if self.last is not None else ex
 
 
