@@ -461,10 +461,13 @@ def test_ctrl_c_during_start_up_exits_130_without_a_traceback(real_mnist, tmp_pa
   proc = subprocess.Popen(_lenet_args(real_mnist, workdir, '--num_train_steps=100000',
                                       '--log_every_steps=1'), env=_env(), cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  _wait_until_it_handles_sigint(proc)
-  time.sleep(after)
-  proc.send_signal(signal.SIGINT)
-  _, stderr = proc.communicate(timeout=300)
+  try:
+    _wait_until_it_handles_sigint(proc)
+    time.sleep(after)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=300)
+  finally:
+    proc.kill()  # a failed run must not go on training behind the suite
   assert proc.returncode == 130, stderr[-3000:]
   assert 'Traceback' not in stderr, stderr[-3000:]
   assert 'interrupted' in stderr
