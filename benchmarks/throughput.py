@@ -261,8 +261,9 @@ flags.DEFINE_integer('num_classes', None, "Default: the model's.", flag_values=F
 flags.DEFINE_string('peers', 'keras,torch', 'Comma-separated: ' + ','.join(PEERS),
                     flag_values=FLAGS)
 flags.DEFINE_string('conv_impl', 'auto',
-                    'Comma-separated cvjax conv impls to time: auto, xla (and the internal '
-                    'names of cvjax.models.conv_lowering, e.g. cpu-band).', flag_values=FLAGS)
+                    'Comma-separated cvjax conv impls to time: auto, xla, onednn (and the '
+                    'internal names of cvjax.models.conv_lowering, e.g. cpu-onednn: every CPU '
+                    'lowering but oneDNN).', flag_values=FLAGS)
 flags.DEFINE_string('modes', 'train,infer', 'Comma-separated: ' + ','.join(MODES),
                     flag_values=FLAGS)
 flags.DEFINE_integer('steps', 3, 'Calls per timed round.', flag_values=FLAGS)

@@ -8,7 +8,7 @@ import pytest
 from jax import lax
 
 from cvjax.errors import UserError
-from cvjax.models import CONV_IMPLS, blocks, conv_lowering, layers
+from cvjax.models import CONV_IMPLS, blocks, conv_lowering, layers, onednn
 
 DN = ('NHWC', 'HWIO', 'NHWC')
 
@@ -79,8 +79,8 @@ def test_band_is_the_conv_as_a_matmul_with_a_banded_kernel():
 ])
 def test_cpu_lowerings_give_autodiff_values_and_gradients(k, strides, padding, size, channels,
                                                           band):
-  """'cpu': same values and gradients (reverse and forward mode) as lax.conv, on every path
-  it picks for a shape."""
+  """XLA's CPU lowerings: same values and gradients (reverse and forward mode) as lax.conv,
+  on every path they pick for a shape (oneDNN's: test_onednn)."""
   kx, kw, kg = jax.random.split(jax.random.key(6), 3)
   x = jax.random.normal(kx, (2, size, size, channels))
   w = jax.random.normal(kw, (k, k, channels, 32))
@@ -89,7 +89,7 @@ def test_cpu_lowerings_give_autodiff_values_and_gradients(k, strides, padding, s
   if k > 1:
     dims = lax.conv_dimension_numbers(x.shape, w.shape, DN)
     assert conv_lowering._is_band(x, w, **{**kwargs, 'dimension_numbers': dims}) == band
-  ours = lambda x, w: conv_lowering.lowering('cpu', (k, k))(x, w, **kwargs)
+  ours = lambda x, w: conv_lowering.lowering('cpu-onednn', (k, k))(x, w, **kwargs)
   ref = lambda x, w: lax.conv_general_dilated(x, w, **kwargs)
   # Sums of up to 400 products of unit normals: float32 rounding differs by order.
   np.testing.assert_allclose(ours(x, w), ref(x, w), rtol=1e-5, atol=1e-4)
@@ -118,16 +118,17 @@ def test_depthwise_shifted_sum_matches_the_grouped_conv(strides, padding):
 
 
 def test_impl_names_resolve_once_and_name_their_lowerings():
-  assert CONV_IMPLS == ('auto', 'xla')
-  assert conv_lowering.resolve('auto') == ('cpu' if jax.default_backend() == 'cpu' else 'xla')
+  assert CONV_IMPLS == ('auto', 'xla', 'onednn')
+  cpu = 'cpu' if onednn.available() else 'cpu-onednn'
+  assert conv_lowering.resolve('auto') == (cpu if jax.default_backend() == 'cpu' else 'xla')
   assert conv_lowering.resolve('xla') == 'xla' and conv_lowering.resolve('cpu') == 'cpu'
   assert conv_lowering.lowerings('xla') == frozenset()
   assert conv_lowering.lowerings('cpu') == set(conv_lowering.CPU_LOWERINGS)
-  assert conv_lowering.lowerings('cpu-band-depthwise') == {'matmul1x1', 'materialize'}
+  assert conv_lowering.lowerings('cpu-band-depthwise') == {'onednn', 'matmul1x1', 'materialize'}
   assert conv_lowering.lowerings('xla+band') == {'band'}
   with pytest.raises(ValueError, match='resolved when the model is built'):
     conv_lowering.lowering('auto', (3, 3))
-  assert conv_lowering.lowering('cpu', (3, 3), groups=32) is lax.conv_general_dilated
+  assert conv_lowering.lowering('cpu-onednn', (3, 3), groups=32) is lax.conv_general_dilated
   assert conv_lowering.lowering('xla', (1, 1)) is lax.conv_general_dilated
 
 
@@ -153,5 +154,5 @@ def test_every_impl_has_the_same_parameters_and_outputs():
 
 @pytest.mark.parametrize('impl', ['fast', 'im2col', 'cpu-dense', 'xla-band', 'cpu-', None])
 def test_unknown_impl_is_a_user_error(impl):
-  with pytest.raises(UserError, match=f"unknown conv impl {impl!r}; choose one of auto, xla"):
+  with pytest.raises(UserError, match=f"unknown conv impl {impl!r}; choose one of auto, xla, onednn"):
     layers.conv(4, 3, impl=impl)

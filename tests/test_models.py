@@ -20,7 +20,7 @@ import pytest
 from cvjax import errors
 from cvjax.models import (ModelInfo, get_model, list_models, model_info, model_input_shape,
                           model_options, register_model)
-from cvjax.models import cifar_resnet, layers, registry, resnet
+from cvjax.models import cifar_resnet, layers, onednn, registry, resnet
 from cvjax.train import factory
 from cvjax.train.config import TrainConfig
 
@@ -104,7 +104,8 @@ def test_every_model_takes_dtype_param_dtype_conv_impl_and_bn_axis_name_iff_it_h
       get_model(name, bn_axis_name='data')
   model = get_model(name, 7, dtype='bfloat16', conv_impl='auto',
                     **({'bn_axis_name': 'data'} if info.batch_norm else {}))
-  assert model.conv_impl == ('cpu' if jax.default_backend() == 'cpu' else 'xla')  # resolved
+  cpu = 'cpu' if onednn.available() else 'cpu-onednn'  # 'cpu-onednn': oneDNN not built
+  assert model.conv_impl == (cpu if jax.default_backend() == 'cpu' else 'xla')  # resolved
   # Traced with plain lax.conv, which traces in half the time: the CPU lowerings in bfloat16
   # are run per family in test_precision, and against Keras and torchvision in the parity tests.
   model = model.clone(conv_impl='xla')
@@ -159,7 +160,7 @@ def test_remat_recomputes_the_blocks_in_the_gradient(name):
 
 def test_conv_impl_is_checked_and_resolved_once_when_built():
   assert get_model('lenet5', 10).conv_impl == 'xla'  # the default for direct use
-  with pytest.raises(errors.UserError, match="unknown conv impl 'fast'; choose one of auto, xla"):
+  with pytest.raises(errors.UserError, match="unknown conv impl 'fast'; choose one of auto, xla, onednn"):
     get_model('lenet5', 10, conv_impl='fast')
 
 

@@ -68,6 +68,18 @@ def test_one_and_eight_devices_give_the_same_params_and_batch_stats(conv_impl):
   np.testing.assert_allclose([h['loss'] for h in hist1], [h['loss'] for h in hist8], rtol=1e-10)
 
 
+@pytest.mark.slow
+def test_one_and_eight_devices_agree_with_onednn_convolutions():
+  """oneDNN's convs are float32 only: 1 and 8 devices must agree as closely as they do with
+  XLA's float32 convs; a gradient summed or averaged once too often would be off by O(1)."""
+  gaps = {}
+  for impl in ('onednn', 'xla'):
+    one, _ = _train(1, conv_impl=impl, depth=8)
+    eight, _ = _train(8, conv_impl=impl, depth=8)
+    gaps[impl] = max(_max_diff(one.params, eight.params), _max_diff(one.batch_stats, eight.batch_stats))
+  assert gaps['onednn'] <= 4 * gaps['xla'] + 1e-5, gaps
+
+
 def test_eight_device_step_equals_plain_single_device_step_not_eight_times_it():
   """Guards the shard_map trap: an extra reduction would scale the step by 8."""
   mesh_state, _ = _train(8, 'lenet5', steps_to_run=1, tx=optax.sgd(0.1), size=32)

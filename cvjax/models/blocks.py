@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from cvjax import errors
-from cvjax.models import conv_lowering, layers
+from cvjax.models import conv_lowering, layers, onednn
 from cvjax.models.layers import GlobalAvgPool  # noqa: F401  (re-exported: the lecture's GAP)
 
 Array = Any
@@ -140,8 +140,9 @@ class DepthwiseConv(nn.Conv):
 
   x [B, H, W, C] → [B, H', W', C]; kernel [k, k, 1, C] as `nn.Conv` has it (so
   `cvjax.summary` counts its k²·C MACs per output pixel). `padding` must be
-  explicit pairs. `impl` (a resolved conv impl) with the 'depthwise' lowering
-  computes it as the sum of k² shifted copies of the padded input, each scaled
+  explicit pairs. `impl` (a resolved conv impl) with the 'onednn' lowering
+  computes it with oneDNN's grouped convolution; with the 'depthwise' lowering
+  (and no oneDNN) as the sum of k² shifted copies of the padded input, each scaled
   per channel by one kernel tap (the same numbers: XLA:CPU's grouped
   convolutions, and above all their gradients, are slow); otherwise it is the
   grouped `lax` convolution.
@@ -158,15 +159,18 @@ class DepthwiseConv(nn.Conv):
     kernel = self.param('kernel', self.kernel_init, (kh, kw, 1, c), self.param_dtype)
     dtype = self.dtype or x.dtype
     x, kernel = x.astype(dtype), kernel.astype(dtype)
-    if 'depthwise' in conv_lowering.lowerings(self.impl):
+    on = conv_lowering.lowerings(self.impl)
+    args = ((sh, sw), ((pt, pb), (pl, pr)))
+    nhwc = dict(dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=c)
+    if 'onednn' in on and onednn.supports(x, kernel, *args, **nhwc):
+      y = onednn.conv_general_dilated(x, kernel, *args, **nhwc)
+    elif 'depthwise' in on:
       xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
       ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
       y = sum(xp[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw, :] * kernel[i, j, 0]
               for i in range(kh) for j in range(kw))
     else:
-      y = jax.lax.conv_general_dilated(x, kernel, (sh, sw), ((pt, pb), (pl, pr)),
-                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-                                       feature_group_count=c)
+      y = jax.lax.conv_general_dilated(x, kernel, *args, **nhwc)
     if self.use_bias:
       y = y + self.param('bias', self.bias_init, (c,), self.param_dtype).astype(dtype)
     return y

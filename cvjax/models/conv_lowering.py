@@ -8,9 +8,16 @@ co. pass it on, and `lowering(impl, kernel_size, groups)` gives each conv a drop
 so checkpoints and imported weights do not care.
 
 impl, as a model option (`CONV_IMPLS`):
-  'xla'   `lax.conv_general_dilated`: XLA's convolution op, plain autodiff.
-  'auto'  'cpu' when `jax.default_backend()` is 'cpu' at construction, else 'xla'.
-Resolved (a model's field): 'xla', or 'cpu' = every lowering of `CPU_LOWERINGS`:
+  'xla'     `lax.conv_general_dilated`: XLA's convolution op, plain autodiff.
+  'onednn'  oneDNN's kernels for every conv they take (`cvjax.models.onednn`: 2-D,
+            NHWC, float32), XLA's for the rest; 'xla' when oneDNN is not built.
+  'auto'    'cpu' when `jax.default_backend()` is 'cpu' at construction, else 'xla'.
+Resolved (a model's field): 'xla', 'onednn', or 'cpu' = every lowering of
+`CPU_LOWERINGS`, the first that takes a conv computing it:
+  onednn       oneDNN's forward, input-gradient and kernel-gradient kernels
+               (custom calls, `cvjax.models.onednn`); left out ('cpu-onednn')
+               when the library is not built. The rest apply where it is not
+               (bfloat16, other layouts, or no library):
   matmul1x1    a 1×1 conv is the (strided) input times the [C_in, C_out] kernel
                (`conv_1x1`).
   materialize  the backward pass of an ungrouped conv reads a materialised copy of
@@ -20,7 +27,9 @@ Resolved (a model's field): 'xla', or 'cpu' = every lowering of `CPU_LOWERINGS`:
   depthwise    `blocks.DepthwiseConv` as a sum of k² per-channel scaled shifted
                copies of the input instead of a grouped convolution.
 Grouped convs otherwise stay XLA's. Values and gradients are autodiff's, up to
-float32 rounding. Benchmarks time one lowering's share with internal names:
+float32 rounding. oneDNN's convs are differentiable in reverse mode only
+(`jax.custom_vjp`); for forward mode (`jax.jvp`, `jax.jacfwd`) build the model
+with conv_impl='xla'. Benchmarks time one lowering's share with internal names:
 'cpu-band' (every CPU lowering but `band`; several: 'cpu-band-depthwise') and
 'xla+band' (XLA's convs plus `band` alone); `get_model` takes them too.
 
@@ -45,9 +54,10 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from cvjax import errors
+from cvjax.models import onednn
 
-CONV_IMPLS = ('auto', 'xla')
-CPU_LOWERINGS = ('matmul1x1', 'materialize', 'band', 'depthwise')
+CONV_IMPLS = ('auto', 'xla', 'onednn')
+CPU_LOWERINGS = ('onednn', 'matmul1x1', 'materialize', 'band', 'depthwise')
 _GROUP = 16  # values per identity matmul in `_materialize`
 _BAND_MAX_CHANNELS = 8  # C_in up to which a k×k conv is a banded matmul ...
 _BAND_MAX_WASTE = 8  # ... if its padded input width is at most this many kernel widths
@@ -56,13 +66,19 @@ _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
 
 
 def resolve(impl: str) -> str:
-  """The concrete impl of a model built now: 'auto' → 'cpu' on the CPU backend, else 'xla'.
+  """The concrete impl of a model built now.
 
-  Concrete names ('xla', 'cpu', the benchmarks' 'cpu-band', 'xla+band', ...)
-  come back as they are. Raises UserError for an unknown name.
+  'auto' → 'cpu' on the CPU backend ('cpu-onednn' when oneDNN's convolutions are
+  not built: `onednn.available` warns once), else 'xla'. 'onednn' → 'onednn'
+  on the CPU backend when built, else 'xla'. Concrete names ('xla', 'cpu', the
+  benchmarks' 'cpu-band', 'xla+band', ...) come back as they are. Raises
+  UserError for an unknown name.
   """
+  cpu = jax.default_backend() == 'cpu'
   if impl == 'auto':
-    return 'cpu' if jax.default_backend() == 'cpu' else 'xla'
+    return ('cpu' if onednn.available() else 'cpu-onednn') if cpu else 'xla'
+  if impl == 'onednn':
+    return 'onednn' if cpu and onednn.available() else 'xla'
   lowerings(impl)
   return impl
 
@@ -71,6 +87,8 @@ def resolve(impl: str) -> str:
 def lowerings(impl: str) -> frozenset[str]:
   """The CPU lowerings a concrete impl turns on: 'xla' none, 'cpu' all of `CPU_LOWERINGS`,
   'cpu-a-b' all but a and b, 'xla+a+b' only a and b."""
+  if impl == 'onednn':
+    return frozenset({'onednn'})
   if impl == 'auto':
     raise ValueError("conv impl 'auto' is resolved when the model is built "
                      '(cvjax.models.get_model does it); a layer got it unresolved')
@@ -87,6 +105,21 @@ def lowerings(impl: str) -> frozenset[str]:
 def lowering(impl: str, kernel_size: Sequence[int], groups: int = 1) -> Callable[..., Any]:
   """A drop-in for `lax.conv_general_dilated` computing a conv the concrete `impl`'s way."""
   on = lowerings(impl)
+  fallback = _xla_lowering(on - {'onednn'}, kernel_size, groups)
+  if 'onednn' not in on:
+    return fallback
+  return functools.partial(_conv_onednn, fallback)
+
+
+def _conv_onednn(fallback: Callable[..., Any], lhs, rhs, *args, **kwargs):
+  """oneDNN's conv where it takes the call (`onednn.supports`), else `fallback`'s."""
+  if onednn.supports(lhs, rhs, *args, **kwargs):
+    return onednn.conv_general_dilated(lhs, rhs, *args, **kwargs)
+  return fallback(lhs, rhs, *args, **kwargs)
+
+
+def _xla_lowering(on: frozenset[str], kernel_size: Sequence[int], groups: int) -> Callable[..., Any]:
+  """The lowering of XLA ops for the lowerings `on` (none of them oneDNN)."""
   if groups != 1 or not on & {'matmul1x1', 'materialize', 'band'}:
     return lax.conv_general_dilated
   if all(k == 1 for k in kernel_size):

@@ -171,10 +171,11 @@ class TrainConfig:
                                 **POSITIVE, words='a positive integer')
   remat: bool = field(False, help='Recompute residual blocks in the backward pass: less '
                       'activation memory, ~1/3 more compute (models that declare it).')
-  conv_impl: str = field('auto', help='How convolutions are computed: auto (the CPU lowerings '
-                         'of cvjax.models.conv_lowering on the CPU backend, XLA\'s convolution '
-                         "elsewhere) or xla (always XLA's convolution). Same parameters either "
-                         'way.', choices=CONV_IMPLS, resumable=True)
+  conv_impl: str = field('auto', help='How convolutions are computed: auto (on the CPU backend '
+                         "oneDNN's kernels where built, else the CPU lowerings of "
+                         "cvjax.models.conv_lowering; XLA's convolution elsewhere), onednn "
+                         "(oneDNN's kernels only) or xla (always XLA's convolution). Same "
+                         'parameters either way.', choices=CONV_IMPLS, resumable=True)
 
   def validate(self) -> None:
     """Raises `UserError` for settings that cannot work.
