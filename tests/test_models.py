@@ -281,6 +281,10 @@ PUBLISHED = [
     ('resnet110', 10, 1_727_962),
     # VGG-16 convs (14,714,688) + GAP head 512·10 + 10.
     ('vgg16_cifar', 10, 14_719_818),
+    # Wide ResNets at 32² RGB (Zagoruyko & Komodakis 2016; the paper's PyTorch code counts the same).
+    ('wrn16_4', 10, 2_748_890),
+    ('wrn40_4', 10, 8_949_210),
+    ('wrn28_10', 10, 36_479_194),
 ]
 
 
@@ -583,3 +587,25 @@ def test_lenet5_learns_real_mnist_digits():
   assert before > 2.0  # chance is ln 10 ≈ 2.30
   assert after < 0.05, (before, after)  # measured 0.009
   assert accuracy > 0.75, accuracy  # measured 0.83 on 1,000 unseen digits
+
+
+def test_wide_resnet_blocks_are_pre_activation_with_a_1x1_shortcut_only_where_the_shape_changes():
+  model = get_model('wide_resnet', 10, depth=10, widen_factor=2, dropout_rate=0.3)
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  variables = model.init(jax.random.key(1), x)
+  params = variables['params']
+  # n = 1 block per stage; every stage changes the width (16 → 32 → 64 → 128), so each has one.
+  assert [k for k in params if k.startswith('layer')] == ['layer1_0', 'layer2_0', 'layer3_0']
+  assert all('shortcut' in params[k] for k in ('layer1_0', 'layer2_0', 'layer3_0'))
+  assert params['layer2_0']['shortcut']['kernel'].shape == (1, 1, 32, 64)
+  assert 'shortcut' not in get_model('wide_resnet', 10, depth=16, widen_factor=1).init(
+      jax.random.key(1), x)['params']['layer1_1']
+  assert set(params) == {'conv1', 'layer1_0', 'layer2_0', 'layer3_0', 'bn_final', 'fc'}
+  assert params['layer1_0']['bn1']['scale'].shape == (16,)  # BN before conv1: pre-activation
+  # Dropout between the convs: random in training, off in evaluation.
+  apply = lambda key: model.apply(variables, x, train=True, rngs={'dropout': key},
+                                  mutable=['batch_stats'])[0]
+  assert not np.allclose(apply(jax.random.key(2)), apply(jax.random.key(3)))
+  np.testing.assert_array_equal(model.apply(variables, x), model.apply(variables, x))
+  with pytest.raises(errors.UserError, match=r'Wide ResNet depth 12 is not 6n \+ 4'):
+    get_model('wide_resnet', 10, depth=12).init(jax.random.key(1), x)

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 
 from cvjax import errors
 from cvjax.models import appearance
-from cvjax.models import alexnet, cifar_resnet, conv_lowering, lenet, localizer, resnet, ssd, vgg
+from cvjax.models import (alexnet, cifar_resnet, conv_lowering, lenet, localizer, resnet, ssd, vgg,
+                          wide_resnet)
 from cvjax.models.conv_lowering import CONV_IMPLS
 from cvjax.models import (deeplab, densenet, efficientnet, fcn, inception, mobilenet, resnext,
                           senet, vit, xception, yolo)
@@ -73,6 +74,10 @@ for _name, _resnet in [('resnet18', resnet.ResNet18), ('resnet34', resnet.ResNet
   _add(_name, _resnet, _IMAGENET, 1000, remat=True)
 for _depth in (20, 32, 44, 56, 110):
   _add(f'resnet{_depth}', getattr(cifar_resnet, f'ResNet{_depth}'), _CIFAR, 10, remat=True)
+_add('wide_resnet', wide_resnet.WideResNet, _CIFAR, 10, remat=True)  # any depth and widen_factor
+for _name, _wrn in [('wrn16_4', wide_resnet.WRN16_4), ('wrn28_10', wide_resnet.WRN28_10),
+                    ('wrn40_4', wide_resnet.WRN40_4)]:
+  _add(_name, _wrn, _CIFAR, 10, remat=True)
 for _depth, _vgg in [(11, vgg.VGG11), (13, vgg.VGG13), (16, vgg.VGG16), (19, vgg.VGG19)]:
   _add(f'vgg{_depth}', _P(_vgg, batch_norm=False), _IMAGENET, 1000, bn=False)
   _add(f'vgg{_depth}_bn', _P(_vgg, batch_norm=True), _IMAGENET, 1000)
