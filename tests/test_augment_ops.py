@@ -119,3 +119,64 @@ def test_one_grammar_and_refusals_name_the_op():
     preprocess.check('flip_lr|iou_crop', ('image', 'segmentation'), 'segmentation')
   with pytest.raises(UserError, match="unknown augmentation op 'flip_rl'"):
     preprocess.check('flip_rl', detection, 'detection')
+
+
+def _erased(ops, seed, shape=(40, 48, 3)):
+  """The boolean map of pixels an op changed on a constant 2.0 image (its fills are < 2)."""
+  image = tf.fill(shape, 2.0)
+  out = preprocess.build(ops)({'image': image}, tf.constant([5, seed], tf.int64))['image'].numpy()
+  return out, np.any(out != 2.0, axis=-1)
+
+
+def _box_of(changed):
+  rows, cols = np.flatnonzero(changed.any(1)), np.flatnonzero(changed.any(0))
+  box = (rows[0], cols[0], rows[-1] + 1, cols[-1] + 1)
+  assert changed[box[0]:box[2], box[1]:box[3]].all() and changed.sum() == \
+      (box[2] - box[0]) * (box[3] - box[1])  # one solid axis-aligned rectangle
+  return box
+
+
+def test_random_erasing_follows_zhong_et_al():
+  """p = 0.5; area 2-40% of the image; aspect h/w in [0.3, 1/0.3]; uniform random values."""
+  erased, areas, aspects, values, tops = 0, [], [], [], []
+  for seed in range(300):
+    out, changed = _erased('random_erasing', seed)
+    if not changed.any():
+      continue
+    erased += 1
+    y0, x0, y1, x1 = _box_of(changed)
+    h, w = y1 - y0, x1 - x0
+    areas.append(h * w / (40 * 48))
+    aspects.append(h / w)
+    tops.append(y0 / (40 - h) if h < 40 else 0.0)
+    values.append(out[changed])
+  # Binomial(300, 0.5): 150 ± 26 at 3 sigma.
+  assert 124 <= erased <= 176
+  # h and w are rounded to whole pixels: the area and aspect bounds hold up to that rounding.
+  assert 0.02 * 0.8 <= min(areas) and max(areas) <= 0.4 * 1.15 and np.median(areas) < 0.3
+  assert 0.3 * 0.8 <= min(aspects) and max(aspects) <= (1 / 0.3) * 1.25
+  assert min(aspects) < 0.6 and max(aspects) > 1.7  # the whole log-uniform range is drawn
+  values = np.concatenate(values)
+  assert values.min() >= 0 and values.max() < 1 and abs(values.mean() - 0.5) < 0.01
+  assert min(tops) < 0.2 and max(tops) > 0.8  # positions spread over the image
+  never, _ = _erased('random_erasing(p=0.0)', 0)
+  assert (never == 2.0).all()
+  always = [_erased('random_erasing(p=1.0)', s)[1].any() for s in range(20)]
+  assert all(always)
+
+
+def test_cutout_cuts_a_square_clipped_at_the_borders():
+  sides = []
+  for seed in range(200):
+    out, changed = _erased('cutout(size=10, fill=0.25)', seed)
+    y0, x0, y1, x1 = _box_of(changed)
+    assert (out[changed] == 0.25).all()
+    assert y1 - y0 <= 10 and x1 - x0 <= 10
+    # Only a border can shorten a side: a side < 10 touches the image edge.
+    assert y1 - y0 == 10 or y0 == 0 or y1 == 40
+    assert x1 - x0 == 10 or x0 == 0 or x1 == 48
+    sides.append((y1 - y0, x1 - x0))
+  assert (10, 10) in sides and any(s != (10, 10) for s in sides)
+  tf_image = tf.fill((8, 8, 1), 2.0)
+  out = preprocess.build('cutout(size=20)')({'image': tf_image}, tf.constant([1, 2], tf.int64))
+  assert (out['image'].numpy() == 0.0).all()  # larger than the image: all of it

@@ -268,6 +268,67 @@ def contrast(delta: float = 0.2) -> Apply:
       tf.image.stateless_random_contrast(x, 1 - delta, 1 + delta, seed), 0, 1))
 
 
+ERASE_TRIES = 10  # torchvision's RandomErasing attempts before it gives up
+
+
+def _fill_box(image, top, left, height, width, values):
+  """image with rows [top, top+height) × cols [left, left+width) replaced by `values`
+  (broadcast to the image)."""
+  rows, cols = _hw(image)
+  inside_r = tf.logical_and(tf.range(rows) >= top, tf.range(rows) < top + height)
+  inside_c = tf.logical_and(tf.range(cols) >= left, tf.range(cols) < left + width)
+  inside = tf.logical_and(inside_r[:, None, None], inside_c[None, :, None])
+  return tf.where(inside, tf.broadcast_to(tf.cast(values, image.dtype), tf.shape(image)), image)
+
+
+@register(random=True)
+def random_erasing(p: float = 0.5, area_min: float = 0.02, area_max: float = 0.4,
+                   aspect_min: float = 0.3) -> Apply:
+  """Random Erasing (Zhong et al. 2017, Alg. 1): with probability p, a rectangle of
+  area uniform in [area_min, area_max] of the image and aspect ratio h/w log-uniform
+  in [aspect_min, 1/aspect_min], at a uniform position, gets uniform random values in
+  [0, 1) per pixel and channel (the paper's random values in [0, 255]). As
+  torchvision's `RandomErasing`, up to 10 draws of (area, aspect); the first whose
+  h = round(√(area·aspect)) and w = round(√(area/aspect)) fit (h < H, w < W) is used,
+  and the image is left as it is if none does. Image only."""
+  def erase(image, seed):
+    rows, cols = _hw(image)
+    area = tf.cast(rows * cols, tf.float32)
+    draw = tf.random.stateless_uniform([3, ERASE_TRIES], seed)
+    target = area * (area_min + (area_max - area_min) * draw[0])
+    aspect = tf.exp(math.log(aspect_min) + (-2 * math.log(aspect_min)) * draw[1])
+    heights = tf.cast(tf.round(tf.sqrt(target * aspect)), tf.int32)
+    widths = tf.cast(tf.round(tf.sqrt(target / aspect)), tf.int32)
+    fits = tf.logical_and(heights < rows, widths < cols)
+    first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+    height, width = heights[first], widths[first]
+    where = tf.random.stateless_uniform([2], tf.random.experimental.stateless_fold_in(seed, 1))
+    top = tf.cast(where[0] * tf.cast(rows - height + 1, tf.float32), tf.int32)
+    left = tf.cast(where[1] * tf.cast(cols - width + 1, tf.float32), tf.int32)
+    noise = tf.random.stateless_uniform(tf.shape(image),
+                                        tf.random.experimental.stateless_fold_in(seed, 2))
+    apply = tf.logical_and(draw[2, 0] < p, tf.reduce_any(fits))
+    return tf.cond(apply, lambda: _fill_box(image, top, left, height, width, noise),
+                   lambda: image)
+  return image_only(erase)
+
+
+@register(random=True)
+def cutout(size: int = 16, fill: float = 0.0) -> Apply:
+  """Cutout (DeVries & Taylor 2017): a size × size square centred on a uniformly
+  random pixel, clipped at the borders (so near them less is cut), set to `fill`
+  (0: black, before the tail's normalisation). Always applied. Image only."""
+  def cut(image, seed):
+    rows, cols = _hw(image)
+    centre = tf.random.stateless_uniform([2], seed)
+    cy = tf.cast(centre[0] * tf.cast(rows, tf.float32), tf.int32)
+    cx = tf.cast(centre[1] * tf.cast(cols, tf.float32), tf.int32)
+    top, left = tf.maximum(cy - size // 2, 0), tf.maximum(cx - size // 2, 0)
+    bottom, right = tf.minimum(cy - size // 2 + size, rows), tf.minimum(cx - size // 2 + size, cols)
+    return _fill_box(image, top, left, bottom - top, right - left, fill)
+  return image_only(cut)
+
+
 @register(random=True)
 def inception_crop(size: int, area_min: float = 0.08, area_max: float = 1.0) -> Apply:
   """Inception-style random crop (Szegedy et al. 2015): a box covering a fraction in
