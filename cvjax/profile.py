@@ -29,7 +29,8 @@ How the per-layer times are obtained (also printed under the table):
    only its input and kernel), so `fwd+bwd` is not exactly forward + backward.
 5. Beside the times, XLA's own cost analysis of each compiled layer
    (`compiled.cost_analysis()['flops']`, 2 per multiply-add, some backends skip
-   padding zeros) and the MACs `cvjax.summary` counts. `GFLOP/s` is the useful
+   padding zeros; a conv computed by oneDNN is a custom call XLA cannot count, so
+   its 2 × MACs are added) and the MACs `cvjax.summary` counts. `GFLOP/s` is the useful
    work over the measured time: 2 × MACs for convs and dense layers (XLA's count
    of a conv computed as a banded matmul includes its multiplies by zero, see
    `cvjax.models.conv_lowering`), XLA's FLOPs for the rest. Compute-bound
@@ -37,8 +38,8 @@ How the per-layer times are obtained (also printed under the table):
    batch sizes.
 
 The model's convolutions are computed as in training (`--conv_impl=auto`, the
-default: the CPU's matmul lowerings on the CPU backend, XLA's convolution
-elsewhere); `--conv_impl=xla` times XLA's convolution everywhere.
+default: oneDNN's kernels and the CPU's matmul lowerings on the CPU backend, XLA's
+convolution elsewhere); `--conv_impl=xla` times XLA's convolution everywhere.
 
 `--trace_dir` also records a `jax.profiler` trace of a few whole-model calls
 (open it with Perfetto, https://ui.perfetto.dev, or TensorBoard's profile
@@ -149,6 +150,15 @@ class _Timer:
     return 1e3 * statistics.median(self.samples[i])
 
 
+def _layer_flops(compiled, macs: int) -> float | None:
+  """XLA's FLOPs of one compiled layer, plus 2 × MACs where oneDNN computes its conv (a
+  custom call, which XLA's cost analysis counts as nothing)."""
+  flops = _xla_flops(compiled)
+  if 'cvjax_onednn_conv_forward' in compiled.as_text():
+    flops = (flops or 0.0) + 2.0 * macs
+  return flops
+
+
 def _xla_flops(compiled) -> float | None:
   try:
     cost = compiled.cost_analysis()
@@ -250,7 +260,7 @@ def profile(name: str, *, image_size: int | None = None, batch_size: int = 1,
     compiled = jax.jit(fwd).lower(own, lx).compile()
     entry = {'name': layer['name'], 'type': layer['type'], 'group': layer_group(layer['type']),
              'input_shape': layer['input_shape'], 'output_shape': layer['output_shape'],
-             'macs': layer['macs'], 'xla_flops': _xla_flops(compiled),
+             'macs': layer['macs'], 'xla_flops': _layer_flops(compiled, layer['macs']),
              '_fwd': timer.add(compiled, (own, lx))}
     if backward:
       out = jax.eval_shape(fwd, own, lx)
@@ -305,7 +315,8 @@ def profile(name: str, *, image_size: int | None = None, batch_size: int = 1,
     for k in kinds:
       g[f'{k}_share'] = g[f'{k}_ms'] / sums[k] if sums[k] else 0.0
 
-  whole_model = {'forward_ms': timer.median_ms(whole_fwd), 'xla_flops': _xla_flops(whole_c)}
+  whole_model = {'forward_ms': timer.median_ms(whole_fwd),
+                 'xla_flops': _layer_flops(whole_c, groups.get('conv', {}).get('macs', 0))}
   if backward:
     whole_model['forward_backward_ms'] = timer.median_ms(whole_bwd)
   device = jax.devices()[0]
