@@ -5,13 +5,14 @@ import warnings
 
 import jax
 import jax.numpy as jnp
+import flax.linen as nn
 import numpy as np
 import optax
 import pytest
 from jax import lax
 
 from cvjax import models
-from cvjax.models import conv_lowering, onednn
+from cvjax.models import base, conv_lowering, onednn
 from cvjax.models.onednn import build
 
 pytestmark = pytest.mark.skipif(
@@ -98,17 +99,37 @@ def test_impl_names():
   assert onednn.version().count('.') == 2
 
 
-@pytest.mark.parametrize('name, size', [('resnet20', 16), ('mobilenet_v2_cifar', 16),
-                                        ('lenet5', 32)])
-def test_a_model_trains_to_the_same_numbers_with_onednn_and_xla(name, size):
-  """Same parameters; logits and gradients (BatchNorm, depthwise convs included) as close to
+class _TinyMobileNet(base.BNModel):
+  """A stem conv, a depthwise 3×3, a pointwise 1×1, each with BatchNorm: MobileNet's layers,
+  small enough to compile in float64 in seconds."""
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    norm = self.norm(train)
+    x = nn.relu(norm(name='bn1')(self.conv(8, 3, 2, use_bias=False, name='stem')(x)))
+    x = nn.relu(norm(name='bn2')(self.depthwise_conv(x, 3, name='depthwise')))
+    x = nn.relu(norm(name='bn3')(self.conv(16, 1, use_bias=False, name='pointwise')(x)))
+    return self.dense(self.num_classes, name='fc')(x.mean((1, 2)))
+
+
+def _net(name, impl, dtype):
+  if name == 'tiny_mobilenet':
+    return _TinyMobileNet(conv_impl=conv_lowering.resolve(impl), dtype=dtype, param_dtype=dtype)
+  net = models.get_model(name, num_classes=10, conv_impl=impl, dtype=dtype, param_dtype=dtype)
+  return net.clone(depth=8) if name == 'resnet20' else net  # ResNet-20's blocks, 3 of them
+
+
+@pytest.mark.parametrize('name, size, channels', [('resnet20', 16, 3), ('tiny_mobilenet', 16, 3),
+                                                  ('lenet5', 32, 1)])
+def test_a_model_trains_to_the_same_numbers_with_onednn_and_xla(name, size, channels):
+  """Same parameters; loss and gradients (BatchNorm, depthwise convs included) as close to
   the float64 truth as XLA's own float32 convolutions are."""
-  x = np.asarray(jax.random.normal(jax.random.key(0),
-                                   (4, size, size, models.model_info(name).input_shape[2])))
+  x = np.asarray(jax.random.normal(jax.random.key(0), (4, size, size, channels)))
   labels = np.arange(4) % 10
 
   def value_and_grad(impl, dtype):
-    net = models.get_model(name, num_classes=10, conv_impl=impl, dtype=dtype, param_dtype=dtype)
+    net = _net(name, impl, dtype)
     variables = jax.tree.map(lambda v: jnp.asarray(v, dtype), init)
 
     def loss(params):
@@ -118,8 +139,8 @@ def test_a_model_trains_to_the_same_numbers_with_onednn_and_xla(name, size):
 
     return jax.device_get(jax.jit(jax.value_and_grad(loss))(variables['params']))
 
-  init = models.get_model(name, num_classes=10).init(jax.random.key(1), x, train=False)
-  assert jax.tree.map(jnp.shape, models.get_model(name, num_classes=10, conv_impl='onednn').init(
+  init = _net(name, 'xla', jnp.float32).init(jax.random.key(1), x, train=False)
+  assert jax.tree.map(jnp.shape, _net(name, 'onednn', jnp.float32).init(
       jax.random.key(1), x, train=False)) == jax.tree.map(jnp.shape, init)
   ours, xla = value_and_grad('onednn', jnp.float32), value_and_grad('xla', jnp.float32)
   with jax.enable_x64(True):
