@@ -275,26 +275,15 @@ ffi::Error BackwardWeights(ffi::Buffer<ffi::F32, 4> x, ffi::Buffer<ffi::F32, 4> 
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CvjaxOnednnConvForward, Forward,
-                              ffi::Ffi::Bind()
-                                  .Arg<Tensor>()
-                                  .Arg<Tensor>()
-                                  .Ret<Tensor>()
-                                  .Attr<ffi::Span<const int64_t>>("geometry"));
+// Every handler's signature: two rank-4 operands, one rank-4 result, the geometry.
+static auto ConvBinding() {
+  return ffi::Ffi::Bind().Arg<Tensor>().Arg<Tensor>().Ret<Tensor>().Attr<ffi::Span<const int64_t>>(
+      "geometry");
+}
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CvjaxOnednnConvBackwardData, BackwardData,
-                              ffi::Ffi::Bind()
-                                  .Arg<Tensor>()
-                                  .Arg<Tensor>()
-                                  .Ret<Tensor>()
-                                  .Attr<ffi::Span<const int64_t>>("geometry"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CvjaxOnednnConvBackwardWeights, BackwardWeights,
-                              ffi::Ffi::Bind()
-                                  .Arg<Tensor>()
-                                  .Arg<Tensor>()
-                                  .Ret<Tensor>()
-                                  .Attr<ffi::Span<const int64_t>>("geometry"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CvjaxOnednnConvForward, Forward, ConvBinding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CvjaxOnednnConvBackwardData, BackwardData, ConvBinding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CvjaxOnednnConvBackwardWeights, BackwardWeights, ConvBinding());
 
 // The oneDNN version the library was built against, as major*10000+minor*100+patch.
 extern "C" int cvjax_onednn_version() {
