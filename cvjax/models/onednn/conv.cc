@@ -117,6 +117,22 @@ dnnl::convolution_forward::primitive_desc ForwardPd(const Geometry& q, const Con
 }
 #endif
 
+// The descriptor of a gradient primitive (P: convolution_backward_data or _weights, whose
+// constructors take the same arguments), hinted by the forward training one.
+template <typename P>
+typename P::primitive_desc BackwardPd(const Geometry& q, const Conv& d) {
+  auto hint = ForwardPd(q, d, dnnl::prop_kind::forward_training);
+#if DNNL_VERSION_MAJOR >= 3
+  return typename P::primitive_desc(Engine(), dnnl::algorithm::convolution_direct, d.src,
+                                    AnyWeightMd(q), d.dst, d.strides, d.dilates, d.pad_l,
+                                    d.pad_r, hint, UserScratchpad());
+#else
+  typename P::desc desc(dnnl::algorithm::convolution_direct, d.src, AnyWeightMd(q), d.dst,
+                        d.strides, d.dilates, d.pad_l, d.pad_r);
+  return typename P::primitive_desc(desc, UserScratchpad(), Engine(), hint);
+#endif
+}
+
 Entry Build(const Geometry& q, Kind kind) {
   Conv d = ConvDescs(q);
   Entry e;
@@ -127,33 +143,12 @@ Entry Build(const Geometry& q, Kind kind) {
     e.weight_md = pd.weights_desc();
     e.scratch_md = pd.scratchpad_desc();
   } else if (kind == Kind::kBackwardData) {
-    auto hint = ForwardPd(q, d, dnnl::prop_kind::forward_training);
-#if DNNL_VERSION_MAJOR >= 3
-    dnnl::convolution_backward_data::primitive_desc pd(
-        Engine(), dnnl::algorithm::convolution_direct, d.src, AnyWeightMd(q), d.dst, d.strides,
-        d.dilates, d.pad_l, d.pad_r, hint, UserScratchpad());
-#else
-    dnnl::convolution_backward_data::desc desc(dnnl::algorithm::convolution_direct, d.src,
-                                               AnyWeightMd(q), d.dst, d.strides, d.dilates,
-                                               d.pad_l, d.pad_r);
-    dnnl::convolution_backward_data::primitive_desc pd(desc, UserScratchpad(), Engine(), hint);
-#endif
+    auto pd = BackwardPd<dnnl::convolution_backward_data>(q, d);
     e.conv = dnnl::convolution_backward_data(pd);
     e.weight_md = pd.weights_desc();
     e.scratch_md = pd.scratchpad_desc();
   } else {
-    auto hint = ForwardPd(q, d, dnnl::prop_kind::forward_training);
-#if DNNL_VERSION_MAJOR >= 3
-    dnnl::convolution_backward_weights::primitive_desc pd(
-        Engine(), dnnl::algorithm::convolution_direct, d.src, AnyWeightMd(q), d.dst, d.strides,
-        d.dilates, d.pad_l, d.pad_r, hint, UserScratchpad());
-#else
-    dnnl::convolution_backward_weights::desc desc(dnnl::algorithm::convolution_direct, d.src,
-                                                  AnyWeightMd(q), d.dst, d.strides, d.dilates,
-                                                  d.pad_l, d.pad_r);
-    dnnl::convolution_backward_weights::primitive_desc pd(desc, UserScratchpad(), Engine(),
-                                                          hint);
-#endif
+    auto pd = BackwardPd<dnnl::convolution_backward_weights>(q, d);
     e.conv = dnnl::convolution_backward_weights(pd);
     e.weight_md = pd.diff_weights_desc();
     e.scratch_md = pd.scratchpad_desc();
