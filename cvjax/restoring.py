@@ -85,7 +85,8 @@ def restore(workdir: str, step: int | None = None) -> Restored:
   # may be training right now).
   ckpts = Checkpoints(os.path.join(workdir, 'checkpoints'), read_only=True)
   try:
-    restored = ckpts.restore_variables(template, step)
+    # A run that keeps a weight average evaluated it: restore that.
+    restored = ckpts.restore_variables(template, step, ema=config.ema_decay is not None)
   finally:
     ckpts.close()
   if restored is None:

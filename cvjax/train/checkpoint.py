@@ -138,28 +138,31 @@ class Checkpoints:
     target = _abstract(template)
     return self._newest(lambda step: self._restore(step, template, target))
 
-  def restore_variables(self, template: dict, step: int | None = None):
+  def restore_variables(self, template: dict, step: int | None = None, ema: bool = False):
     """(variables, step) of checkpoint `step`, default the newest that restores cleanly
     (damaged steps skipped as in `restore_latest`); None when there is no checkpoint.
 
     Only the model's variables are read: orbax's partial restore of the state's
-    'params' and 'batch_stats' (and its batch counter 'step'), not the optimizer state
-    nor anything else, so nothing of the run's optimizer is needed.
+    'params' and 'batch_stats' (or, with `ema`, of its weight average 'ema') and its
+    batch counter 'step', not the optimizer state nor anything else, so nothing of the
+    run's optimizer is needed.
 
     template: {'params': ..., 'batch_stats'?: ...} of jax.ShapeDtypeStruct (e.g.
       `jax.eval_shape` of the model's init); the stored shapes must match it.
     Returns: variables {'params', 'batch_stats' when the model has BatchNorm} as numpy
       arrays, and the TrainState's `step` (train-step calls: batches consumed).
     """
-    item = {k: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), v)
-            for k, v in template.items() if v}
+    variables = {k: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), v)
+                 for k, v in template.items() if v}
+    item = {'ema': variables} if ema else dict(variables)
     item['step'] = jax.ShapeDtypeStruct((), np.int64)
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
 
     def read(step: int):
       state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
           item=item, restore_args=restore_args, partial_restore=True)))['state']
-      return {k: state[k] for k in item if k != 'step'}, int(state['step'])
+      stored = state['ema'] if ema else state
+      return {k: stored[k] for k in variables}, int(state['step'])
     if step is None:
       return self._newest(read)
     if step not in self.all_steps():

@@ -29,11 +29,12 @@ from cvjax.models import CONV_IMPLS
 from cvjax.train import freeze as freezing
 
 OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'adam', 'adamw')
-SCHEDULES = ('constant', 'step', 'cosine')
+SCHEDULES = ('constant', 'step', 'cosine', 'onecycle')
 # Input conventions of imported weights (op strings in cvjax.data.pipeline): 'caffe' Keras
 # VGG/ResNet (BGR, 0-255, minus ImageNet means), 'torch' torchvision (ImageNet mean/std),
 # 'tf' Keras MobileNet/Inception (scaled to [-1, 1]).
 PREPROCESSINGS = ('caffe', 'torch', 'tf')
+TTAS = ('flip',)
 # Compute dtype of --half_precision (params, optimizer state and BN statistics stay float32).
 HALF_PRECISIONS = {'bf16': 'bfloat16', 'fp16': 'float16'}
 # The key of a workdir's config.json beside the TrainConfig fields: what the run resolved
@@ -91,7 +92,12 @@ class TrainConfig:
                                  **POSITIVE)
   augment: str | None = field(None, help='Train augmentation ops, e.g. "pad_crop(4)|flip_lr"; '
                               'default: the dataset\'s; "" for none.')
-  eval_split: str = field('test', help='Split evaluated during training.', resumable=True)
+  train_split: str = field('train', help="Split trained on; 'train_minus_validation' keeps the "
+                           "'validation' split out of training for model selection "
+                           '(cvjax.data.datasets).')
+  eval_split: str = field('test', help='Split evaluated during training (what the best '
+                          "checkpoint and early stopping watch: 'validation' for selection).",
+                          resumable=True)
   data_dir: str | None = field(None, help="TFDS data_dir (default: TFDS's).", resumable=True)
   raw_data_dir: str | None = field(None, help="Directory with a dataset's original raw files, "
                                    'used to build the TFDS dataset offline.', resumable=True)
@@ -110,7 +116,9 @@ class TrainConfig:
   learning_rate: float = field(0.1, help='Peak learning rate.', **POSITIVE)
   momentum: float = field(0.9, help='Momentum for momentum/nesterov.', minimum=0,
                           exclusive_maximum=1)
-  schedule: str = field('cosine', help='Learning-rate schedule.', choices=SCHEDULES)
+  schedule: str = field('cosine', help="Learning-rate schedule; 'onecycle' is optax's "
+                        'cosine one-cycle (up over warmup_epochs, default 30% of the run, '
+                        'from lr/25, then down to lr/1e4).', choices=SCHEDULES)
   warmup_epochs: float = field(0.0, help='Linear warmup length in epochs.', **NON_NEGATIVE)
   decay_epochs: tuple[float, ...] = field((), help="Epochs at which the 'step' schedule "
                                           'multiplies the learning rate by decay_factor.',
@@ -122,6 +130,23 @@ class TrainConfig:
   label_smoothing: float = field(0.0, help='Label smoothing.', minimum=0, exclusive_maximum=1)
   grad_clip_norm: float | None = field(None, help='Clip gradients to this global norm.',
                                        **POSITIVE)
+  ema_decay: float | None = field(None, help='Keep an exponential moving average of the '
+                                  'weights (and BN statistics) with this decay per optimizer '
+                                  'step, e.g. 0.999; evaluation, the final results and '
+                                  'restore use it.', exclusive_minimum=0, exclusive_maximum=1)
+  mixup_alpha: float = field(0.0, help='Mixup (Zhang et al.): mix each train batch with its '
+                             'reverse by lambda ~ Beta(alpha, alpha), labels likewise; 0: off.',
+                             **NON_NEGATIVE)
+  cutmix_alpha: float = field(0.0, help='CutMix (Yun et al.): paste a box of the reversed batch, '
+                              'area 1 - lambda, lambda ~ Beta(alpha, alpha); labels mixed by '
+                              "the box's area; 0: off. With mixup too, each batch uses one of "
+                              'the two, chosen with probability 1/2 (timm).', **NON_NEGATIVE)
+  mix_prob: float = field(1.0, help='Probability that a train batch is mixed (mixup/cutmix).',
+                          minimum=0, maximum=1)
+  tta: str | None = field(None, help="Test-time augmentation: 'flip' averages the softmax of "
+                          'each image and its mirror (evaluation, results and predict); '
+                          'default: none.', choices=TTAS, empty_is_none=True, resumable=True,
+                          words='flip (or unset for none)')
 
   # Bookkeeping.
   seed: int = field(0, help='Seed for init, data order, augmentation and dropout.', minimum=0,

@@ -6,17 +6,25 @@ import optax
 
 from cvjax.train.config import TrainConfig
 
+ONECYCLE_PCT_START = 0.3  # torch.optim.lr_scheduler.OneCycleLR's default
+
 
 def learning_rate_schedule(config: TrainConfig, total_steps: int,
                            steps_per_epoch: int) -> optax.Schedule:
   """lr(step) for the configured schedule, with optional linear warmup.
 
-  'constant', 'cosine' (to 0 at `total_steps`) or 'step' (multiply by
-  `decay_factor` at each of `decay_epochs`).
+  'constant', 'cosine' (to 0 at `total_steps`), 'step' (multiply by
+  `decay_factor` at each of `decay_epochs`) or 'onecycle' (optax's
+  `cosine_onecycle_schedule`, fastai/torch's OneCycleLR: cosine from lr/25 up to lr
+  over the warmup — `warmup_epochs`, else the first 30% of the run — then down to
+  lr/25e4; the warmup is part of the cycle, not an extra linear ramp).
   """
   base = config.learning_rate
   warmup = int(round(config.warmup_epochs * steps_per_epoch))
   warmup = min(warmup, max(total_steps - 1, 0))
+  if config.schedule == 'onecycle':
+    pct_start = warmup / total_steps if warmup else ONECYCLE_PCT_START
+    return optax.cosine_onecycle_schedule(max(total_steps, 1), base, pct_start=pct_start)
   if config.schedule == 'constant':
     main = optax.constant_schedule(base)
   elif config.schedule == 'cosine':

@@ -9,7 +9,7 @@ from typing import Any
 import jax
 
 from cvjax import data, models
-from cvjax.errors import UserError
+from cvjax.errors import UserError, unknown_choice
 from cvjax.train import freeze, optim, steps
 from cvjax.train.config import TrainConfig
 from cvjax.train.loss_scale import DynamicLossScale
@@ -48,7 +48,8 @@ class Run:
   def _create_state(self):
     scale = DynamicLossScale.create() if self.config.half_precision == 'fp16' else None
     return functools.partial(create_train_state, self.model, self.tx,
-                             input_shape=self.input_shape, loss_scale=scale)
+                             input_shape=self.input_shape, loss_scale=scale,
+                             ema=self.config.ema_decay is not None)
 
   def init_state(self) -> TrainState:
     """A fresh state, replicated over the mesh.
@@ -105,15 +106,17 @@ def build_run(config: TrainConfig, task_class: type[Task]) -> Run:
   if config.num_classes is not None and config.num_classes < meta.num_classes:
     raise UserError(f'num_classes={config.num_classes} but {config.dataset} has '
                     f'{meta.num_classes} classes; leave num_classes unset to use the dataset\'s')
-  accum = config.grad_accum_steps
-  if accum > 1 and config.batch_size * accum > meta.split_sizes.get('train', math.inf):
+  accum, train = config.grad_accum_steps, config.train_split
+  if meta.split_sizes and train not in meta.split_sizes:
+    raise unknown_choice(f'train_split of {config.dataset}', train, meta.split_sizes)
+  if accum > 1 and config.batch_size * accum > meta.split_sizes.get(train, math.inf):
     raise UserError(f'batch_size × grad_accum_steps = {config.batch_size} × {accum} is larger '
-                    f'than the {meta.split_sizes["train"]} training examples of {config.dataset}; '
+                    f'than the {meta.split_sizes[train]} {train} examples of {config.dataset}; '
                     'use a smaller --batch_size or --grad_accum_steps')
-  steps_per_epoch = data.steps_per_epoch(meta, config.batch_size * accum)  # optimizer steps
+  steps_per_epoch = data.steps_per_epoch(meta, config.batch_size * accum, train)  # optimizer steps
   if steps_per_epoch < 1:
     raise UserError(f'batch_size={config.batch_size} is larger than the '
-                    f'{meta.split_sizes["train"]} training examples of {config.dataset}')
+                    f'{meta.split_sizes[train]} {train} examples of {config.dataset}')
   total = config.num_train_steps or math.ceil(config.num_epochs * steps_per_epoch)
   schedule = optim.learning_rate_schedule(config, total, steps_per_epoch)
   task = task_class(config, meta)

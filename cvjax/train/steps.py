@@ -30,8 +30,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from cvjax.train import loss_scale as loss_scaling
 from cvjax.train import optim
 from cvjax.train.factory import DATA_AXIS as AXIS
-from cvjax.train.state import TrainState, model_variables
+from cvjax.train.state import TrainState, eval_variables, model_variables, update_ema
 from cvjax.train.task import Task
+
+# fold_in constant of the key `Task.mix_batch` gets (the dropout key is the step's own).
+MIX_STREAM = 1
 
 
 def train_step(state: TrainState, batch: dict, *, task: Task,
@@ -53,10 +56,15 @@ def train_step(state: TrainState, batch: dict, *, task: Task,
   halves, and only `step` advances). When the optimizer accumulates
   (`optax.MultiSteps`) or the scale can skip, the metrics add 'updated' (1.0 when
   this call stepped the parameters); the training loop counts optimizer steps by it.
+
+  Before the forward pass the task may mix the batch (`Task.mix_batch`: mixup, cutmix)
+  with a key of its own; after the update a run with `ema_decay` moves its weight
+  average (`cvjax.train.state.update_ema`).
   """
   step_rng = jax.random.fold_in(state.rng, state.step)
   if axis_name is not None:  # a different dropout mask on every device
     step_rng = jax.random.fold_in(step_rng, lax.axis_index(axis_name))
+  batch = task.mix_batch(batch, jax.random.fold_in(step_rng, MIX_STREAM))
   has_bn = bool(state.batch_stats)
   scaler = state.loss_scale
 
@@ -95,6 +103,8 @@ def train_step(state: TrainState, batch: dict, *, task: Task,
                                   loss_scale=scaler.adjust(finite))
     updated = updated & finite
     metrics.update(loss_scale=scaler.scale, overflow=1.0 - finite.astype(jnp.float32))
+  if task.config.ema_decay:
+    new_state = update_ema(new_state, task.config.ema_decay, updated)
   if scaler is not None or not isinstance(updated, bool):
     metrics['updated'] = jnp.asarray(updated, jnp.float32)
   return new_state, metrics
@@ -102,12 +112,13 @@ def train_step(state: TrainState, batch: dict, *, task: Task,
 
 def eval_step(state: TrainState, batch: dict, *, task: Task,
               axis_name: str | None = AXIS) -> tuple[dict, dict]:
-  """The task's eval measurements on one batch (model in inference mode).
+  """The task's eval measurements on one batch (model in inference mode, with the weight
+  average where the run keeps one, and the task's test-time augmentation).
 
   Returns (sums, per_example): `sums` summed over the global batch,
   `per_example` with a leading batch axis (see cvjax.train.task).
   """
-  outputs = state.apply_fn(model_variables(state), task.model_input(batch), train=False)
+  outputs = task.eval_apply(state.apply_fn, eval_variables(state), batch)
   sums, per_example = task.eval_outputs(outputs, batch)
   if axis_name is not None:
     sums = lax.psum(sums, axis_name)

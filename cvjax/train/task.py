@@ -23,6 +23,11 @@ hooks and may override the others, whose defaults fit image classification:
   build_model(bn_axis_name=...)       the module; default: the model factory
   input_shape                         the model's init input (1, S, S, C)
   model_input(batch)                  what the model is applied to; default batch['image']
+  mix_batch(batch, rng)               batch-level train augmentation inside the step
+                                      (mixup, cutmix); default: the batch unchanged
+  eval_apply(apply_fn, variables, batch)
+                                      the eval outputs; default: the model on
+                                      model_input(batch) (test-time augmentation goes here)
   warm_start(state, model)            a fresh state's starting weights; default: init_from
   preprocessing()                     the input normalisation, recorded in config.json
   predictor(model, variables)         `predict` of `cvjax.restore`; default: softmax
@@ -109,8 +114,8 @@ class Task(abc.ABC):
     c = self.config
     return data.pipeline.train_batches(
         self.data_spec(), global_batch_size=c.batch_size, sharding=sharding, seed=c.seed,
-        start_step=start_step, augment=c.augment, data_dir=c.data_dir,
-        num_examples=self.meta.split_sizes['train'])
+        start_step=start_step, augment=c.augment, split=c.train_split, data_dir=c.data_dir,
+        num_examples=self.meta.split_sizes[c.train_split])
 
   def eval_batches(self, sharding, split: str) -> Iterator[dict]:
     """Global eval batches of `split` placed with `sharding`, each example once."""
@@ -138,6 +143,16 @@ class Task(abc.ABC):
 
   def model_input(self, batch: dict) -> jax.Array:
     return batch['image']
+
+  def mix_batch(self, batch: dict, rng: jax.Array) -> dict:
+    """This device's train batch after batch-level augmentation, drawn with `rng` (inside
+    the jitted step, before `model_input` and `loss`). Default: unchanged."""
+    del rng
+    return batch
+
+  def eval_apply(self, apply_fn, variables: dict, batch: dict) -> Any:
+    """The outputs `eval_outputs` scores: the model in inference mode on the batch."""
+    return apply_fn(variables, self.model_input(batch), train=False)
 
   def warm_start(self, state, model):
     """A fresh state's weights: `config.init_from`'s where path and shape match.
