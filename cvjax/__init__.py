@@ -12,7 +12,8 @@ import importlib
 
 __version__ = '0.1.0'
 
-_LAZY = {'restore': ('cvjax.restoring', 'restore'), 'fit': ('cvjax.tasks', 'fit')}
+_LAZY = {'restore': ('cvjax.restoring', 'restore'),
+         'restore_ensemble': ('cvjax.restoring', 'restore_ensemble'), 'fit': ('cvjax.tasks', 'fit')}
 
 
 def __getattr__(name):

@@ -1,9 +1,10 @@
-"""`cvjax.restore(workdir)`: a trained run, ready for a notebook."""
+"""`cvjax.restore(workdir)`: a trained run, ready for a notebook; `cvjax.restore_ensemble(workdirs)`:
+classification runs that predict together."""
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -34,6 +35,7 @@ class Restored:
              int32[n], 'scores' f32[n]; localization: one dict per image, 'class' int,
              'probabilities' f32[K], 'box' f32[4] (ymin, xmin, ymax, xmax) normalised.
   class_names: label index -> name, None when the run does not know them.
+  num_classes: the model's classes (outputs per image or pixel), None when unknown.
   """
   model: Any
   variables: dict
@@ -41,6 +43,7 @@ class Restored:
   step: int
   predict: Callable[[np.ndarray], Any]
   class_names: list[str] | None = None
+  num_classes: int | None = None
 
 
 def read_config(workdir: str) -> TrainConfig:
@@ -95,7 +98,94 @@ def restore(workdir: str, step: int | None = None) -> Restored:
   names = task.meta.class_names if task.meta is not None else None
   return Restored(model=model, variables=variables, config=config, step=batches,
                   predict=task.predictor(model, variables),
-                  class_names=list(names) if names else None)
+                  class_names=list(names) if names else None, num_classes=task.num_classes)
+
+
+@dataclasses.dataclass
+class RestoredEnsemble:
+  """Classification runs restored together (`restore_ensemble`).
+
+  workdirs:    the members' run directories, in the order given.
+  members:     each member's `Restored`, in the same order.
+  predict:     uint8[B, H, W, C] images at any size → float32[B, num_classes], the mean of
+               the members' softmax probabilities (each member preprocesses as it was
+               trained).
+  class_names: label index -> name, None when no member knows them.
+  num_classes: the members' class count.
+  """
+  workdirs: list[str]
+  members: list[Restored]
+  predict: Callable[[np.ndarray], np.ndarray]
+  class_names: list[str] | None
+  num_classes: int
+
+
+def restore_ensemble(workdirs: Sequence[str],
+                     steps: Sequence[int | None] | None = None) -> RestoredEnsemble:
+  """Restores each classification run of `workdirs` (`restore`; at `steps[i]`, else the
+  newest good checkpoint) as one model whose prediction is the mean of theirs.
+
+  Every member must be a classification run with the first's class count and, where
+  both runs know them, its class names; otherwise a UserError names the two workdirs
+  and what differs. Like `restore`, reads no dataset and writes nothing.
+  """
+  if isinstance(workdirs, str):
+    raise UserError(f'restore_ensemble wants a list of workdirs, got the string '
+                    f'{workdirs!r}; pass [{workdirs!r}]')
+  workdirs = list(workdirs)
+  if not workdirs:
+    raise UserError('restore_ensemble got no workdirs; give one or more classification runs')
+  steps = [None] * len(workdirs) if steps is None else list(steps)
+  if len(steps) != len(workdirs):
+    raise UserError(f'restore_ensemble got {len(steps)} steps for {len(workdirs)} workdirs; '
+                    'give one step (or None) per workdir')
+  check_classification(workdirs, [read_config(w) for w in workdirs])
+  members = [restore(w, s) for w, s in zip(workdirs, steps)]
+  check_same_classes(workdirs, members)
+  names = next((m.class_names for m in members if m.class_names), None)
+  return RestoredEnsemble(workdirs=workdirs, members=members,
+                          predict=_mean_predictor([m.predict for m in members]),
+                          class_names=names, num_classes=members[0].num_classes)
+
+
+def check_classification(workdirs: Sequence[str], configs: Sequence[TrainConfig]) -> None:
+  """A UserError unless every config is a classification run's (read before restoring)."""
+  first, task = workdirs[0], configs[0].task
+  if task != 'classification':
+    raise UserError(f'{first} is a {task} run; an ensemble averages the class '
+                    'probabilities of classification runs')
+  for workdir, config in zip(workdirs[1:], configs[1:]):
+    if config.task != task:
+      raise UserError(f'{first} and {workdir} differ in task ({task!r} vs {config.task!r}); '
+                      'an ensemble averages classification runs')
+
+
+def check_same_classes(workdirs: Sequence[str], members: Sequence[Restored]) -> None:
+  """A UserError unless every member has the first's class count and (where both know
+  them) class names."""
+  first, a = workdirs[0], members[0]
+  for workdir, b in zip(workdirs[1:], members[1:]):
+    if b.num_classes != a.num_classes:
+      raise UserError(f'{first} and {workdir} differ in class count ({a.num_classes} vs '
+                      f'{b.num_classes}); ensemble runs trained on the same classes')
+    if a.class_names and b.class_names and a.class_names != b.class_names:
+      raise UserError(f'{first} and {workdir} differ in class names '
+                      f'({_first_difference(a.class_names, b.class_names)}); ensemble runs '
+                      'trained on the same classes')
+
+
+def _first_difference(a: Sequence[str], b: Sequence[str]) -> str:
+  for i, (x, y) in enumerate(zip(a, b)):
+    if x != y:
+      return f'class {i}: {x!r} vs {y!r}'
+  return f'{len(a)} vs {len(b)} names'
+
+
+def _mean_predictor(predicts: Sequence[Callable[[np.ndarray], np.ndarray]]
+                    ) -> Callable[[np.ndarray], np.ndarray]:
+  def predict(images) -> np.ndarray:
+    return sum(p(images) for p in predicts) / np.float32(len(predicts))
+  return predict
 
 
 def _check_record(task, resolved: rundir.Resolved, workdir: str) -> None:
