@@ -184,11 +184,17 @@ class Task(abc.ABC):
                            image_size=self.image_size, channels=self.channels,
                            preprocessing=self.preprocessing())
 
-  def predictor(self, model, variables: dict) -> Callable[[np.ndarray], np.ndarray]:
+  def predictor(self, model, variables: dict, probabilities: Callable | None = None
+                ) -> Callable[[np.ndarray], np.ndarray]:
     """predict(uint8[B, H, W, C] images at any size) -> float32[B, ..., classes]
-    probabilities (softmax over the last axis), with the run's eval preprocessing."""
+    probabilities (softmax over the last axis), with the run's eval preprocessing.
+    probabilities: (variables, f32[B, S, S, C] preprocessed images) -> those probabilities,
+    jittable; default: the softmax of the model in inference mode."""
     config = self.config
-    apply = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False)))
+
+    def softmax(v, x):
+      return jax.nn.softmax(model.apply(v, x, train=False))
+    apply = jax.jit(probabilities or softmax)
 
     def predict_batch(images: np.ndarray) -> np.ndarray:
       x = data.preprocess_for_eval(images, dataset=config.dataset, image_size=self.image_size,
