@@ -1,7 +1,7 @@
 """Keras 3 (JAX backend) peers for benchmarks.throughput: the same architectures, Keras' way.
 
-`keras.applications` where it has the network, and LeNet-5 and the CIFAR ResNets
-(option-A shortcuts) written here. Training is `train_on_batch` with
+`keras.applications` where it has the network, and LeNet-5, the CIFAR ResNets
+(option-A shortcuts) and the lectures' deep CNN written here. Training is `train_on_batch` with
 `jit_compile=True`, inference `predict_on_batch`; both return host values, so
 each call is synchronous.
 """
@@ -20,6 +20,8 @@ APPLICATIONS = {'resnet50_keras': 'ResNet50', 'resnet101_keras': 'ResNet101',
                 'densenet121': 'DenseNet121', 'densenet169': 'DenseNet169',
                 'densenet201': 'DenseNet201'}
 CIFAR_RESNETS = {'resnet20': 3, 'resnet32': 5, 'resnet44': 7, 'resnet56': 9, 'resnet110': 18}
+# The model_kwargs of cvjax's deep_cnn that shape its peers.
+DEEP_CNN_OPTIONS = ('widths', 'convs_per_stage', 'hidden', 'dropout_rate', 'head_dropout_rate')
 
 
 def _lenet5(image_size: int, num_classes: int, activation: str = 'tanh', pooling: str = 'avg'):
@@ -60,6 +62,30 @@ def _cifar_resnet(n: int, image_size: int, num_classes: int):
   return keras.Model(inputs, layers.Dense(num_classes)(x))
 
 
+def _deep_cnn(image_size: int, num_classes: int, widths=(32, 64, 128), convs_per_stage: int = 2,
+              hidden: int = 512, dropout_rate: float = 0.25, head_dropout_rate: float = 0.5):
+  """cvjax's DeepCNN, its layers named as cvjax's parameters (conv1_1, bn1_1, ..., fc1, bn_fc1, fc2).
+
+  BatchNorm as cvjax's BNModel default (momentum 0.9, epsilon 1e-5); Flatten of NHWC is
+  cvjax's order, so cvjax's weights load one layer at a time.
+  """
+  import keras  # pylint: disable=g-import-not-at-top
+  layers = keras.layers
+
+  def bn(name):
+    return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
+
+  stack = [keras.Input((image_size, image_size, 1))]
+  for i, width in enumerate(widths):
+    for j in range(convs_per_stage):
+      stack += [layers.Conv2D(width, 3, padding='same', use_bias=False, name=f'conv{i + 1}_{j + 1}'),
+                bn(f'bn{i + 1}_{j + 1}'), layers.ReLU()]
+    stack += [layers.MaxPooling2D(2), layers.Dropout(dropout_rate)]
+  stack += [layers.Flatten(), layers.Dense(hidden, use_bias=False, name='fc1'), bn('bn_fc1'),
+            layers.ReLU(), layers.Dropout(head_dropout_rate), layers.Dense(num_classes, name='fc2')]
+  return keras.Sequential(stack)
+
+
 def build_model(model_name: str, image_size: int, num_classes: int, model_kwargs: dict,
                 half_precision: str | None = None):
   """The Keras model for a cvjax model name, or None when there is no equivalent here.
@@ -88,6 +114,9 @@ def _build(model_name: str, image_size: int, num_classes: int, model_kwargs: dic
                                                if k in ('activation', 'pooling')})
   if model_name in CIFAR_RESNETS and model_kwargs.get('shortcut', 'A') == 'A':
     return _cifar_resnet(CIFAR_RESNETS[model_name], image_size, num_classes)
+  if model_name == 'deep_cnn':
+    return _deep_cnn(image_size, num_classes, **{k: v for k, v in model_kwargs.items()
+                                                 if k in DEEP_CNN_OPTIONS})
   return None
 
 

@@ -1,9 +1,9 @@
 """PyTorch peers for benchmarks.throughput: the same architectures as cvjax's, on torch's CPU kernels.
 
-torchvision's model where cvjax's is the same network (`TORCHVISION`), and the two
-small nets torchvision lacks (LeNet-5, the CIFAR ResNets with option-A shortcuts)
-written here in a few lines. Inputs are NCHW tensors in channels_last memory, the
-fast layout for torch's oneDNN convolutions on CPU.
+torchvision's model where cvjax's is the same network (`TORCHVISION`), and the
+small nets torchvision lacks (LeNet-5, the CIFAR ResNets with option-A shortcuts,
+the lectures' deep CNN) written here in a few lines. Inputs are NCHW tensors in
+channels_last memory, the fast layout for torch's oneDNN convolutions on CPU.
 """
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ TORCHVISION = {
     **{f'densenet{d}': f'densenet{d}' for d in (121, 169, 201)},
 }
 CIFAR_RESNETS = {'resnet20': 3, 'resnet32': 5, 'resnet44': 7, 'resnet56': 9, 'resnet110': 18}
+# The model_kwargs of cvjax's deep_cnn that shape its peer.
+DEEP_CNN_OPTIONS = ('widths', 'convs_per_stage', 'hidden', 'dropout_rate', 'head_dropout_rate')
 
 
 def _lenet5(num_classes: int, activation: str = 'tanh', pooling: str = 'avg'):
@@ -65,8 +67,30 @@ def _cifar_resnet(n: int, num_classes: int):
   return nn.Sequential(*layers)
 
 
-def build_model(model_name: str, num_classes: int, model_kwargs: dict):
-  """The torch module for a cvjax model name, or None when there is no equivalent here."""
+def _deep_cnn(num_classes: int, image_size: int, widths=(32, 64, 128), convs_per_stage: int = 2,
+              hidden: int = 512, dropout_rate: float = 0.25, head_dropout_rate: float = 0.5):
+  """cvjax's DeepCNN: per width, convs_per_stage × (3×3 conv, BN, ReLU), 2×2 max-pool, dropout;
+  then flatten, fc `hidden` + BN + ReLU, dropout, fc num_classes. 1-channel input."""
+  from torch import nn  # pylint: disable=g-import-not-at-top
+  layers, cin, size = [], 1, image_size
+  for width in widths:
+    for _ in range(convs_per_stage):
+      layers += [nn.Conv2d(cin, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+      cin = width
+    layers += [nn.MaxPool2d(2), nn.Dropout(dropout_rate)]
+    size //= 2
+  layers += [nn.Flatten(), nn.Linear(cin * size * size, hidden, bias=False),
+             nn.BatchNorm1d(hidden), nn.ReLU(), nn.Dropout(head_dropout_rate),
+             nn.Linear(hidden, num_classes)]
+  return nn.Sequential(*layers)
+
+
+def build_model(model_name: str, num_classes: int, model_kwargs: dict, image_size: int = 28):
+  """The torch module for a cvjax model name, or None when there is no equivalent here.
+
+  image_size: the input's height and width; it sizes the dense layer after deep_cnn's
+  flatten (28: deep_cnn's natural input). The other models do not depend on it.
+  """
   import torchvision  # pylint: disable=g-import-not-at-top
   if model_name in TORCHVISION:
     return getattr(torchvision.models, TORCHVISION[model_name])(weights=None,
@@ -76,6 +100,9 @@ def build_model(model_name: str, num_classes: int, model_kwargs: dict):
                                    if k in ('activation', 'pooling')})
   if model_name in CIFAR_RESNETS and model_kwargs.get('shortcut', 'A') == 'A':
     return _cifar_resnet(CIFAR_RESNETS[model_name], num_classes)
+  if model_name == 'deep_cnn':
+    return _deep_cnn(num_classes, image_size, **{k: v for k, v in model_kwargs.items()
+                                                 if k in DEEP_CNN_OPTIONS})
   return None
 
 
@@ -98,7 +125,7 @@ def runners(model_name: str, image_size: int, channels: int, batch_size: int, nu
   Raises ImportError when torch or torchvision is missing.
   """
   import torch  # pylint: disable=g-import-not-at-top
-  model = build_model(model_name, num_classes, model_kwargs)
+  model = build_model(model_name, num_classes, model_kwargs, image_size)
   if model is None:
     return None
   device, autocast = device_and_autocast(half_precision)

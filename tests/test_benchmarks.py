@@ -21,6 +21,62 @@ def test_keras_peer_has_cvjax_parameter_count(name):
   assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == COUNTS[name]
 
 
+# deep_cnn at 28×28×1, 10 classes, by widths (cvjax/models/deep_cnn.py's docstring).
+DEEP_CNN_COUNTS = {(32, 64, 128): 882_858, (16, 32, 64): 373_082}
+
+
+def _cvjax_trainable_count(name, image_size, channels, **kwargs):
+  import jax
+  from cvjax import models
+  model = models.get_model(name, num_classes=10, **kwargs)
+  shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x),
+                          jax.ShapeDtypeStruct((1, image_size, image_size, channels), np.float32))
+  return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(shapes['params']))
+
+
+@pytest.mark.parametrize('widths', sorted(DEEP_CNN_COUNTS))
+def test_keras_peer_deep_cnn_has_cvjax_parameter_count_for_its_widths(widths):
+  model = keras_peer.build_model('deep_cnn', 28, 10, {'widths': widths})
+  keras_count = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+  assert keras_count == _cvjax_trainable_count('deep_cnn', 28, 1, widths=widths)
+  assert keras_count == DEEP_CNN_COUNTS[widths]
+
+
+def test_keras_peer_deep_cnn_with_cvjax_weights_gives_cvjax_inference_logits():
+  pytest.importorskip('keras')
+  import jax
+  from cvjax import models
+  model = models.get_model('deep_cnn', num_classes=10)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(8, 28, 28, 1)).astype(np.float32)
+  variables = model.init(jax.random.key(0), x[:1])
+  params = {k: {n: np.asarray(v) for n, v in p.items()} for k, p in variables['params'].items()}
+  # Non-trivial BatchNorm: random gamma, beta, running mean and (positive) running variance.
+  stats = {}
+  for k, p in params.items():
+    if k.startswith('bn'):
+      c = p['scale'].shape
+      p['scale'], p['bias'] = rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c)
+      stats[k] = {'mean': rng.normal(0, 0.1, c), 'var': rng.uniform(0.5, 2.0, c)}
+  params, stats = jax.tree.map(lambda a: a.astype(np.float32), (params, stats))
+  peer = keras_peer.build_model('deep_cnn', 28, 10, {})
+  loaded = set()
+  for layer in peer.layers:
+    if layer.name in params:
+      p = params[layer.name]
+      if layer.name.startswith('bn'):  # Keras: [gamma, beta, moving_mean, moving_variance]
+        layer.set_weights([p['scale'], p['bias'], stats[layer.name]['mean'],
+                           stats[layer.name]['var']])
+      else:  # Conv2D HWIO and Dense [in, out], as flax's
+        layer.set_weights([p['kernel']] + ([p['bias']] if 'bias' in p else []))
+      loaded.add(layer.name)
+  assert loaded == set(params)
+  want = model.apply({'params': params, 'batch_stats': stats}, x, train=False)
+  got = np.asarray(peer(x, training=False))
+  assert np.abs(want).max() > 0.1  # the logits are not all near zero
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+
+
 def test_keras_peer_for_torchvision_style_resnet50_is_skipped_not_keras_v1():
   assert keras_peer.build_model('resnet50', 224, 1000, {}) is None
 
@@ -34,6 +90,17 @@ def test_torch_peers_have_cvjax_parameter_counts():
   out = subprocess.run([sys.executable, '-c', code], check=True, capture_output=True, text=True,
                        timeout=300).stdout
   assert json.loads(out.splitlines()[-1]) == COUNTS
+
+
+def test_torch_peer_deep_cnn_has_cvjax_parameter_count_for_its_widths():
+  if not (importlib.util.find_spec('torch') and importlib.util.find_spec('torchvision')):
+    pytest.skip('torch is an optional extra (pip install .[bench])')
+  code = ('import json; from benchmarks import torch_peer; print(json.dumps([sum(p.numel() for p in '
+          'torch_peer.build_model("deep_cnn", 10, {"widths": w}, 28).parameters() if p.requires_grad) '
+          f'for w in {sorted(DEEP_CNN_COUNTS)}]))')
+  out = subprocess.run([sys.executable, '-c', code], check=True, capture_output=True, text=True,
+                       timeout=300).stdout
+  assert json.loads(out.splitlines()[-1]) == [DEEP_CNN_COUNTS[w] for w in sorted(DEEP_CNN_COUNTS)]
 
 
 @pytest.mark.parametrize('argv, message', [
