@@ -293,6 +293,17 @@ def test_param_count_matches_published(name, num_classes, expected):
   assert _params(name, num_classes)[0] == expected
 
 
+def test_deep_cnn_counts_its_convs_norms_and_dense_layers():
+  # 3×3 convs without bias, BN scale + bias per channel, fc1 (no bias) on 3·3·w3, fc2.
+  for widths in ((32, 64, 128), (16, 32, 64)):
+    ins = (1, widths[0], widths[0], widths[1], widths[1], widths[2])
+    outs = (widths[0], widths[0], widths[1], widths[1], widths[2], widths[2])
+    convs = sum(9 * i * o for i, o in zip(ins, outs))
+    head = 3 * 3 * widths[2] * 512 + 2 * 512 + 512 * 10 + 10
+    assert _params('deep_cnn', 10, widths=widths)[0] == convs + 2 * sum(outs) + head
+  assert _params('deep_cnn', 10)[0] == 882_858
+
+
 def test_cifar_resnet_paper_rounded_counts():
   # He et al. 2016 Table 6: 0.27M, 0.46M, 0.66M, 0.85M, 1.7M.
   for name, millions in [('resnet20', 0.27), ('resnet32', 0.46),
@@ -344,7 +355,7 @@ def test_param_shapes_match_keras_applications(name, keras_name):
     ('vgg16', 224, 1000), ('vgg16', 256, 1000), ('vgg11_cifar', 32, 10),
     ('vgg19_bn_cifar', 64, 100), ('resnet18', 160, 1000),
     ('resnet50', 224, 1000), ('resnet50', 299, 21), ('resnet50_keras', 192, 1000),
-    ('resnet20', 32, 10), ('resnet56', 48, 100)])
+    ('resnet20', 32, 10), ('resnet56', 48, 100), ('deep_cnn', 28, 10), ('deep_cnn', 32, 100)])
 def test_logits_shape_for_several_input_sizes(name, size, num_classes):
   c = model_input_shape(name)[-1]
   logits, _ = _trace(get_model(name, num_classes), (3, size, size, c))

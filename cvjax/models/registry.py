@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from cvjax import errors
 from cvjax.models import appearance
-from cvjax.models import (alexnet, cifar_resnet, conv_lowering, lenet, localizer, resnet, ssd, vgg,
+from cvjax.models import (alexnet, cifar_resnet, conv_lowering, deep_cnn, lenet, localizer, resnet, ssd, vgg,
                           wide_resnet)
 from cvjax.models.conv_lowering import CONV_IMPLS
 from cvjax.models import (deeplab, densenet, efficientnet, fcn, inception, mobilenet, resnext,
@@ -63,6 +63,7 @@ def _add(name: str, builder: Callable[..., nn.Module], input_shape: tuple[int, i
 _P = functools.partial
 
 _add('lenet5', lenet.LeNet5, (32, 32, 1), 10, bn=False)
+_add('deep_cnn', deep_cnn.DeepCNN, (28, 28, 1), 10)
 _add('appearance_cnn', appearance.AppearanceCNN, (32, 32, 3), 36, bn=False)
 _add('alexnet', alexnet.AlexNet, (227, 227, 3), 1000, bn=False)
 _add('alexnet_torchvision', alexnet.AlexNetTorchvision, _IMAGENET, 1000, bn=False)
