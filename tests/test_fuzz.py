@@ -507,7 +507,7 @@ def test_a_fuzzed_flagfile_parses_or_prints_one_error_line(content, capsys):
 
 
 TOOLS = ('evaluate', 'track', 'detect', 'segment', 'visualize', 'export', 'convert', 'anchors',
-         'summary')
+         'summary', 'ensemble')
 FLAG_VALUES = st.one_of(
     st.sampled_from(['', '0', '-1', '1', 'nan', 'inf', '-inf', '1e309', 'true', 'false', 'x',
                      '.', '/', '/nonexistent/x', 'junk.bin', 'empty.json', 'image.png',

@@ -74,6 +74,10 @@ class FeatureTask(ClassificationTask):
   def check(cls, config):
     if not config.init_from:
       raise UserError('task=features needs --init_from=DIR, the base whose features to use')
+    for name in ('mixup_alpha', 'cutmix_alpha', 'tta'):
+      if getattr(config, name):
+        raise UserError(f'task=features trains on stored features, not images: {name} does '
+                        f'not apply; drop --{name}')
 
   def base(self):
     """(base model, its variables, head module name, input shape (1, S, S, C)), read once
