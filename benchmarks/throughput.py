@@ -41,7 +41,7 @@ from typing import Callable
 
 from absl import flags
 
-from cvjax import cli
+from cvjax import allocator, cli
 
 os.environ.setdefault('KERAS_BACKEND', 'jax')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -238,7 +238,7 @@ def format_report(r: dict) -> str:
            f'{r["compute_dtype"]} on {r["device"]} ({r["backend"]}); matmul peak '
            f'({r["peak_size"]}³ {r["compute_dtype"]}, jit): {r["matmul_peak_gflops"]:.0f} GFLOP/s; '
            f'load average before {load(r["load_average_before"])}, '
-           f'after {load(r["load_average_after"])}',
+           f'after {load(r["load_average_after"])}; allocator {r.get("allocator", "glibc")}',
            f'  {"":14}{"images/s":>10} {"GFLOP/s":>8} {"of peak":>8}'
            + (f' {"MFU":>6}' if r['peak_tflops'] else '')]
   for name, res in r['results'].items():
@@ -309,6 +309,7 @@ def run(f: flags.FlagValues) -> int:
   result = run_benchmark(f.model, image_size, f.batch_size, num_classes, peers,
                          impls or ['auto'], parse_kwargs(f.model_kwargs), modes,
                          f.steps, f.repeats, f.peak_size, half_precision, f.peak_tflops)
+  result['allocator'] = os.environ.get(allocator.ENV, 'glibc')  # every contender shares it
   print(json.dumps(result) if f.json else format_report(result))
   return 0
 
@@ -318,4 +319,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
+  allocator.reexec_with_caching_allocator()  # for cvjax and its peers alike
   sys.exit(main())

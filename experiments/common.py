@@ -26,7 +26,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow only reads data
 
 from absl import app, flags, logging  # noqa: E402
 
-from cvjax import cli, signals  # noqa: E402
+from cvjax import allocator, cli, signals  # noqa: E402
 from cvjax.errors import CheckpointWriteError, Preempted, UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -217,9 +217,12 @@ def main(run=None, default_flagfile: str | None = None) -> None:
   default_flagfile: a file in experiments/configs/ read when the command line names no
   --flagfile (`with_default_flagfile`).
 
-  SIGTERM and Ctrl-C are recorded from here on, before JAX is imported: the run stops at
-  its next safe point (Preempted / Interrupted), a second Ctrl-C ends it at once.
+  First the program restarts itself with a caching memory allocator where one is installed
+  (`cvjax.allocator`; `CVJAX_ALLOCATOR=system` keeps glibc's). SIGTERM and Ctrl-C are
+  recorded from then on, before JAX is imported: the run stops at its next safe point
+  (Preempted / Interrupted), a second Ctrl-C ends it at once.
   """
+  allocator.reexec_with_caching_allocator()
   with signals.stop_signals(on_second_interrupt=_exit_at_once) as stop:
     module_name = _main_module()
     define_config_flags(module_name)
