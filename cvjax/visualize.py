@@ -4,6 +4,8 @@
     python -m cvjax.visualize --workdir=W --what=feature_maps --out=maps.png
         [--image=photo.png | --index=0] [--layer=conv2]
     python -m cvjax.visualize --workdir=W --what=curves       --out=curves.png
+    python -m cvjax.visualize --workdir=W1,W2,... --what=curves --out=compare.png
+        [--labels=name1,name2,...]   # several runs' curves in one picture
     python -m cvjax.visualize --readme [--workdir=runs/lenet5_fashion_mnist]
         [--out_dir=docs/images] [--no_profile]   # regenerates the README's pictures
 
@@ -23,14 +25,23 @@ curves:       losses, metrics in [0, 1] (accuracy, mAP), other metrics and
               the learning rate against the step, one panel each, read from
               `<workdir>/metrics.jsonl` (train: means over each logging
               window; eval: whole split).
+              With several comma-separated workdirs (curves only: the other
+              pictures are per run), their runs are overlaid in the same
+              panels, one colour per run, named in the legend by each
+              workdir's directory name or by `--labels` (one per workdir, same
+              order); eval metrics are lines with markers, train metrics thin
+              lines. The x axis is the epoch when the steps per epoch of every
+              run are known here (`steps_per_epoch`: its dataset is prepared
+              where its config.json says), else the step.
 
 PNG sizes are fixed by `FIGSIZE` × dpi (inches × dots per inch), so scripts
 and tests can rely on them. The library functions return matplotlib Figures
 (no pyplot state, so they display inline in a notebook) and plain arrays:
 `filter_grid`, `feature_map_grid`, `activations`, `read_metrics`,
-`test_images`. Detection runs (SSD) work too: their images come from
-`cvjax.detection.data` and are resized to the model input as their `predict`
-does; their boxes are drawn by `cvjax.detection.draw`.
+`steps_per_epoch`, `test_images`; `plot_compared_curves` draws several runs.
+Detection runs (SSD) work too: their images come from `cvjax.detection.data`
+and are resized to the model input as their `predict` does; their boxes are
+drawn by `cvjax.detection.draw`.
 """
 from __future__ import annotations
 
@@ -60,7 +71,11 @@ README_PROFILE = ('alexnet_profile.png', dict(batch_size=8, backward=True, repea
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string('workdir', None, 'A training run directory (with --readme default: '
-                    f'{README_WORKDIR}).', flag_values=FLAGS)
+                    f'{README_WORKDIR}); for --what=curves, several comma-separated ones '
+                    'are compared in one picture.', flag_values=FLAGS)
+flags.DEFINE_string('labels', None, 'curves of several workdirs: their names in the legend, '
+                    'comma-separated, one per workdir (default: the directory names).',
+                    flag_values=FLAGS)
 flags.DEFINE_string('what', None, ' | '.join(WHATS), flag_values=FLAGS)
 flags.DEFINE_string('out', None, 'PNG file to write.', flag_values=FLAGS)
 flags.DEFINE_string('image', None, 'feature_maps: a PNG/JPEG input image.', flag_values=FLAGS)
@@ -288,6 +303,34 @@ def read_metrics(workdir: str) -> list[dict[str, float]]:
   return records
 
 
+def steps_per_epoch(config: TrainConfig) -> int | None:
+  """Optimizer steps per epoch of a run with this config, if that can be known here.
+
+  config.json records no epoch length: it is what the loop computes, the examples of
+  `config.train_split` // (batch_size × grad_accum_steps), the split's size read from
+  the dataset's TFDS record where `config.data_dir` holds it prepared (nothing is
+  built or downloaded). None for a dataset outside `cvjax.data.datasets` (detection,
+  segmentation) or one not prepared on this machine.
+  """
+  if config.dataset not in datasets.DATASETS:
+    return None
+  try:
+    expr = datasets.tfds_split(config.dataset, config.train_split)
+  except errors.UserError:
+    return None
+  datasets.tensorflow()  # hides accelerators from TF before TFDS loads it
+  from cvjax.data import prepare  # noqa: F401  (loads TFDS; registers cvjax's builders)
+  import tensorflow_datasets as tfds
+  try:
+    builder = tfds.builder(config.dataset, data_dir=config.data_dir)
+    if not builder.is_prepared():
+      return None
+    examples = builder.info.splits[expr].num_examples
+  except Exception:  # pylint: disable=broad-except  # an unreadable record: not known here
+    return None
+  return examples // (config.batch_size * config.grad_accum_steps) or None
+
+
 def test_images(run, n: int = 16, *, split: str | None = None,
                 offset: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
   """Examples `offset … offset+n-1` of the run's dataset `split`, as stored (uint8).
@@ -397,9 +440,11 @@ def plot_feature_maps(run, image: np.ndarray, layer: str | None = None, *,
   return fig
 
 
-def plot_curves(workdir: str, *, dpi: int = DPI, title: str | None = None):
-  """Figure: losses, other metrics and the learning rate from metrics.jsonl."""
-  records = read_metrics(workdir)
+def _curve_panels(runs: Sequence[list[dict[str, float]]]) -> list[tuple[str, list[str]]]:
+  """(title, metric keys) of the curve panels over the records of one or more runs:
+  losses, metrics in [0, 1] (in every run), other metrics, the learning rate;
+  empty panels are left out."""
+  records = [r for rs in runs for r in rs]
   keys = sorted({k for r in records for k in r} - {'step'})
   losses = [k for k in keys if k.endswith('loss')]
   lr = [k for k in keys if k == 'learning_rate']
@@ -414,7 +459,13 @@ def plot_curves(workdir: str, *, dpi: int = DPI, title: str | None = None):
   counts = [k for k in others if k not in rates]   # e.g. detection's matched anchors
   panels = [('loss', losses), (panel_title(rates), rates), (panel_title(counts), counts),
             ('learning rate', lr)]
-  panels = [(t, ks) for t, ks in panels if ks]
+  return [(t, ks) for t, ks in panels if ks]
+
+
+def plot_curves(workdir: str, *, dpi: int = DPI, title: str | None = None):
+  """Figure: losses, other metrics and the learning rate from metrics.jsonl."""
+  records = read_metrics(workdir)
+  panels = _curve_panels([records])
   fig = _figure('curves', dpi)
   axes = fig.subplots(1, len(panels), squeeze=False)[0]
   for ax, (label, ks) in zip(axes, panels):
@@ -439,6 +490,103 @@ def plot_curves(workdir: str, *, dpi: int = DPI, title: str | None = None):
   return fig
 
 
+LINESTYLES = ('-', '--', ':', '-.')
+
+
+def _metric_name(key: str) -> str:
+  """'eval_accuracy' → 'accuracy': what a train and an eval curve have in common."""
+  for prefix in ('train_', 'eval_'):
+    if key.startswith(prefix):
+      return key[len(prefix):]
+  return key
+
+
+def _run_colours(n: int) -> list[tuple[float, ...]]:
+  """n distinct colours: matplotlib's tab10 (its default cycle), tab20 beyond 10 runs."""
+  from matplotlib import colormaps
+  palette = colormaps['tab10' if n <= 10 else 'tab20'].colors
+  return [palette[i % len(palette)] for i in range(n)]
+
+
+def run_labels(workdirs: Sequence[str]) -> list[str]:
+  """The legend names of runs: each workdir's directory name, or, when two share one,
+  the workdirs as given."""
+  names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
+  return names if len(set(names)) == len(names) else list(workdirs)
+
+
+def plot_compared_curves(workdirs: Sequence[str], labels: Sequence[str] | None = None, *,
+                         dpi: int = DPI, title: str | None = None):
+  """Figure: the curves of several runs overlaid, FIGSIZE['curves'] inches.
+
+  The panels of `plot_curves` over the metrics of all runs (a metric is a rate when
+  it lies in [0, 1] in every run). Run i has colour i, named in the figure's legend
+  (right) by `labels[i]` (default `run_labels(workdirs)`); its eval metrics (eval_*)
+  are lines with markers, its train metrics and learning rate thin lines; metrics
+  sharing a panel differ by line style (the panel's own legend). The x axis is the
+  epoch, step / `steps_per_epoch(config)` of each run, when that is known for every
+  run, else the step. Each line's label is '<run label>: <metric with spaces>'.
+
+  Raises:
+    UserError: `labels` not one per workdir; a workdir that does not exist or has no
+      readable metrics.jsonl, or a bad config.json (the message names it).
+  """
+  from matplotlib.lines import Line2D
+  workdirs = list(workdirs)
+  if labels is None:
+    labels = run_labels(workdirs)
+  elif len(labels) != len(workdirs):
+    def count(n, word):
+      return f'{n} {word}' + 's' * (n != 1)
+    raise errors.UserError(f'--labels has {count(len(labels), "label")} for '
+                           f'{count(len(workdirs), "workdir")} in --workdir; give one label per '
+                           'workdir, in the same order')
+  for workdir in workdirs:
+    if not os.path.isdir(workdir):
+      raise errors.UserError(f'workdir {workdir} does not exist; give the directory of a '
+                             'training run (it holds config.json and metrics.jsonl)')
+  runs = [read_metrics(w) for w in workdirs]
+  configs = [TrainConfig.from_file(os.path.join(w, 'config.json'))
+             if os.path.exists(os.path.join(w, 'config.json')) else None for w in workdirs]
+  per_epoch = [steps_per_epoch(c) if c is not None else None for c in configs]
+  in_epochs = all(n is not None for n in per_epoch)
+  colours = _run_colours(len(workdirs))
+  panels = _curve_panels(runs)
+  fig = _figure('curves', dpi)
+  fig.set_layout_engine('constrained')
+  axes = fig.subplots(1, len(panels), squeeze=False)[0]
+  for ax, (panel, ks) in zip(axes, panels):
+    names = sorted({_metric_name(k) for k in ks})
+    style = {n: LINESTYLES[i % len(LINESTYLES)] for i, n in enumerate(names)}
+    for records, label, colour, n in zip(runs, labels, colours, per_epoch):
+      for k in ks:
+        pts = [(r['step'], r[k]) for r in records if k in r]
+        if not pts:
+          continue
+        steps, values = zip(*pts)
+        x = [s / n for s in steps] if in_epochs else list(steps)
+        evaluated = k.startswith('eval_')
+        ax.plot(x, values, color=colour, linestyle=style[_metric_name(k)],
+                linewidth=1.5 if evaluated else 0.8, marker='o' if evaluated else None,
+                markersize=3, label=f'{label}: {k.replace("_", " ")}')
+    ax.set_xlabel('epoch' if in_epochs else 'step')
+    ax.set_title(panel, fontsize=10)
+    ax.grid(alpha=0.3)
+    if len(names) > 1:
+      ax.legend(handles=[Line2D([], [], color='0.3', linestyle=style[n],
+                                label=n.replace('_', ' ')) for n in names], fontsize=7)
+  fig.legend(handles=[Line2D([], [], color=c, linewidth=2, label=label)
+                      for c, label in zip(colours, labels)],
+             loc='outside right center', fontsize=8, frameon=False)
+  if title is None:
+    data_names = sorted({c.dataset for c in configs if c is not None})
+    title = (f'{len(workdirs)} runs' + (f' on {", ".join(data_names)}' if data_names else '')
+             + ': eval metrics with markers, train metrics thin, by '
+             + ('epoch' if in_epochs else 'step'))
+  fig.suptitle(title, fontsize=11)
+  return fig
+
+
 def save(fig, path: str) -> str:
   """Writes `fig` as PNG to `path` at the figure's own size and dpi; returns path."""
   parent = os.path.dirname(os.path.abspath(path))
@@ -448,11 +596,29 @@ def save(fig, path: str) -> str:
   return path
 
 
-def picture(what: str, workdir: str, out: str, *, image: str | None = None,
-            index: int = 0, layer: str | None = None, dpi: int = DPI) -> str:
-  """One picture `what` (one of WHATS) of run `workdir`, written to PNG `out`."""
+def picture(what: str, workdir: str | Sequence[str], out: str, *, image: str | None = None,
+            index: int = 0, layer: str | None = None, dpi: int = DPI,
+            labels: Sequence[str] | None = None) -> str:
+  """One picture `what` (one of WHATS) of run `workdir`, written to PNG `out`.
+
+  `workdir` a sequence (what=curves only): the runs compared by `plot_compared_curves`,
+  named by `labels`.
+  """
   if what not in WHATS:
     raise errors.unknown_choice('--what', what, WHATS)
+  if not isinstance(workdir, str) and what != 'curves':
+    raise errors.UserError(f'--what={what} draws one run, got {len(workdir)} workdirs '
+                           f'({", ".join(workdir)}); give one --workdir, or compare runs '
+                           'with --what=curves')
+  if labels is not None and what != 'curves':
+    raise errors.UserError(f'--labels names the runs compared by --what=curves; --what={what} '
+                           'draws one run, named by its workdir')
+  if not isinstance(workdir, str) or labels is not None:
+    workdirs = [workdir] if isinstance(workdir, str) else list(workdir)
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+      raise errors.UserError(f'--out={out}: directory {parent} does not exist')
+    return save(plot_compared_curves(workdirs, labels, dpi=dpi), out)
   if not os.path.isdir(workdir):
     raise errors.UserError(f'workdir {workdir} does not exist; give the directory of a '
                            'training run (it holds config.json and metrics.jsonl)')
@@ -498,6 +664,15 @@ def readme_pictures(workdir: str = README_WORKDIR, out_dir: str = os.path.join('
   return paths
 
 
+def split_list(flag: str, value: str) -> list[str]:
+  """'a,b,c' → ['a', 'b', 'c'] for comma-separated flag `flag`; an empty entry is a UserError."""
+  items = value.split(',')
+  if not all(items):
+    raise errors.UserError(f'{flag}={value} has an empty entry; separate the entries by '
+                           'single commas')
+  return items
+
+
 def run(f: flags.FlagValues) -> int:
   if f.readme:
     paths = readme_pictures(f.workdir or README_WORKDIR, f.out_dir, layer=f.layer,
@@ -510,8 +685,10 @@ def run(f: flags.FlagValues) -> int:
       raise errors.UserError(f'--index must be 0 or more, got {f.index}')
     if f.dpi < 10:
       raise errors.UserError(f'--dpi must be at least 10, got {f.dpi}')
-    paths = [picture(f.what, f.workdir, f.out, image=f.image, index=f.index, layer=f.layer,
-                     dpi=f.dpi)]
+    workdir = split_list('--workdir', f.workdir) if ',' in f.workdir else f.workdir
+    labels = split_list('--labels', f.labels) if f.labels is not None else None
+    paths = [picture(f.what, workdir, f.out, image=f.image, index=f.index, layer=f.layer,
+                     dpi=f.dpi, labels=labels)]
   for p in paths:
     print(p)
   return 0

@@ -130,6 +130,112 @@ def test_curves_have_one_panel_per_kind_of_metric(run_dir):
   assert list(lr.get_xdata()) == [10, 20, 30]
 
 
+def _copy_run(run_dir, workdir, *, scale=1.0, data_dir=None):
+  """A workdir holding run_dir's config.json (its data_dir replaced by `data_dir` when
+  given) and metrics.jsonl with every value × `scale`; returns its path as a str."""
+  os.makedirs(workdir)
+  with open(os.path.join(run_dir, 'config.json')) as f:
+    config = json.load(f)
+  if data_dir is not None:
+    config['data_dir'] = str(data_dir)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump(config, f)
+  with open(os.path.join(run_dir, 'metrics.jsonl')) as f, \
+       open(os.path.join(workdir, 'metrics.jsonl'), 'w') as g:
+    for line in f:
+      record = json.loads(line)
+      g.write(json.dumps({k: v if k == 'step' else v * scale for k, v in record.items()}) + '\n')
+  return str(workdir)
+
+
+def _records(workdir, key):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [r for r in map(json.loads, f) if key in r]
+
+
+def _line(fig, label):
+  (line,) = [l for ax in fig.axes for l in ax.get_lines() if l.get_label() == label]
+  return line
+
+
+def test_compared_curves_draw_each_run_in_its_colour_against_epochs(run_dir, tmp_path):
+  other = _copy_run(run_dir, tmp_path / 'lenet_half', scale=0.5)
+  config = TrainConfig.from_file(os.path.join(run_dir, 'config.json'))
+  per_epoch = 4000 // 64  # real_mnist's 4,000 train digits in batches of 64
+  assert visualize.steps_per_epoch(config) == per_epoch
+  fig = visualize.plot_compared_curves([run_dir, other])
+  (legend,) = fig.legends
+  assert [t.get_text() for t in legend.get_texts()] == ['lenet', 'lenet_half']
+  assert [ax.get_xlabel() for ax in fig.axes] == ['epoch'] * 3
+  assert [ax.get_title() for ax in fig.axes] == ['loss', 'accuracy', 'learning rate']
+  colours = [handle.get_color() for handle in legend.legend_handles]
+  assert colours[0] != colours[1]
+  for workdir, label, colour in zip([run_dir, other], ['lenet', 'lenet_half'], colours):
+    evals = _records(workdir, 'eval_accuracy')
+    assert [r['step'] for r in evals] == [15, 30]
+    line = _line(fig, f'{label}: eval accuracy')
+    assert list(line.get_xdata()) == pytest.approx([15 / per_epoch, 30 / per_epoch])
+    assert list(line.get_ydata()) == [r['eval_accuracy'] for r in evals]
+    assert line.get_marker() == 'o' and line.get_color() == colour
+    train = _line(fig, f'{label}: train accuracy')
+    assert list(train.get_ydata()) == [r['train_accuracy'] for r in
+                                       _records(workdir, 'train_accuracy')]
+    assert train.get_marker() == 'None' and train.get_linewidth() < line.get_linewidth()
+    assert train.get_color() == colour
+  assert (_line(fig, 'lenet_half: eval accuracy').get_ydata()[-1]
+          == 0.5 * _line(fig, 'lenet: eval accuracy').get_ydata()[-1])
+
+  labelled = visualize.plot_compared_curves([run_dir, other], ['adam', 'adam, halved'])
+  assert [t.get_text() for t in labelled.legends[0].get_texts()] == ['adam', 'adam, halved']
+  out = tmp_path / 'compare.png'
+  assert visualize.main([f'--workdir={run_dir},{other}', '--what=curves', f'--out={out}',
+                         '--labels=adam,halved']) == 0
+  assert _png_size(out) == (1200, 360)
+
+
+def test_compared_curves_are_against_steps_unless_every_runs_epoch_is_known(run_dir, tmp_path):
+  (tmp_path / 'tfds_elsewhere').mkdir()
+  moved = _copy_run(run_dir, tmp_path / 'moved', data_dir=tmp_path / 'tfds_elsewhere')
+  assert visualize.steps_per_epoch(
+      TrainConfig.from_file(os.path.join(moved, 'config.json'))) is None
+  fig = visualize.plot_compared_curves([run_dir, moved])
+  assert [ax.get_xlabel() for ax in fig.axes] == ['step'] * 3
+  assert list(_line(fig, 'lenet: eval accuracy').get_xdata()) == [15, 30]
+  assert fig._suptitle.get_text().endswith('by step')
+
+
+def test_compared_curves_bad_input_is_one_exact_error_line(run_dir, tmp_path, capsys):
+  other = _copy_run(run_dir, tmp_path / 'other')
+  missing, bare = str(tmp_path / 'no_such_run'), tmp_path / 'bare'
+  bare.mkdir()
+  out = f'--out={tmp_path}/c.png'
+  cases = [
+      ([f'--workdir={run_dir},{other}', '--what=curves', out, '--labels=a,b,c'],
+       'error: --labels has 3 labels for 2 workdirs in --workdir; give one label per workdir, '
+       'in the same order'),
+      ([f'--workdir={run_dir},{missing}', '--what=curves', out],
+       f'error: workdir {missing} does not exist; give the directory of a training run (it '
+       'holds config.json and metrics.jsonl)'),
+      ([f'--workdir={run_dir},{bare}', '--what=curves', out],
+       f'error: {bare}/metrics.jsonl does not exist; is {bare} a cvjax training run?'),
+      ([f'--workdir={run_dir},{other}', '--what=filters', out],
+       f'error: --what=filters draws one run, got 2 workdirs ({run_dir}, {other}); give one '
+       '--workdir, or compare runs with --what=curves'),
+      ([f'--workdir={run_dir},{other}', '--what=feature_maps', out],
+       f'error: --what=feature_maps draws one run, got 2 workdirs ({run_dir}, {other}); give '
+       'one --workdir, or compare runs with --what=curves'),
+      ([f'--workdir={run_dir},,{other}', '--what=curves', out],
+       f'error: --workdir={run_dir},,{other} has an empty entry; separate the entries by '
+       'single commas'),
+  ]
+  capsys.readouterr()
+  for argv, expected in cases:
+    assert visualize.main(argv) == 2, argv
+    captured = capsys.readouterr()
+    assert captured.err == expected + '\n' and not captured.out, argv
+  assert not os.path.exists(f'{tmp_path}/c.png')
+
+
 def test_feature_maps_of_a_given_image_file_and_dpi(run_dir, tmp_path):
   from skimage import data as skdata
   photo = tmp_path / 'astronaut.png'
