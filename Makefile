@@ -42,11 +42,13 @@ lint: setup
 
 # worksteal: a worker that runs out of tests takes queued ones from the other, so one long
 # test near the end does not leave a core idle.
+# env $(... cvjax.allocator): the tests' compiled steps run with a caching allocator too
+# (cvjax/allocator.py), as the experiment programs do.
 test: lint fashion-mnist
-	$(PY) -m pytest -q -n 2 --dist worksteal --durations=25 tests
+	env $$($(PY) -m cvjax.allocator) $(PY) -m pytest -q -n 2 --dist worksteal --durations=25 tests
 
 test-fast: lint fashion-mnist
-	$(PY) -m pytest -q -n 2 --dist worksteal -m "not slow" tests
+	env $$($(PY) -m cvjax.allocator) $(PY) -m pytest -q -n 2 --dist worksteal -m "not slow" tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -11,7 +11,7 @@ from cvjax.errors import UserError
 from cvjax.tasks.classification import ClassificationTask, cross_entropy
 from cvjax.train import optim, steps
 from cvjax.train.config import TrainConfig
-from cvjax.train.state import create_train_state
+from cvjax.train.state import create_train_state, update_ema
 
 
 def _batch(n=16, size=32, classes=10, seed=0, dtype=np.float32):
@@ -162,3 +162,55 @@ def test_bad_config_values_name_the_value_and_the_choices():
     TrainConfig(optimizer='rmsprop').validate()
   with pytest.raises(UserError, match='batch_size must be positive, got 0'):
     TrainConfig(batch_size=0).validate()
+
+
+def test_onecycle_schedule_rises_by_cosine_from_lr_over_25_then_falls_to_lr_over_25e4():
+  config = TrainConfig(learning_rate=0.5, schedule='onecycle')
+  schedule = optim.learning_rate_schedule(config, total_steps=100, steps_per_epoch=10)
+  lr = lambda s: float(schedule(s))  # noqa: E731
+  assert lr(0) == pytest.approx(0.5 / 25)
+  assert lr(15) == pytest.approx(0.5 / 25 + (0.5 - 0.5 / 25) * 0.5)   # half-way up: cosine
+  assert lr(30) == pytest.approx(0.5)                                 # the default 30 %
+  assert lr(65) == pytest.approx(0.5 / 25 / 1e4 + (0.5 - 0.5 / 25 / 1e4) * 0.5, rel=1e-5)
+  assert lr(100) == pytest.approx(0.5 / 25 / 1e4)
+  warm = optim.learning_rate_schedule(config.replace(warmup_epochs=2), 100, 10)
+  assert float(warm(20)) == pytest.approx(0.5) and float(warm(10)) < 0.5   # the peak moved
+
+
+def _ema_state(decay_steps=0):
+  model = models.get_model('lenet5', num_classes=10)
+  state = jax.jit(lambda key: create_train_state(model, optax.sgd(0.1), key, (1, 32, 32, 1),
+                                                 ema=True))(jax.random.PRNGKey(0))
+  assert state.ema['updates'] == 0
+  np.testing.assert_array_equal(state.ema['params']['conv1']['kernel'],
+                                state.params['conv1']['kernel'])   # starts at the init
+  return state
+
+
+def test_ema_moves_by_tfs_num_updates_decay_and_only_on_optimizer_steps():
+  state = _ema_state()
+  ones = jax.tree.map(jnp.ones_like, state.params)
+  fc2_bias = lambda s: np.asarray(s.ema['params']['fc2']['bias'])  # noqa: E731
+  average = fc2_bias(state)
+  state = state.replace(params=ones)
+  for n in range(3):   # decay min(0.99, (1 + n) / (10 + n)): 0.1, 2/11, 3/12
+    rate = min(0.99, (1 + n) / (10 + n))
+    state = update_ema(state, 0.99, True)
+    average = rate * average + (1 - rate) * 1.0
+    np.testing.assert_allclose(fc2_bias(state), average, rtol=1e-6)
+  held = update_ema(state, 0.99, jnp.asarray(False))   # mid-accumulation: no move
+  np.testing.assert_array_equal(fc2_bias(held), fc2_bias(state))
+  assert int(held.ema['updates']) == 3
+
+
+def test_eval_scores_the_weight_average_not_the_trained_weights():
+  state = _ema_state()
+  task = ClassificationTask(TrainConfig(model='lenet5', num_classes=10, ema_decay=0.9), None)
+  average = jax.tree.map(lambda p: p * 0.5, state.params)
+  state = state.replace(ema={**state.ema, 'params': average})
+  batch = {'image': np.random.default_rng(0).normal(size=(4, 32, 32, 1)).astype(np.float32),
+           'label': np.arange(4, dtype=np.int32), 'mask': np.ones(4, bool)}
+  sums, _ = steps.eval_step(state, batch, task=task, axis_name=None)
+  logits = state.apply_fn({'params': average}, batch['image'], train=False)
+  expected = float(jnp.sum(cross_entropy(logits, batch['label'])))
+  assert float(sums['loss_sum']) == pytest.approx(expected, rel=1e-6)

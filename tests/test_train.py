@@ -173,3 +173,15 @@ def test_batch_size_that_does_not_split_over_the_devices_is_refused(real_mnist, 
 def test_batch_larger_than_the_dataset_is_refused(real_mnist, tmp_path):
   with pytest.raises(UserError, match=r"global batch size 8000 is larger than the 4000 examples of mnist 'train'; use a smaller --batch_size"):
     fit(_config(real_mnist, batch_size=8000), str(tmp_path / 'bad'))
+
+
+def test_the_train_split_sets_the_epoch_and_an_unknown_one_is_refused(real_mnist):
+  """'train_minus_validation' is the first 90 % of train: 3,600 of the 4,000 digits."""
+  from cvjax.tasks.classification import ClassificationTask
+  from cvjax.train.run import build_run
+  run = build_run(_config(real_mnist, train_split='train_minus_validation'), ClassificationTask)
+  assert run.dataset.split_sizes['train_minus_validation'] == 3600
+  assert run.steps_per_epoch == 3600 // 64
+  with pytest.raises(UserError, match=r"unknown train_split of mnist 'tain'; did you mean "
+                     r"'train'\?"):
+    build_run(_config(real_mnist, train_split='tain'), ClassificationTask)
