@@ -1,17 +1,18 @@
 """Scores an ensemble of classification runs: the mean of their softmax probabilities.
 
     python -m cvjax.ensemble --workdirs=runs/a,runs/b,runs/c [--split=test] \\
-        [--data_dir=DIR] [--eval_batch_size=N] [--json]
+        [--tta=flip|none] [--data_dir=DIR] [--eval_batch_size=N] [--json]
 
 Each member is the newest good checkpoint of its run (its weight average where it kept
 one), restored read-only: nothing is written into the workdirs. Every example of the
 split of the members' dataset goes through each member's own eval pipeline and
 test-time augmentation, as training evaluates (`Task.eval_batches`, `Task.eval_apply`);
-the members' softmax probabilities are averaged per example.
+the members' softmax probabilities are averaged per example. `--tta=flip` (or `none`)
+gives every member that test-time augmentation instead of its own.
 
 Prints each member's accuracy, the ensemble's accuracy and loss (the mean negative log
 of the averaged probability of the true class) and the number of examples; with --json
-one JSON object: {"split", "examples", "members": [{"workdir", "step", "accuracy"}],
+one JSON object: {"split", "examples", "tta", "members": [{"workdir", "step", "accuracy"}],
 "ensemble": {"accuracy", "loss"}}. The members must be classification runs of the same
 dataset and classes. Bad input: one `error: ...` line on stderr, exit status 2.
 """
@@ -39,6 +40,8 @@ flags.DEFINE_string('data_dir', None, "TFDS data_dir (default: each run's own)."
                     flag_values=FLAGS)
 flags.DEFINE_integer('eval_batch_size', None, "Eval batch size (default: each run's own).",
                      lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_enum('tta', None, ['flip', 'none'], "Every member's test-time augmentation "
+                  "(default: each run's own).", flag_values=FLAGS)
 flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.', flag_values=FLAGS)
 flags.mark_flags_as_required(['workdirs'], flag_values=FLAGS)
 
@@ -71,11 +74,15 @@ def check_same_dataset(workdirs: Sequence[str], configs: Sequence[TrainConfig]) 
                       f'{config.dataset}; ensemble runs of the same dataset')
 
 
-def member_task(config: TrainConfig, data_dir: str | None, eval_batch_size: int | None):
+def member_task(config: TrainConfig, data_dir: str | None, eval_batch_size: int | None,
+                tta: str | None = None):
   """The member's task with its dataset's facts (preparing the dataset as training
-  would), reading `data_dir` and batching by `eval_batch_size` where given."""
+  would), reading `data_dir`, batching by `eval_batch_size` and with test-time
+  augmentation `tta` ('flip' or 'none') where given."""
   changes = {'data_dir': data_dir, 'eval_batch_size': eval_batch_size}
   config = dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
+  if tta is not None:
+    config = dataclasses.replace(config, tta=None if tta == 'none' else tta)
   cls = tasks.task_class(config.task)
   return tasks.get_task(config, cls.dataset_meta(config))
 
@@ -128,20 +135,21 @@ def check_same_examples(workdirs: Sequence[str], scored: Sequence[Scored], split
 
 
 def evaluate(workdirs: Sequence[str], split: str = 'test', data_dir: str | None = None,
-             eval_batch_size: int | None = None) -> dict:
+             eval_batch_size: int | None = None, tta: str | None = None) -> dict:
   """What `main` prints, as a dict (see the module doc)."""
   configs = [restoring.read_config(w) for w in workdirs]
   restoring.check_classification(workdirs, configs)
   check_same_dataset(workdirs, configs)
   ensemble = restoring.restore_ensemble(workdirs)
-  member_tasks = [member_task(m.config, data_dir, eval_batch_size) for m in ensemble.members]
+  member_tasks = [member_task(m.config, data_dir, eval_batch_size, tta)
+                  for m in ensemble.members]
   check_split(workdirs, member_tasks, split)
   scored = [score(t, m.model, m.variables, split)
             for t, m in zip(member_tasks, ensemble.members)]
   check_same_examples(workdirs, scored, split)
   labels = scored[0].labels
   mean = sum(s.probabilities for s in scored) / np.float32(len(scored))
-  return {'split': split, 'examples': len(labels),
+  return {'split': split, 'examples': len(labels), 'tta': tta,
           'members': [{'workdir': w, 'step': m.step, 'accuracy': accuracy(s.probabilities, labels)}
                       for w, m, s in zip(workdirs, ensemble.members, scored)],
           'ensemble': {'accuracy': accuracy(mean, labels), 'loss': nll(mean, labels)}}
@@ -158,7 +166,7 @@ def format_table(result: dict) -> str:
 
 
 def run(f: flags.FlagValues) -> int:
-  result = evaluate(parse_workdirs(f.workdirs), f.split, f.data_dir, f.eval_batch_size)
+  result = evaluate(parse_workdirs(f.workdirs), f.split, f.data_dir, f.eval_batch_size, f.tta)
   print(json.dumps(result) if f.json else format_table(result))
   return 0
 

@@ -99,6 +99,21 @@ def test_the_cli_scores_each_member_as_its_run_and_the_ensemble_by_the_mean_prob
   assert table[-1].endswith('ensemble of 2 (loss %.4f)' % result['ensemble']['loss'])
 
 
+def test_the_cli_gives_every_member_flip_tta_when_asked(two_runs, real_mnist, capsys):
+  """--tta=flip: each member averages an image's and its mirror's probabilities."""
+  (a, _), (b, _) = two_runs
+  assert ensemble.main([f'--workdirs={a},{b}', '--tta=flip', '--json']) == 0
+  result = json.loads(capsys.readouterr().out)
+  images, labels = real_mnist['test_images'], real_mnist['test_labels']
+  mirrored = images[:, :, ::-1]
+  members = [(cvjax.restore(w).predict(images) + cvjax.restore(w).predict(mirrored)) / 2
+             for w in (a, b)]
+  assert result['tta'] == 'flip'
+  assert [m['accuracy'] for m in result['members']] == [np.mean(p.argmax(-1) == labels)
+                                                        for p in members]
+  assert result['ensemble']['accuracy'] == np.mean(sum(members).argmax(-1) == labels)
+
+
 def test_the_cli_refuses_a_missing_workdir(two_runs, tmp_path, capsys):
   (a, _), _ = two_runs
   missing = str(tmp_path / 'nope')
