@@ -184,9 +184,11 @@ def test_checkpoints_keep_the_loss_scale_and_older_checkpoints_without_one_still
   ckpts.close()
   assert float(restored.loss_scale.scale) == 1024.0 and int(restored.loss_scale.counter) == 7
 
-  # A checkpoint written before the loss_scale field existed: the same tree, no loss_scale entry at all.
+  # A checkpoint written before the loss_scale and ema fields existed: the same tree, no entry
+  # for either at all.
   plain = _state(model, optax.sgd(0.1), mesh, channels=1)
-  old = {k: v for k, v in serialization.to_state_dict(plain).items() if k != 'loss_scale'}
+  old = {k: v for k, v in serialization.to_state_dict(plain).items()
+         if k not in ('loss_scale', 'ema')}
   ckpts = Checkpoints(str(tmp_path / 'old'), async_save=False)
   ckpts.manager.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave(old),
                                                 meta=ocp.args.JsonSave({'step': 3})))

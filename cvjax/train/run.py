@@ -109,14 +109,15 @@ def build_run(config: TrainConfig, task_class: type[Task]) -> Run:
   accum, train = config.grad_accum_steps, config.train_split
   if meta.split_sizes and train not in meta.split_sizes:
     raise unknown_choice(f'train_split of {config.dataset}', train, meta.split_sizes)
+  examples = 'training examples' if train == 'train' else f'{train} examples'
   if accum > 1 and config.batch_size * accum > meta.split_sizes.get(train, math.inf):
     raise UserError(f'batch_size × grad_accum_steps = {config.batch_size} × {accum} is larger '
-                    f'than the {meta.split_sizes[train]} {train} examples of {config.dataset}; '
+                    f'than the {meta.split_sizes[train]} {examples} of {config.dataset}; '
                     'use a smaller --batch_size or --grad_accum_steps')
   steps_per_epoch = data.steps_per_epoch(meta, config.batch_size * accum, train)  # optimizer steps
   if steps_per_epoch < 1:
     raise UserError(f'batch_size={config.batch_size} is larger than the '
-                    f'{meta.split_sizes[train]} {train} examples of {config.dataset}')
+                    f'{meta.split_sizes[train]} {examples} of {config.dataset}')
   total = config.num_train_steps or math.ceil(config.num_epochs * steps_per_epoch)
   schedule = optim.learning_rate_schedule(config, total, steps_per_epoch)
   task = task_class(config, meta)
