@@ -140,6 +140,24 @@ def flatten(x: Array) -> Array:
   return x.reshape((x.shape[0], -1))
 
 
+def pixel_shuffle(x: Array, r: int) -> Array:
+  """Depth-to-space: x[B, H, W, C·r²] → [B, H·r, W·r, C], torch's channel order.
+
+  Input channel c·r² + i·r + j of pixel (h, w) goes to output channel c at pixel
+  (h·r + i, w·r + j), as `torch.nn.PixelShuffle(r)` does on the NCHW equivalent, so
+  sub-pixel convs ported from torch (ESPCN, EDSR) keep their meaning. (TF's
+  `depth_to_space` orders the channels (i, j, c) instead.)
+  """
+  b, h, w, crr = x.shape
+  if r < 1 or crr % (r * r):
+    raise errors.UserError(f'pixel_shuffle by {r} needs a positive r and channels divisible by '
+                           f'r² = {r * r}, got {crr} channels')
+  c = crr // (r * r)
+  x = x.reshape(b, h, w, c, r, r)
+  x = x.transpose(0, 1, 4, 2, 5, 3)  # [B, H, i, W, j, C]
+  return x.reshape(b, h * r, w * r, c)
+
+
 def choose(kind: str, value: str, table: dict[str, Any]) -> Any:
   """`table[value]`, or a `UserError` naming `kind` and the valid keys."""
   if value not in table:

@@ -17,11 +17,11 @@ from cvjax.models import (alexnet, cifar_resnet, conv_lowering, deep_cnn, lenet,
                           wide_resnet)
 from cvjax.models.conv_lowering import CONV_IMPLS
 from cvjax.models import (deeplab, densenet, efficientnet, fcn, inception, mobilenet, resnext,
-                          senet, vit, xception, yolo)
+                          senet, superres, vit, xception, yolo)
 
 _IMAGENET = (224, 224, 3)
 _CIFAR = (32, 32, 3)
-TASKS = ('classification', 'detection', 'segmentation', 'localization')
+TASKS = ('classification', 'detection', 'segmentation', 'localization', 'superres')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,11 +29,12 @@ class ModelInfo:
   """What a registered model is, without building it.
 
   task: 'classification' (logits [B, N]), 'detection' (locations, logits),
-    'segmentation' (per-pixel logits [B, H, W, N]) or 'localization' (logits [B, N],
-    one box [B, 4] in [0, 1]).
+    'segmentation' (per-pixel logits [B, H, W, N]), 'localization' (logits [B, N],
+    one box [B, 4] in [0, 1]) or 'superres' (an image [B, H·r, W·r, C] from [B, H, W, C]).
   input_shape: the natural input (H, W, C).
   num_classes: classes of the dataset it was designed for (detection: object
-    classes, without the background logit; segmentation: with the background).
+    classes, without the background logit; segmentation: with the background;
+    superres: the image's channels, which the model ignores).
   supports_remat: takes `remat=True` (recompute each residual block in the backward pass).
   batch_norm: has BatchNorm, so it takes `bn_axis_name` (cross-device statistics) if
     its class declares it; models without it do not accept that option.
@@ -137,6 +138,16 @@ _add('deeplabv3_tiny', deeplab.DeepLabV3Tiny, (128, 128, 3), 7, task='segmentati
 # Classification + localisation: (logits [B, N], one box [B, 4]).
 _add('localizer_shapes', localizer.LocalizerShapes, (96, 96, 3), 6, task='localization')
 _add('localizer_resnet18', localizer.LocalizerResNet18, _IMAGENET, 1000, task='localization')
+
+# Super-resolution: an image in, an image out; num_classes is the channels and is ignored.
+_add('srcnn_915', superres.SRCNN, (33, 33, 1), 1, task='superres', bn=False)
+_add('srcnn_955', _P(superres.SRCNN, kernel_sizes=(9, 5, 5)), (33, 33, 1), 1, task='superres',
+     bn=False)
+for _scale in (2, 3, 4):
+  _add(f'espcn_x{_scale}', _P(superres.ESPCN, scale=_scale), (17, 17, 1), 1, task='superres',
+       bn=False)
+  _add(f'edsr_baseline_x{_scale}', _P(superres.EDSR, scale=_scale), (48, 48, 3), 3,
+       task='superres', bn=False)
 
 
 def register_model(name: str, builder: Callable[..., nn.Module], info: ModelInfo) -> None:
