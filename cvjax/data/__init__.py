@@ -12,7 +12,8 @@ Modules: `datasets` (names, splits, statistics: the catalogue), `prepare`
 fast reachability probe), `local_files` (building a stock TFDS dataset from raw
 files on disk), `shapes` (the `cvjax_shapes` TFDS builder), `shapes_views` (its segmentation and
 localization views), `detection_datasets` (VOC, COCO, cvjax_shapes for detection), `shapes_video` (shape videos
-with MOTChallenge ground truth for tracking; the `cvjax_shapes_crops` builder), `preprocess` (the op
+with MOTChallenge ground truth for tracking; the `cvjax_shapes_crops` builder), `sr_photos` (the
+`cvjax_sr_photos` builder: whole photographs for super-resolution), `preprocess` (the op
 registry), `batching` (process share of a global batch, device prefetch into
 global jax.Arrays, epoch seeds), `pipeline` (the one input pipeline, `DataSpec`), `classification` (the
 classification datasets' specs and eval preprocessing).
@@ -33,7 +34,7 @@ _EXPORTS = {
 
 _SUBMODULES = ('batching', 'classification', 'datasets', 'detection_datasets', 'download',
                'local_files', 'pipeline', 'prepare', 'shapes_views',
-               'preprocess', 'shapes', 'shapes_video')
+               'preprocess', 'shapes', 'shapes_video', 'sr_photos')
 
 __all__ = sorted(_EXPORTS)
 
