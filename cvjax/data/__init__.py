@@ -34,7 +34,7 @@ _EXPORTS = {
 
 _SUBMODULES = ('batching', 'classification', 'datasets', 'detection_datasets', 'download',
                'local_files', 'pipeline', 'prepare', 'shapes_views',
-               'preprocess', 'shapes', 'shapes_video', 'sr_photos')
+               'preprocess', 'cvjax_shapes', 'shapes_video', 'sr_photos')
 
 __all__ = sorted(_EXPORTS)
 
