@@ -1,4 +1,4 @@
-"""cvjax.superres.metrics against scikit-image on real photographs."""
+"""cvjax.superresolution.metrics against scikit-image on real photographs."""
 import functools
 
 import jax
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from skimage import color, data, metrics, transform
 
-from cvjax.superres import metrics as sr_metrics
+from cvjax.superresolution import metrics as sr_metrics
 
 SCALE = 4
 CROP = 240  # divisible by SCALE; fits every image below
