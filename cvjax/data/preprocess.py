@@ -8,6 +8,7 @@ arguments given. `build` composes them into `apply(example, seed) -> example`:
   segmentation  int32[H, W, 1] class per pixel, IGNORE where no pixel is labelled
   boxes         float32[M, 4] (ymin, xmin, ymax, xmax) normalised, with
   box_mask      bool[M], the real boxes
+  target        float32[H, W, C] in [0, 1], the high-resolution image (`sr_pair` makes it)
   anything else (label, labels, ...) passes through untouched.
 
 Geometric ops move `segmentation` (nearest neighbour) and `boxes` (clipped to the
@@ -23,6 +24,12 @@ samples it once at the output size (SSD's expand-crop-flip-resize is one resampl
 any other op first samples it at its own size. Ops with a `size` parameter default
 it to the model's input size. `check` refuses an op that cannot apply to a task's
 examples. Adding an op is one decorated function.
+
+Super-resolution, EDSR's recipe: `random_crop(96)|dihedral|sr_pair(2)` cuts a
+high-resolution patch (give its size: the default is the model's input size, the LR
+side), applies one of the square's 8 symmetries (`flip_lr`, `flip_ud`, `dihedral`),
+and makes the pair (image: its bicubic ×1/2 in 8-bit levels, target: the patch);
+`to_y` before `sr_pair` for luma-only models.
 """
 from __future__ import annotations
 
@@ -183,8 +190,66 @@ def flip_lr() -> Apply:
     if VIEW in ex:
       return tf.cond(flip, lambda: _narrow_view(ex, tf.constant([0.0, 1.0, 1.0, 0.0])),
                      lambda: ex)
-    mirrored = move_boxes(_spatial(ex, lambda x, _: x[..., ::-1, :]), [1.0, -1.0], [0.0, 1.0])
-    return tf.cond(flip, lambda: mirrored, lambda: ex)
+    return tf.cond(flip, lambda: _flip_lr(ex), lambda: ex)
+  return apply
+
+
+def _flip_ud(ex):
+  """The example mirrored top-bottom (boxes: y ↦ 1 − y)."""
+  return move_boxes(_spatial(ex, lambda x, _: x[..., ::-1, :, :]), [-1.0, 1.0], [1.0, 0.0])
+
+
+def _flip_lr(ex):
+  """The example mirrored left-right (boxes: x ↦ 1 − x)."""
+  return move_boxes(_spatial(ex, lambda x, _: x[..., ::-1, :]), [1.0, -1.0], [0.0, 1.0])
+
+
+def _transpose(ex):
+  """The example transposed, [H, W, C] → [W, H, C] (boxes: y and x swap)."""
+  out = _spatial(ex, lambda x, _: tf.transpose(x, [1, 0, 2]))
+  if 'boxes' in ex:
+    out['boxes'] = tf.gather(ex['boxes'], [1, 0, 3, 2], axis=-1)
+  return out
+
+
+@register(random=True)
+def flip_ud() -> Apply:
+  """Mirrors the example top-bottom with probability 1/2 (boxes: y ↦ 1 − y)."""
+  def apply(ex, seed):
+    flip = tf.random.stateless_uniform([], seed) < 0.5
+    return tf.cond(flip, lambda: _flip_ud(ex), lambda: ex)
+  return apply
+
+
+@register(random=True)
+def dihedral() -> Apply:
+  """One of the 8 symmetries of the square, uniformly: as EDSR's training
+  augmentation, a left-right flip, then a top-bottom flip, then a transposition
+  ([H, W, C] → [W, H, C]; boxes: y and x swap), each with probability 1/2,
+  independently. Non-square images come out W × H when transposed."""
+  def apply(ex, seed):
+    draw = tf.random.stateless_uniform([3], seed) < 0.5
+    ex = tf.cond(draw[0], lambda: _flip_lr(ex), lambda: ex)
+    ex = tf.cond(draw[1], lambda: _flip_ud(ex), lambda: ex)
+    return tf.cond(draw[2], lambda: _transpose(ex), lambda: ex)
+  return apply
+
+
+@register(random=True)
+def random_crop(size: int) -> Apply:
+  """A size x size window at a uniformly random whole-pixel position (the top-left
+  offset uniform in [0, H − size] × [0, W − size]), e.g. EDSR's training patches; the
+  image must be at least size x size."""
+  def apply(ex, seed):
+    height, width = _hw(ex['image'])
+    big_enough = tf.debugging.assert_greater_equal(
+        tf.stack([height, width]), size,
+        message=f'random_crop({size}) needs images of at least {size} x {size} pixels')
+    with tf.control_dependencies([big_enough]):
+      where = tf.random.stateless_uniform([2], seed)
+    top = tf.cast(where[0] * tf.cast(height - size + 1, tf.float32), tf.int32)
+    left = tf.cast(where[1] * tf.cast(width - size + 1, tf.float32), tf.int32)
+    return _crop(ex, top, left, size, size)
   return apply
 
 
@@ -445,6 +510,62 @@ def to_rgb() -> Apply:
 def to_grayscale() -> Apply:
   """RGB -> grayscale (ITU-R 601 luma weights, tf.image.rgb_to_grayscale)."""
   return image_only(lambda x, seed=None: tf.image.rgb_to_grayscale(x))
+
+
+# MATLAB rgb2ycbcr's Y row for R, G, B in [0, 1], output in [0, 255]: Y = 16 + row · rgb
+# (as cvjax.superresolution.metrics, which the data layer may not import).
+Y_WEIGHTS = (65.481, 128.553, 24.966)
+Y_OFFSET = 16.0
+
+
+@register(random=False)
+def to_y() -> Apply:
+  """RGB float32[..., H, W, 3] in [0, 1] → float32[..., H, W, 1], the BT.601 luma of
+  MATLAB's `rgb2ycbcr` on the [0, 1] scale: Y = (16 + 65.481·R + 128.553·G +
+  24.966·B) / 255, in [16/255, 235/255] (the Y that SR papers' PSNR and SSIM are
+  measured on). A 1-channel image is returned unchanged."""
+  weights = tf.constant(Y_WEIGHTS, tf.float32)
+
+  def luma(x, seed=None):
+    if x.shape[-1] == 1:
+      return x
+    if x.shape[-1] != 3:
+      raise ValueError(f'to_y takes RGB (3 channels) or Y (1 channel) last; got shape {x.shape}')
+    return (Y_OFFSET + tf.reduce_sum(x * weights, -1, keepdims=True)) / 255.0
+  return image_only(luma)
+
+
+@register(random=False)
+def sr_pair(scale: int) -> Apply:
+  """A super-resolution training pair from image float32[H, W, C] (H and W multiples
+  of `scale`): 'target' = the image unchanged (high resolution), 'image' = its
+  bicubic ×1/scale, float32[H/scale, W/scale, C], clipped to [0, 1] and rounded to
+  the 8-bit levels round(255·x)/255, as a saved PNG would be.
+
+  The resampler is `tf.image.resize(method='bicubic', antialias=True)`: Keys' cubic
+  (a = −0.5) stretched by `scale`, half-pixel centres, the kernel and grid of
+  MATLAB's `imresize(x, 1/scale, 'bicubic')` (antialiasing on when shrinking), which
+  SR papers use to make their LR images. Against `resize_right` (MATLAB-consistent,
+  numpy, float64) on skimage's astronaut and chelsea, modcropped to 12, before
+  rounding, at ×2, ×3, ×4: beyond 2 LR pixels of the border the two agree to
+  ≤ 3.5e-7 (float32 rounding). Within those 2 pixels the kernel reaches past the
+  image: TF drops those taps and renormalises the rest, MATLAB mirrors the image
+  (symmetric padding): up to 0.048 apart, whole-image PSNR 58–74 dB (resize_right's
+  default zero padding: up to 0.11, 41–47 dB).
+  """
+  def apply(ex, seed=None):
+    hr = ex['image']
+    height, width = _hw(hr)
+    divisible = tf.debugging.assert_equal(
+        tf.stack([height % scale, width % scale]), 0,
+        message=f'sr_pair({scale}) needs height and width multiples of {scale}; '
+                f'modcrop the images first')
+    with tf.control_dependencies([divisible]):
+      lr = tf.image.resize(hr, [height // scale, width // scale], method='bicubic',
+                           antialias=True)
+    lr = tf.round(tf.clip_by_value(lr, 0.0, 1.0) * 255.0) / 255.0
+    return {**ex, 'image': lr, 'target': hr}
+  return apply
 
 
 
