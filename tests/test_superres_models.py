@@ -38,7 +38,7 @@ def test_espcn_counts_grow_with_the_last_conv_only():
 
 
 @pytest.mark.parametrize('name, shape, out', [
-    ('srcnn_915', (33, 33, 1), (33, 33, 1)), ('srcnn_955', (20, 24, 1), (20, 24, 1)),
+    ('srcnn_915', (11, 11, 1), (33, 33, 1)), ('srcnn_955', (20, 24, 1), (60, 72, 1)),
     ('espcn_x2', (17, 17, 1), (34, 34, 1)), ('espcn_x3', (10, 12, 1), (30, 36, 1)),
     ('espcn_x4', (17, 17, 1), (68, 68, 1)),
     ('edsr_baseline_x2', (48, 48, 3), (96, 96, 3)), ('edsr_baseline_x3', (10, 12, 3), (30, 36, 3)),

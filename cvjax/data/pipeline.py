@@ -57,6 +57,9 @@ class DataSpec:
       for large or variable-size images; `read` must then leave 'image' untouched.
     decoders: TFDS decoders, e.g. to skip features the task never reads.
     image_size: S, the default of ops' `size` parameters.
+    repeat: in-memory train splits only: each stored example is visited this many times
+      per epoch, each time with its own augmentation seed (e.g. many random patches of
+      one photograph); the split's size in `DatasetMeta` counts the visits.
   """
   parts: dict[str, tuple[tuple[str, str], ...]]
   read: Callable[[dict, bool], dict]
@@ -69,6 +72,7 @@ class DataSpec:
   encoded: bool = False
   decoders: dict | None = None
   image_size: int | None = None
+  repeat: int = 1
 
   def split(self, split: str) -> tuple[tuple[str, str], ...]:
     if split not in self.parts:
@@ -153,7 +157,7 @@ def local_train_batches(spec: DataSpec, *, global_batch_size: int, seed: int,
     return {k: out[k] for k in keys}
 
   rows = _read_into_memory(spec, parts, data_dir) if spec.in_memory else None
-  n = len(rows['image']) if rows is not None else num_examples
+  n = len(rows['image']) * spec.repeat if rows is not None else num_examples
   steps = min(num_examples, n) // global_batch_size
   if steps == 0:
     raise UserError(f'{parts[0][0]} has {n} {split} examples, fewer than the '
@@ -184,6 +188,7 @@ def _in_memory_train(rows, n, steps, start_step, order: _Order, one, *, batched,
   """Batch k gathers its examples by a stateless permutation of epoch k // steps; the
   per-example work runs in `tf.map_fn` (whole batches when there is none)."""
   tensors = {k: tf.constant(v) for k, v in rows.items()}
+  stored = tf.constant(len(rows['image']), tf.int64)  # n / spec.repeat
   signature = tf.function(one).get_concrete_function(
       {k: tf.TensorSpec(v.shape[1:], v.dtype) for k, v in tensors.items()},
       tf.TensorSpec([2], tf.int64)).structured_outputs
@@ -194,7 +199,7 @@ def _in_memory_train(rows, n, steps, start_step, order: _Order, one, *, batched,
     position = order.position(step_in_epoch, tf.range(order.local, dtype=tf.int64))
     index = tf.random.experimental.index_shuffle(
         position, tf.stack([tf.constant(order.seed, tf.int64), epoch]),
-        tf.constant(n - 1, tf.int64))
+        tf.constant(n - 1, tf.int64)) % stored
     picked = {k: tf.gather(v, index) for k, v in tensors.items()}
     if batched:  # no augmentation: the deterministic ops on the whole batch
       out = spec.finish(picked, tail=tail)

@@ -9,6 +9,7 @@ arguments given. `build` composes them into `apply(example, seed) -> example`:
   boxes         float32[M, 4] (ymin, xmin, ymax, xmax) normalised, with
   box_mask      bool[M], the real boxes
   target        float32[H, W, C] in [0, 1], the high-resolution image (`sr_pair` makes it)
+  image_hw      int32[2], the true (H, W) of an image stored padded (`random_crop` reads it)
   anything else (label, labels, ...) passes through untouched.
 
 Geometric ops move `segmentation` (nearest neighbour) and `boxes` (clipped to the
@@ -46,6 +47,7 @@ from cvjax.errors import UserError, unknown_choice
 Apply = Callable[..., dict]
 IGNORE = 255           # segmentation label of pixels that were padded in, not seen
 VIEW = '_view'         # the pending view of `zoom_out` / `iou_crop`, float32[4]
+IMAGE_HW = 'image_hw'  # int32[2]: true (H, W) of an image stored padded (see random_crop)
 MEAN_FILL = (123.0 / 255, 117.0 / 255, 104.0 / 255)  # torchvision's zoom-out fill
 PAD_LIMIT = 8          # `fit` pads images at most this many pixels smaller than the input
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)  # Keras' 'caffe' means, BGR order
@@ -239,9 +241,13 @@ def dihedral() -> Apply:
 def random_crop(size: int) -> Apply:
   """A size x size window at a uniformly random whole-pixel position (the top-left
   offset uniform in [0, H − size] × [0, W − size]), e.g. EDSR's training patches; the
-  image must be at least size x size."""
+  image must be at least size x size. An example with `IMAGE_HW` holds its image padded
+  at the bottom and right: H, W are then IMAGE_HW's, the true size, and the key is dropped."""
   def apply(ex, seed):
     height, width = _hw(ex['image'])
+    if IMAGE_HW in ex:
+      height, width = ex[IMAGE_HW][0], ex[IMAGE_HW][1]
+      ex = {k: v for k, v in ex.items() if k != IMAGE_HW}
     big_enough = tf.debugging.assert_greater_equal(
         tf.stack([height, width]), size,
         message=f'random_crop({size}) needs images of at least {size} x {size} pixels')

@@ -140,8 +140,8 @@ _add('localizer_shapes', localizer.LocalizerShapes, (96, 96, 3), 6, task='locali
 _add('localizer_resnet18', localizer.LocalizerResNet18, _IMAGENET, 1000, task='localization')
 
 # Super-resolution: an image in, an image out; num_classes is the channels and is ignored.
-_add('srcnn_915', superres.SRCNN, (33, 33, 1), 1, task='superres', bn=False)
-_add('srcnn_955', _P(superres.SRCNN, kernel_sizes=(9, 5, 5)), (33, 33, 1), 1, task='superres',
+_add('srcnn_915', superres.SRCNN, (11, 11, 1), 1, task='superres', bn=False)
+_add('srcnn_955', _P(superres.SRCNN, kernel_sizes=(9, 5, 5)), (11, 11, 1), 1, task='superres',
      bn=False)
 for _scale in (2, 3, 4):
   _add(f'espcn_x{_scale}', _P(superres.ESPCN, scale=_scale), (17, 17, 1), 1, task='superres',

@@ -6,21 +6,25 @@ input's channels). All convs have a bias and pad k // 2 zeros on every side, so 
 stride-1 conv keeps H and W ('same' for the odd kernels used here).
 
       model            input (natural)            output              params
-      SRCNN 9-1-5      f32[B, 33, 33, 1] Y, HR    f32[B, 33, 33, 1]    8,129
-      SRCNN 9-5-5      f32[B, 33, 33, 1] Y, HR    f32[B, 33, 33, 1]   57,281
+      SRCNN 9-1-5 ×3   f32[B, 11, 11, 1] Y, LR    f32[B, 33, 33, 1]    8,129
+      SRCNN 9-5-5 ×3   f32[B, 11, 11, 1] Y, LR    f32[B, 33, 33, 1]   57,281
       ESPCN ×3         f32[B, 17, 17, 1] Y, LR    f32[B, 51, 51, 1]   22,729
       EDSR-baseline ×2 f32[B, 48, 48, 3] RGB, LR  f32[B, 96, 96, 3]  1,369,859
       EDSR-baseline ×3                            f32[B, 144, 144, 3] 1,554,499
       EDSR-baseline ×4                            f32[B, 192, 192, 3] 1,517,571
 
-"HR" inputs are already bicubic-upscaled to the output size; "LR" inputs are
-upscaled by the network, ×`scale`, with `layers.pixel_shuffle` (torch's order).
+Every model takes the low-resolution image and returns it ×`scale`: SRCNN first
+upscales it bicubically (`bicubic_upscale`, no parameters), as its papers prepare
+their inputs, then refines it at the output size; ESPCN and EDSR upscale at their
+end with `layers.pixel_shuffle` (torch's order). SRCNN with scale 1 takes an input
+already upscaled.
 """
 from __future__ import annotations
 
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from cvjax import errors
@@ -30,14 +34,38 @@ from cvjax.models.layers import pixel_shuffle
 Array = Any
 ModuleDef = Any
 
+# PyTorch's default conv init, kaiming_uniform(a=√5): U(±√(1/fan_in)), variance 1/(3·fan_in),
+# which the papers' official codes train from. He init (`layers.conv`'s default) doubles
+# the variance through each of EDSR's 16 residual blocks, which have no normalisation.
+TORCH_DEFAULT_INIT = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
+
 # DIV2K's mean RGB in [0, 1], the official EDSR code's `rgb_mean`.
 DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
 
 
-class SRCNN(Model):
-  """SRCNN (Dong et al. 2016, TPAMI): x f32[B, H, W, 1] → f32[B, H, W, 1].
+class _SRModel(Model):
+  """A model whose convs start from PyTorch's default init (see `TORCH_DEFAULT_INIT`)."""
 
-  x is the Y channel already bicubic-upscaled to the target size; any H, W.
+  @nn.nowrap
+  def sr_conv(self, features: int, kernel_size: int, **kwargs: Any) -> nn.Conv:
+    return self.conv(features, kernel_size, kernel_init=TORCH_DEFAULT_INIT, **kwargs)
+
+
+def bicubic_upscale(x: Array, scale: int) -> Array:
+  """f32[B, h, w, C] → f32[B, h·scale, w·scale, C], bicubic (Keys' kernel, a = −0.5, as
+  MATLAB's `imresize` upsamples; at the borders the kernel's weights are renormalised
+  where MATLAB repeats the edge pixels). Not clipped."""
+  if scale == 1:
+    return x
+  b, h, w, c = x.shape
+  return jax.image.resize(x, (b, h * scale, w * scale, c), method='bicubic')
+
+
+class SRCNN(_SRModel):
+  """SRCNN (Dong et al. 2016, TPAMI): x f32[B, h, w, 1] → f32[B, h·r, w·r, 1], r = `scale`.
+
+  x is the low-resolution Y channel; it is upscaled bicubically (`bicubic_upscale`) to
+  the output size first, then the three convs below run at H×W = h·r × w·r.
 
       layer   conv                       output     params (9-1-5)
       conv1   f1×f1, 64, ReLU            H×W×64        5,248
@@ -50,17 +78,19 @@ class SRCNN(Model):
   num_classes: int = 1  # ignored
   kernel_sizes: tuple[int, int, int] = (9, 1, 5)  # f1, f2, f3
   widths: tuple[int, int] = (64, 32)  # n1, n2
+  scale: int = 3
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     f1, f2, f3 = self.kernel_sizes
-    x = nn.relu(self.conv(self.widths[0], f1, name='conv1')(x))
-    x = nn.relu(self.conv(self.widths[1], f2, name='conv2')(x))
-    x = self.conv(1, f3, name='conv3')(x)
+    x = bicubic_upscale(jnp.asarray(x, jnp.float32), _check_scale('SRCNN', self.scale))
+    x = nn.relu(self.sr_conv(self.widths[0], f1, name='conv1')(x))
+    x = nn.relu(self.sr_conv(self.widths[1], f2, name='conv2')(x))
+    x = self.sr_conv(1, f3, name='conv3')(x)
     return jnp.asarray(x, jnp.float32)
 
 
-class ESPCN(Model):
+class ESPCN(_SRModel):
   """ESPCN (Shi et al. 2016, CVPR): x f32[B, h, w, 1] → f32[B, h·r, w·r, 1], r = `scale`.
 
   x is the low-resolution Y channel; the upscaling is the last layer's sub-pixel shuffle.
@@ -78,9 +108,9 @@ class ESPCN(Model):
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     r = _check_scale('ESPCN', self.scale)
-    x = jnp.tanh(self.conv(64, 5, name='conv1')(x))
-    x = jnp.tanh(self.conv(32, 3, name='conv2')(x))
-    x = self.conv(r * r, 3, name='conv3')(x)
+    x = jnp.tanh(self.sr_conv(64, 5, name='conv1')(x))
+    x = jnp.tanh(self.sr_conv(32, 3, name='conv2')(x))
+    x = self.sr_conv(r * r, 3, name='conv3')(x)
     return jnp.asarray(pixel_shuffle(x, r), jnp.float32)
 
 
@@ -123,7 +153,7 @@ class Upsampler(nn.Module):
     return x
 
 
-class EDSR(Model):
+class EDSR(_SRModel):
   """EDSR (Lim et al. 2017, CVPRW), the official PyTorch code's structure:
   x f32[B, h, w, 3] RGB → f32[B, h·r, w·r, 3], r = `scale`.
 
@@ -154,13 +184,13 @@ class EDSR(Model):
     r = _check_scale('EDSR', self.scale)
     mean = self.rgb_range * jnp.asarray(DIV2K_MEAN, jnp.float32)
     x = x - mean
-    x = self.conv(self.features, 3, name='head')(x)
+    x = self.sr_conv(self.features, 3, name='head')(x)
     y = x
     for i in range(self.n_resblocks):
-      y = ResBlock(self.conv, self.features, self.res_scale, name=f'block{i + 1}')(y)
-    x = x + self.conv(self.features, 3, name='body_end')(y)
-    x = Upsampler(self.conv, self.features, r, name='upsample')(x)
-    x = self.conv(3, 3, name='tail')(x)
+      y = ResBlock(self.sr_conv, self.features, self.res_scale, name=f'block{i + 1}')(y)
+    x = x + self.sr_conv(self.features, 3, name='body_end')(y)
+    x = Upsampler(self.sr_conv, self.features, r, name='upsample')(x)
+    x = self.sr_conv(3, 3, name='tail')(x)
     return jnp.asarray(x, jnp.float32) + mean
 
 

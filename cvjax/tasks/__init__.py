@@ -19,6 +19,7 @@ from cvjax.tasks.segmentation import SegmentationTask
 from cvjax.tasks.classification import ClassificationTask
 from cvjax.tasks.features import FeatureTask
 from cvjax.tasks.localization import LocalizationTask
+from cvjax.tasks.superres import SuperResolutionTask
 from cvjax.train import Task, TrainConfig, loop
 from cvjax.train import run as train_run
 
@@ -28,6 +29,7 @@ TASKS: dict[str, type[Task]] = {
     'segmentation': SegmentationTask,
     'features': FeatureTask,
     'localization': LocalizationTask,
+    'superres': SuperResolutionTask,
 }
 
 

@@ -35,6 +35,7 @@ SCHEDULES = ('constant', 'step', 'cosine', 'onecycle')
 # 'tf' Keras MobileNet/Inception (scaled to [-1, 1]).
 PREPROCESSINGS = ('caffe', 'torch', 'tf')
 TTAS = ('flip',)
+PIXEL_LOSSES = ('l1', 'l2')  # the superres task's loss
 # Compute dtype of --half_precision (params, optimizer state and BN statistics stay float32).
 HALF_PRECISIONS = {'bf16': 'bfloat16', 'fp16': 'float16'}
 # The key of a workdir's config.json beside the TrainConfig fields: what the run resolved
@@ -82,7 +83,7 @@ class TrainConfig:
   """
   # What to train on what.
   task: str = field('classification', help='What is learned: classification, detection, '
-                    'segmentation, localization or features (cvjax.tasks).')
+                    'segmentation, localization, superres or features (cvjax.tasks).')
   model: str = field('lenet5', help='Registered model name (cvjax.models.list_models()).')
   model_kwargs: dict[str, Any] = field(
       default_factory=dict, help='Extra model arguments, e.g. "activation=relu,pooling=max".')
@@ -128,6 +129,9 @@ class TrainConfig:
   weight_decay: float = field(0.0, help='L2 weight decay on kernels (coupled for sgd/adam, '
                               'decoupled for adamw).', **NON_NEGATIVE)
   label_smoothing: float = field(0.0, help='Label smoothing.', minimum=0, exclusive_maximum=1)
+  pixel_loss: str = field('l1', help="Super-resolution loss against the high-resolution "
+                          "image: 'l1' (mean absolute error, EDSR) or 'l2' (mean squared "
+                          "error, SRCNN and ESPCN).", choices=PIXEL_LOSSES)
   grad_clip_norm: float | None = field(None, help='Clip gradients to this global norm.',
                                        **POSITIVE)
   ema_decay: float | None = field(None, help='Keep an exponential moving average of the '
