@@ -36,6 +36,7 @@ from cvjax.data import preprocess
 from cvjax.errors import UserError, unknown_choice
 
 STREAM_SHUFFLE_BUFFER = 4096
+READ_BATCH_BYTES = 64 << 20  # at most this much per batch read into memory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,11 +177,23 @@ def _read_into_memory(spec: DataSpec, parts, data_dir) -> dict[str, np.ndarray]:
   for tfds_name, expr in parts:
     ds = _as_dataset(spec, tfds_name, expr, data_dir, skip_image=spec.encoded)
     ds = ds.map(lambda ex: spec.read(ex, True), num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True).batch(1024).prefetch(2)
-    arrays += list(ds.as_numpy_iterator())
+                deterministic=True)
+    arrays += list(ds.batch(read_batch_size(ds.element_spec)).prefetch(2).as_numpy_iterator())
   if not arrays:
     raise UserError(f'{parts[0][0]} {parts[0][1]} has no examples')
   return {k: np.concatenate([a[k] for a in arrays]) for k in arrays[0]}
+
+
+def read_batch_size(element_spec, limit_bytes: int = READ_BATCH_BYTES) -> int:
+  """Examples per batch when a split is read into memory: 1024, fewer when fixed-size
+  examples are large. tf.data's fused map-and-batch allocates a whole batch up front:
+  1024 photographs padded to 1404² (the superres train split) asked for 6 GB to hold 9."""
+  size = 0
+  for s in tf.nest.flatten(element_spec):
+    if s.dtype == tf.string or not s.shape.is_fully_defined():
+      continue  # encoded or variable-sized: nothing large is allocated ahead
+    size += s.shape.num_elements() * s.dtype.size
+  return int(max(1, min(1024, limit_bytes // max(size, 1))))
 
 
 def _in_memory_train(rows, n, steps, start_step, order: _Order, one, *, batched, tail,

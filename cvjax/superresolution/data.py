@@ -80,10 +80,26 @@ def train_augment(augment: str | None, *, input_size: int, scale: int) -> str:
 
 
 @functools.cache
+def train_sides(name: str, data_dir: str | None = None) -> tuple[int, int]:
+  """The shortest and the longest side among `name`'s training photographs, pixels."""
+  ds = builder(name, data_dir).as_dataset(split='train')
+  sides = [ex['image'].shape[:2] for ex in ds]
+  return int(min(min(s) for s in sides)), int(max(max(s) for s in sides))
+
+
 def max_train_side(name: str, data_dir: str | None = None) -> int:
   """The longest side of `name`'s training photographs, pixels."""
-  ds = builder(name, data_dir).as_dataset(split='train')
-  return int(max(max(ex['image'].shape[:2]) for ex in ds))
+  return train_sides(name, data_dir)[1]
+
+
+def check_window(name: str, *, input_size: int, scale: int, data_dir: str | None = None) -> None:
+  """UserError unless every training photograph holds the train window (`random_crop`
+  would otherwise stop the run with a TensorFlow error when it first draws the photograph)."""
+  crop, shortest = crop_size(input_size, scale), train_sides(name, data_dir)[0]
+  if crop > shortest:
+    raise UserError(f'--image_size={input_size} at scale {scale} takes {crop} x {crop} windows '
+                    f'of the training photographs, but the smallest of {name} has a side of '
+                    f'{shortest} pixels; use --image_size={shortest // scale} or less')
 
 
 def data_spec(name: str, *, scale: int, channels: int,

@@ -116,7 +116,11 @@ class SuperResolutionTask(Task):
 
   @classmethod
   def dataset_meta(cls, config):
-    return _data().dataset_meta(config.dataset, config.data_dir)
+    meta = _data().dataset_meta(config.dataset, config.data_dir)
+    height = config.image_size or models.model_input_shape(config.model)[0]
+    _data().check_window(config.dataset, input_size=height, scale=model_scale(config),
+                         data_dir=config.data_dir)
+    return meta
 
   def data_spec(self):
     return _data().data_spec(self.config.dataset, scale=self.scale, channels=self.channels,
