@@ -2,6 +2,7 @@
 
     python -m cvjax.superres --workdir=runs/edsr_x2 --image=small.png --out=big.png [--json]
     python -m cvjax.superres --workdir=runs/edsr_x2 --image=photo.png --compare [--out=cmp.png]
+    python -m cvjax.superres --workdir=A,B,C --image=photo.png --compare --out=cmp.png --crop=0,0,96
     python -m cvjax.superres --workdir=runs/edsr_x2 --evaluate [--split=test] [--json]
 
 Restores the run's newest good checkpoint (`cvjax.restore`; --step picks another); the
@@ -16,7 +17,10 @@ scale r is its model's.
   again by bicubic and by the model. Prints the PSNR-Y (dB) and SSIM-Y of each against
   the original (Y of MATLAB's rgb2ycbcr, r pixels shaved), one line per method
   ('bicubic', 'model'); with --out writes the three panels bicubic | model | original
-  side by side, 4 white pixels apart. Its sides must be at least 8·r pixels.
+  side by side, 4 white pixels apart. Its sides must be at least 8·r pixels. Several
+  runs of one scale (--workdir=A,B,C) give bicubic | A | B | C | original, one score
+  line each, labelled by model; --crop=TOP,LEFT,SIZE writes only that square of every
+  panel (pixels of the modcropped original; the scores stay those of whole images).
 --evaluate: the same protocol on every photograph of the run's dataset split (--split,
   default test), whole, not the central windows training evaluates: one line per
   photograph and the means; with --json one JSON object {"split", "scale", "model",
@@ -45,8 +49,8 @@ MIN_COMPARE = 8    # --compare: the LR input's sides, at least; the original's: 
 _GRAY_MODES = frozenset({'1', 'L', 'LA', 'La', 'I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'})
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_string('workdir', None, 'A cvjax super-resolution run directory (--task=superres).',
-                    flag_values=FLAGS)
+flags.DEFINE_string('workdir', None, 'A cvjax super-resolution run directory (--task=superres); '
+                    'with --compare, several separated by commas.', flag_values=FLAGS)
 flags.DEFINE_string('image', None, 'Image file (PNG, JPEG, ...) to upscale, or with --compare '
                     'the high-resolution original.', flag_values=FLAGS)
 flags.DEFINE_string('out', None, 'Where to write the upscaled image, or with --compare the '
@@ -57,6 +61,8 @@ flags.DEFINE_bool('compare', False, 'Treat --image as the high-resolution origin
                   'PSNR-Y and SSIM-Y against it.', flag_values=FLAGS)
 flags.DEFINE_bool('evaluate', False, 'Score bicubic and the model on every whole photograph of '
                   'the run\'s dataset split (--split), as --compare does one.', flag_values=FLAGS)
+flags.DEFINE_string('crop', None, '--compare --out: TOP,LEFT,SIZE, the square of each panel '
+                    'written (pixels of the original).', flag_values=FLAGS)
 flags.DEFINE_string('split', 'test', 'The split --evaluate scores.', flag_values=FLAGS)
 flags.DEFINE_integer('step', None, 'Checkpoint step (default: the newest good one).',
                      flag_values=FLAGS)
@@ -126,6 +132,12 @@ def _mode_flags(f: flags.FlagValues) -> None:
                     + ('--out' if f.out is not None else '--compare'))
   if not f.evaluate and f['split'].present:
     raise UserError(f'--split={f.split} goes with --evaluate; add --evaluate or drop --split')
+  if ',' in f.workdir and not f.compare:
+    raise UserError(f'--workdir={f.workdir} names several runs, which only --compare takes; '
+                    'give one workdir')
+  if f.crop is not None and (not f.compare or f.out is None):
+    raise UserError(f'--crop={f.crop} crops the picture --compare writes; add --compare and '
+                    '--out, or drop --crop')
   if f.image is not None and not f.compare and f.out is None:
     raise UserError(f'--image={f.image} needs --out=PATH, where the upscaled image is written '
                     '(or --compare to print scores)')
@@ -168,23 +180,56 @@ def upscale(workdir: str, image_path: str, out: str, step: int | None = None) ->
           'input_size': [w, h], 'output_size': [bw, bh]}
 
 
-def compare(workdir: str, image_path: str, out: str | None, step: int | None = None) -> dict:
-  """--compare: the image at `image_path` as the original; the scores of bicubic and the
-  model (`cvjax.superresolution.evaluate.score`); the three panels written to `out`."""
+def parse_crop(crop: str | None, hr_shape) -> tuple[int, int, int] | None:
+  """--crop=TOP,LEFT,SIZE as ints inside an image of `hr_shape`; a `UserError` otherwise."""
+  if crop is None:
+    return None
+  try:
+    top, left, size = (int(v) for v in crop.split(','))
+  except ValueError:
+    raise UserError(f'--crop={crop} must be three integers TOP,LEFT,SIZE, e.g. 0,0,96') from None
+  h, w = hr_shape[:2]
+  if top < 0 or left < 0 or size < 1 or top + size > h or left + size > w:
+    raise UserError(f'--crop={crop} is not inside the {w}x{h} original; give TOP + SIZE <= {h} '
+                    f'and LEFT + SIZE <= {w}')
+  return top, left, size
+
+
+def compare(workdir: str, image_path: str, out: str | None, step: int | None = None,
+            crop: str | None = None) -> dict:
+  """--compare: the image at `image_path` as the original; the scores of bicubic and each
+  run's model (`cvjax.superresolution.evaluate.score`); the panels written to `out`.
+  `workdir`: one run, or several of one scale separated by commas."""
   image = read_image(image_path)
   if out is not None:
     check_out(out)
-  config, scale = superres_config(workdir)
+  workdirs = workdir.split(',')
+  configs = [superres_config(w) for w in workdirs]
+  scale = configs[0][1]
+  for w, (_, s) in zip(workdirs, configs):
+    if s != scale:
+      raise UserError(f'--workdir: {w} upscales x{s} but {workdirs[0]} x{scale}; compare runs '
+                      'of one scale')
   check_compare_size(image_path, image, scale)
   from cvjax import restoring  # pylint: disable=g-import-not-at-top
   from cvjax.superresolution import evaluate  # pylint: disable=g-import-not-at-top
-  restored = restoring.restore(workdir, step)
-  s = evaluate.score(restored.predict, image, scale)
+  results = [evaluate.score(restoring.restore(w, step).predict, image, scale) for w in workdirs]
+  first = results[0]
+  window = parse_crop(crop, first['hr'].shape)
   if out is not None:
-    save(side_by_side([s['bicubic'], s['sr'], s['hr']]), out)
-  h, w = s['hr'].shape[:2]
-  return {'image': image_path, 'out': out, 'scale': scale, 'model': config.model,
-          'panel_size': [w, h], **{k: s[k] for k in evaluate.SCORE_KEYS}}
+    panels = [first['bicubic'], *(r['sr'] for r in results), first['hr']]
+    if window is not None:
+      top, left, size = window
+      panels = [p[top:top + size, left:left + size] for p in panels]
+    save(side_by_side(panels), out)
+  h, w = first['hr'].shape[:2]
+  result = {'image': image_path, 'out': out, 'scale': scale, 'model': configs[0][0].model,
+            'panel_size': [w, h], **{k: first[k] for k in evaluate.SCORE_KEYS}}
+  if len(workdirs) > 1:
+    result['models'] = [{'workdir': wd, 'model': c.model, 'psnr_y': r['psnr_y'],
+                         'ssim_y': r['ssim_y']}
+                        for wd, (c, _), r in zip(workdirs, configs, results)]
+  return result
 
 
 def evaluate_split(workdir: str, split: str = 'test', step: int | None = None) -> dict:
@@ -222,15 +267,25 @@ def run(f: flags.FlagValues) -> int:
             f'{r["bicubic_ssim_y"]:14.4f} {r["ssim_y"]:8.4f}')
     return 0
   if f.compare:
-    result = compare(f.workdir, f.image, f.out, f.step)
+    result = compare(f.workdir, f.image, f.out, f.step, f.crop)
     if f.json:
       print(json.dumps(result))
       return 0
     print(score_line('bicubic', result['bicubic_psnr_y'], result['bicubic_ssim_y']))
-    print(score_line('model', result['psnr_y'], result['ssim_y']))
+    models = result.get('models')
+    if models is None:
+      print(score_line('model', result['psnr_y'], result['ssim_y']))
+    else:
+      for m in models:
+        print(score_line(m['model'], m['psnr_y'], m['ssim_y']))
     if f.out is not None:
       w, h = result['panel_size']
-      print(f'bicubic | model | original, {w}x{h} each, written to {f.out}')
+      names = ' | '.join(m['model'] for m in models) if models else 'model'
+      where = ''
+      if f.crop:
+        top, left, size = f.crop.split(',')
+        where = f', the {size}x{size} square at row {top}, column {left} of each'
+      print(f'bicubic | {names} | original, {w}x{h} each{where}, written to {f.out}')
     return 0
   result = upscale(f.workdir, f.image, f.out, f.step)
   if f.json:

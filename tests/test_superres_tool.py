@@ -119,6 +119,28 @@ def test_compare_writes_bicubic_model_original_side_by_side_and_prints_two_score
     assert m[3] == f'{float(metrics.ssim_y(a, b, SCALE)[0]):.4f}'
 
 
+def test_compare_of_several_runs_gives_one_panel_and_one_line_each_and_crops(
+    workdir, photo, tmp_path, capsys):
+  import cvjax
+  image = _save(tmp_path, 'photo.png', photo)
+  out = str(tmp_path / 'compare3.png')
+  assert superres.main([f'--workdir={workdir},{workdir}', f'--image={image}', f'--out={out}',
+                        '--compare', '--crop=10,20,32']) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert [line.split()[0] for line in lines[:3]] == ['bicubic', 'espcn_x2', 'espcn_x2']
+  assert lines[1][8:] == lines[2][8:]  # the same run scored twice
+  assert lines[3] == ('bicubic | espcn_x2 | espcn_x2 | original, 74x60 each, the 32x32 square at '
+                      f'row 10, column 20 of each, written to {out}')
+  picture = np.asarray(Image.open(out))
+  assert picture.shape == (32, 4 * 32 + 3 * superres.GAP, 3)
+  hr = photo[:60, :74]
+  lr, bicubic = _lr_bicubic(hr, SCALE)
+  model = cvjax.restore(workdir).predict(lr[None])[0]
+  step = 32 + superres.GAP
+  for i, full in enumerate((bicubic, model, model, hr)):
+    np.testing.assert_array_equal(picture[:, i * step:i * step + 32], full[10:42, 20:52])
+
+
 def test_compare_scores_a_gray_image_as_its_rgb_copy(workdir, photo, tmp_path, capsys):
   gray = photo[..., 1]
   out = {}
@@ -200,6 +222,15 @@ def _bad_cases(workdir, b):
        '--evaluate writes no picture and compares every photograph itself; drop --out'),
       ([w, f'--image={b["ok"]}', f'--out={out}', '--split=validation'],
        '--split=validation goes with --evaluate; add --evaluate or drop --split'),
+      ([f'--workdir={workdir},{workdir}', f'--image={b["ok"]}', f'--out={out}'],
+       f'--workdir={workdir},{workdir} names several runs, which only --compare takes; give one '
+       'workdir'),
+      ([w, f'--image={b["ok"]}', '--compare', '--crop=0,0,8'],
+       '--crop=0,0,8 crops the picture --compare writes; add --compare and --out, or drop --crop'),
+      ([w, f'--image={b["ok"]}', '--compare', f'--out={out}', '--crop=0,0'],
+       '--crop=0,0 must be three integers TOP,LEFT,SIZE, e.g. 0,0,96'),
+      ([w, f'--image={b["ok"]}', '--compare', f'--out={out}', '--crop=4,0,13'],
+       '--crop=4,0,13 is not inside the 16x16 original; give TOP + SIZE <= 16 and LEFT + SIZE <= 16'),
       ([w, '--evaluate', '--split=tset'],
        "unknown split of cvjax_sr_photos 'tset'; did you mean 'test'? "
        '(valid choices: test, train, validation)'),
@@ -233,5 +264,5 @@ def test_help_says_what_compare_does():
   text = cli.help_text(superres.FLAGS, superres.__doc__)
   assert 'taken as the high-resolution ORIGINAL' in ' '.join(text.split())
   listed = re.findall(r'^  (--[\w\[\]]+):', text, re.MULTILINE)
-  assert listed == ['--[no]compare', '--[no]evaluate', '--image', '--[no]json', '--out',
+  assert listed == ['--[no]compare', '--crop', '--[no]evaluate', '--image', '--[no]json', '--out',
                     '--split', '--step', '--workdir'], listed
