@@ -23,8 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cvjax import models
-from cvjax.data import pipeline
+from cvjax import data, models
 from cvjax.errors import UserError
 from cvjax.models.superres import bicubic_upscale
 from cvjax.superresolution import metrics
@@ -129,7 +128,7 @@ class SuperResolutionTask(Task):
   def train_batches(self, sharding, start_step: int):
     c = self.config
     augment = _data().train_augment(c.augment, input_size=self.image_size, scale=self.scale)
-    return pipeline.train_batches(
+    return data.pipeline.train_batches(
         self.data_spec(), global_batch_size=c.batch_size, sharding=sharding, seed=c.seed,
         start_step=start_step, augment=augment, split=c.train_split, data_dir=c.data_dir,
         num_examples=self.meta.split_sizes[c.train_split])
