@@ -18,10 +18,12 @@ from cvjax.models import (alexnet, cifar_resnet, conv_lowering, deep_cnn, lenet,
 from cvjax.models.conv_lowering import CONV_IMPLS
 from cvjax.models import (deeplab, densenet, efficientnet, fcn, inception, mobilenet, resnext,
                           senet, superres, vit, xception, yolo)
+from cvjax.models import autoencoder, dcgan, unet, vae
 
 _IMAGENET = (224, 224, 3)
 _CIFAR = (32, 32, 3)
-TASKS = ('classification', 'detection', 'segmentation', 'localization', 'superres')
+TASKS = ('classification', 'detection', 'segmentation', 'localization', 'superres',
+         'autoencoder', 'vae', 'gan', 'diffusion')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,11 +32,17 @@ class ModelInfo:
 
   task: 'classification' (logits [B, N]), 'detection' (locations, logits),
     'segmentation' (per-pixel logits [B, H, W, N]), 'localization' (logits [B, N],
-    one box [B, 4] in [0, 1]) or 'superres' (an image [B, H·r, W·r, C] from [B, H, W, C]).
+    one box [B, 4] in [0, 1]), 'superres' (an image [B, H·r, W·r, C] from [B, H, W, C]),
+    'autoencoder' (reconstruction logits [B, H, W, C] from x in [0, 1]; `encode`,
+    `decode`), 'vae' (a dict: 'x' the decoder's output [B, H, W, C], 'mean', 'logvar',
+    'z' [B, L]; needs a 'dropout' rng in eval too), 'gan' (the discriminator's logits
+    [B]; `generate(z, labels)` gives images [B, H, W, C] in [-1, 1]) or 'diffusion'
+    (the predicted noise [B, H, W, C] from x_t and t [B]).
   input_shape: the natural input (H, W, C).
   num_classes: classes of the dataset it was designed for (detection: object
     classes, without the background logit; segmentation: with the background;
-    superres: the image's channels, which the model ignores).
+    superres: the image's channels, which the model ignores; the generative tasks:
+    the dataset's, which only the conditional GAN uses).
   supports_remat: takes `remat=True` (recompute each residual block in the backward pass).
   batch_norm: has BatchNorm, so it takes `bn_axis_name` (cross-device statistics) if
     its class declares it; models without it do not accept that option.
@@ -148,6 +156,17 @@ for _scale in (2, 3, 4):
        bn=False)
   _add(f'edsr_baseline_x{_scale}', _P(superres.EDSR, scale=_scale), (48, 48, 3), 3,
        task='superres', bn=False)
+
+# Generative models at 28×28×1 (MNIST, Fashion-MNIST); only dcgan_conditional uses the labels.
+_MNIST = (28, 28, 1)
+_add('conv_autoencoder', autoencoder.ConvAutoencoder, _MNIST, 10, task='autoencoder', bn=False)
+_add('denoising_autoencoder', _P(autoencoder.ConvAutoencoder, noise_std=0.3), _MNIST, 10,
+     task='autoencoder', bn=False)
+_add('conv_vae', vae.ConvVAE, _MNIST, 10, task='vae', bn=False)
+_add('mlp_vae', vae.MLPVAE, _MNIST, 10, task='vae', bn=False)
+_add('dcgan', dcgan.DCGAN, _MNIST, 10, task='gan')
+_add('dcgan_conditional', _P(dcgan.DCGAN, conditional=True), _MNIST, 10, task='gan')
+_add('ddpm_unet', unet.DiffusionUNet, _MNIST, 10, task='diffusion', bn=False)
 
 
 def register_model(name: str, builder: Callable[..., nn.Module], info: ModelInfo) -> None:
