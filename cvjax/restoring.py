@@ -36,6 +36,11 @@ class Restored:
              'probabilities' f32[K], 'box' f32[4] (ymin, xmin, ymax, xmax) normalised.
   class_names: label index -> name, None when the run does not know them.
   num_classes: the model's classes (outputs per image or pixel), None when unknown.
+  sample:    generative runs (tasks vae, gan, diffusion): sample(n, seed=0, **options) →
+             uint8[n, H, W, C] new images (`cvjax.tasks.generation` lists the options,
+             e.g. steps= for DDIM, labels= for a conditional GAN); None otherwise.
+  encode, decode, reconstruct: autoencoders and VAEs: uint8 images → f32[n, L] codes
+             (the posterior means), codes → uint8 images, images → uint8 images.
   """
   model: Any
   variables: dict
@@ -44,6 +49,10 @@ class Restored:
   predict: Callable[[np.ndarray], Any]
   class_names: list[str] | None = None
   num_classes: int | None = None
+  sample: Callable[..., np.ndarray] | None = None
+  encode: Callable[[np.ndarray], np.ndarray] | None = None
+  decode: Callable[[np.ndarray], np.ndarray] | None = None
+  reconstruct: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 def read_config(workdir: str) -> TrainConfig:
@@ -98,7 +107,8 @@ def restore(workdir: str, step: int | None = None) -> Restored:
   names = task.meta.class_names if task.meta is not None else None
   return Restored(model=model, variables=variables, config=config, step=batches,
                   predict=task.predictor(model, variables),
-                  class_names=list(names) if names else None, num_classes=task.num_classes)
+                  class_names=list(names) if names else None, num_classes=task.num_classes,
+                  **task.generative(model, variables))
 
 
 @dataclasses.dataclass

@@ -36,6 +36,7 @@ SCHEDULES = ('constant', 'step', 'cosine', 'onecycle')
 PREPROCESSINGS = ('caffe', 'torch', 'tf')
 TTAS = ('flip',)
 PIXEL_LOSSES = ('l1', 'l2')  # the superres task's loss
+DIFFUSION_SCHEDULES = ('linear', 'cosine')  # cvjax.generation.diffusion.beta_schedule
 # Compute dtype of --half_precision (params, optimizer state and BN statistics stay float32).
 HALF_PRECISIONS = {'bf16': 'bfloat16', 'fp16': 'float16'}
 # The key of a workdir's config.json beside the TrainConfig fields: what the run resolved
@@ -83,7 +84,8 @@ class TrainConfig:
   """
   # What to train on what.
   task: str = field('classification', help='What is learned: classification, detection, '
-                    'segmentation, localization, superres or features (cvjax.tasks).')
+                    'segmentation, localization, superres, features, autoencoder, vae, gan '
+                    'or diffusion (cvjax.tasks).')
   model: str = field('lenet5', help='Registered model name (cvjax.models.list_models()).')
   model_kwargs: dict[str, Any] = field(
       default_factory=dict, help='Extra model arguments, e.g. "activation=relu,pooling=max".')
@@ -115,7 +117,8 @@ class TrainConfig:
   # Optimisation.
   optimizer: str = field('momentum', help='Optimizer.', choices=OPTIMIZERS)
   learning_rate: float = field(0.1, help='Peak learning rate.', **POSITIVE)
-  momentum: float = field(0.9, help='Momentum for momentum/nesterov.', minimum=0,
+  momentum: float = field(0.9, help="Momentum for momentum/nesterov; Adam's beta1 for adam/adamw "
+                          '(0.5 in DCGAN).', minimum=0,
                           exclusive_maximum=1)
   schedule: str = field('cosine', help="Learning-rate schedule; 'onecycle' is optax's "
                         'cosine one-cycle (up over warmup_epochs, default 30% of the run, '
@@ -147,6 +150,14 @@ class TrainConfig:
                               'the two, chosen with probability 1/2 (timm).', **NON_NEGATIVE)
   mix_prob: float = field(1.0, help='Probability that a train batch is mixed (mixup/cutmix).',
                           minimum=0, maximum=1)
+  diffusion_schedule: str = field('linear', help="The diffusion task's noise schedule: "
+                                  "'linear' (Ho et al.: beta 1e-4 to 0.02) or 'cosine' "
+                                  '(Nichol & Dhariwal).', choices=DIFFUSION_SCHEDULES)
+  diffusion_steps: int = field(1000, help='The diffusion task\'s number of noise levels T.',
+                               **POSITIVE)
+  iw_samples: int = field(0, help="The vae task's importance-weighted bound (Burda et al.) in "
+                          'evaluation, with this many latent samples per image; 0: off.',
+                          resumable=True, **NON_NEGATIVE)
   tta: str | None = field(None, help="Test-time augmentation: 'flip' averages the softmax of "
                           'each image and its mirror (evaluation, results and predict); '
                           'default: none.', choices=TTAS, empty_is_none=True, resumable=True,

@@ -65,9 +65,10 @@ def make_optimizer(config: TrainConfig, schedule: optax.Schedule,
     parts.append(optax.sgd(schedule, momentum=config.momentum,
                            nesterov=config.optimizer == 'nesterov'))
   elif config.optimizer == 'adam':
-    parts.append(optax.adam(schedule))
+    parts.append(optax.adam(schedule, b1=config.momentum))
   else:  # 'adamw'
-    parts.append(optax.adamw(schedule, weight_decay=config.weight_decay, mask=_is_kernel))
+    parts.append(optax.adamw(schedule, b1=config.momentum, weight_decay=config.weight_decay,
+                             mask=_is_kernel))
   tx = optax.chain(*parts)
   if freezer is not None:  # multi_transform with set_to_zero for the frozen params
     tx = freezer.wrap_optimizer(tx)

@@ -125,5 +125,5 @@ def build_run(config: TrainConfig, task_class: type[Task]) -> Run:
   freezer = freeze.make_freezer(config.freeze, model, input_shape) if config.freeze else None
   return Run(config=config, task=task, mesh=mesh, model=model, dataset=meta,
              input_shape=input_shape, steps_per_epoch=steps_per_epoch, total_steps=total,
-             schedule=schedule, tx=optim.make_optimizer(config, schedule, freezer),
+             schedule=schedule, tx=task.optimizer(schedule, freezer),
              freezer=freezer)

@@ -33,8 +33,10 @@ from cvjax.train.factory import DATA_AXIS as AXIS
 from cvjax.train.state import TrainState, eval_variables, model_variables, update_ema
 from cvjax.train.task import Task
 
-# fold_in constant of the key `Task.mix_batch` gets (the dropout key is the step's own).
+# fold_in constants of the keys `Task.mix_batch` and `Task.draw_noise` get (the dropout
+# key is the step's own).
 MIX_STREAM = 1
+NOISE_STREAM = 2
 
 
 def train_step(state: TrainState, batch: dict, *, task: Task,
@@ -58,13 +60,22 @@ def train_step(state: TrainState, batch: dict, *, task: Task,
   this call stepped the parameters); the training loop counts optimizer steps by it.
 
   Before the forward pass the task may mix the batch (`Task.mix_batch`: mixup, cutmix)
-  with a key of its own; after the update a run with `ema_decay` moves its weight
+  and add its per-example draws (`Task.draw_noise`), each with a key of its own; a task
+  with `own_update` (a GAN) then makes the whole step itself (`Task.update`). After the
+  update a run with `ema_decay` moves its weight
   average (`cvjax.train.state.update_ema`).
   """
-  step_rng = jax.random.fold_in(state.rng, state.step)
+  base_rng = jax.random.fold_in(state.rng, state.step)  # the same on every device
+  step_rng = base_rng
   if axis_name is not None:  # a different dropout mask on every device
     step_rng = jax.random.fold_in(step_rng, lax.axis_index(axis_name))
   batch = task.mix_batch(batch, jax.random.fold_in(step_rng, MIX_STREAM))
+  batch = task.draw_noise(batch, jax.random.fold_in(base_rng, NOISE_STREAM), axis_name)
+  if task.own_update:
+    new_state, metrics = task.update(state, batch, base_rng, axis_name)
+    if task.config.ema_decay:
+      new_state = update_ema(new_state, task.config.ema_decay, True)
+    return new_state, metrics
   has_bn = bool(state.batch_stats)
   scaler = state.loss_scale
 
@@ -73,9 +84,8 @@ def train_step(state: TrainState, batch: dict, *, task: Task,
       params = freezer.stop_gradient(params)
     variables = model_variables(state.replace(params=params))
     with freezer.bn_inference() if freezer is not None else contextlib.nullcontext():
-      out = state.apply_fn(variables, task.model_input(batch), train=True,
-                           rngs={'dropout': step_rng},
-                           mutable=['batch_stats'] if has_bn else False)
+      out = task.train_apply(state.apply_fn, variables, batch, rngs={'dropout': step_rng},
+                             mutable=['batch_stats'] if has_bn else False)
     outputs, updates = out if has_bn else (out, {})
     loss, metrics = task.loss(outputs, batch, axis_name)
     scaled = loss if scaler is None else scaler.scale_loss(loss)

@@ -25,6 +25,16 @@ hooks and may override the others, whose defaults fit image classification:
   model_input(batch)                  what the model is applied to; default batch['image']
   mix_batch(batch, rng)               batch-level train augmentation inside the step
                                       (mixup, cutmix); default: the batch unchanged
+  draw_noise(batch, key, axis_name)   the step's per-example random draws (a diffusion's
+                                      noise level and noise), the same for any device
+                                      count (`per_example`); default: the batch unchanged
+  train_apply(apply_fn, variables, batch, rngs, mutable)
+                                      the outputs `loss` scores in training; default: the
+                                      model on model_input(batch) in train mode
+  update(state, batch, key, axis_name) the whole step of a task with `own_update` (a GAN:
+                                      two networks, two optimizers, alternate updates)
+  optimizer(schedule, freezer)        the optax transformation; default: the run's
+                                      (`cvjax.train.optim.make_optimizer`)
   eval_apply(apply_fn, variables, batch)
                                       the eval outputs; default: the model on
                                       model_input(batch) (test-time augmentation goes here)
@@ -32,6 +42,8 @@ hooks and may override the others, whose defaults fit image classification:
   preprocessing()                     the input normalisation, recorded in config.json
   predictor(model, variables)         `predict` of `cvjax.restore`; default: softmax
                                       probabilities of eval-preprocessed images
+  generative(model, variables)        the generative functions of `cvjax.restore` (sample,
+                                      encode, decode, reconstruct); default: none
 
 The jitted hooks (`loss`, `eval_outputs`, `model_input`) see arrays, the task's own
 settings and, inside a data-parallel step, `axis_name`, the mesh axis (None in a plain
@@ -49,7 +61,7 @@ import numpy as np
 
 from cvjax import data
 from cvjax.errors import UserError
-from cvjax.train import factory, freeze, rundir, warm_start
+from cvjax.train import factory, freeze, optim, rundir, warm_start
 from cvjax.train.config import TrainConfig
 
 
@@ -77,6 +89,7 @@ class Task(abc.ABC):
   main_metric: str = ''               # what "best checkpoint" and early stopping watch
   main_metric_higher_is_better: bool = True
   example_keys: tuple[str, ...] = ('image', 'label')  # what the augmentation ops see
+  own_update: bool = False            # `update` is the whole train step (see its doc)
 
   def __init__(self, config: TrainConfig, meta: data.DatasetMeta | None):
     self.config = config
@@ -150,6 +163,37 @@ class Task(abc.ABC):
     del rng
     return batch
 
+  def draw_noise(self, batch: dict, key: jax.Array, axis_name: str | None) -> dict:
+    """This device's train batch with the step's random draws added, after `mix_batch`
+    inside the jitted step. key: the same on every device; draw with `per_example` so
+    that 1 and N devices see the same numbers. Default: unchanged."""
+    del key, axis_name
+    return batch
+
+  def train_apply(self, apply_fn, variables: dict, batch: dict, *, rngs: dict, mutable):
+    """The outputs `loss` scores in training (with `mutable`'s updates when it is a list):
+    the model in train mode on `model_input(batch)`."""
+    return apply_fn(variables, self.model_input(batch), train=True, rngs=rngs, mutable=mutable)
+
+  def update(self, state, batch: dict, key: jax.Array, axis_name: str | None):
+    """(new state, {'loss', ...metrics}): the whole train step, for a task with
+    `own_update` (several networks or optimizers in one state). key: the step's key, the
+    same on every device (fold in `lax.axis_index` for per-device draws such as dropout);
+    gradients must be `pmean`ed over `axis_name` when it is not None. The weight average,
+    when the run keeps one, is moved after it."""
+    raise NotImplementedError(f'task {self.name!r} has no update of its own')
+
+  def optimizer(self, schedule, freezer=None):
+    """The optax transformation of the state's params: the run's optimizer, weight decay
+    and clipping (`cvjax.train.optim.make_optimizer`)."""
+    return optim.make_optimizer(self.config, schedule, freezer)
+
+  def generative(self, model, variables: dict) -> dict[str, Callable]:
+    """Functions `cvjax.restore` adds to a generative run: 'sample' (n, seed) → uint8
+    images, and for autoencoders 'encode', 'decode', 'reconstruct'. Default: none."""
+    del model, variables
+    return {}
+
   def eval_apply(self, apply_fn, variables: dict, batch: dict) -> Any:
     """The outputs `eval_outputs` scores: the model in inference mode on the batch."""
     return apply_fn(variables, self.model_input(batch), train=False)
@@ -205,6 +249,15 @@ class Task(abc.ABC):
       batches = image_batches(images)
       return np.concatenate([predict_batch(b) for b in batches])
     return predict
+
+
+def per_example(key: jax.Array, draw: Callable[[jax.Array], Any], local_batch: int,
+                axis_name: str | None) -> Any:
+  """draw(key_i) for each example i of this device's share of the global batch, key_i =
+  fold_in(key, the example's global index): 1 and N devices draw the same numbers."""
+  offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * local_batch
+  index = offset + jax.numpy.arange(local_batch)
+  return jax.vmap(lambda i: draw(jax.random.fold_in(key, i)))(index)
 
 
 def image_batches(images) -> list[np.ndarray]:
