@@ -20,6 +20,9 @@ from cvjax.tasks.classification import ClassificationTask
 from cvjax.tasks.features import FeatureTask
 from cvjax.tasks.localization import LocalizationTask
 from cvjax.tasks.superres import SuperResolutionTask
+from cvjax.tasks.diffusion import DiffusionTask
+from cvjax.tasks.gan import GANTask
+from cvjax.tasks.generation import AutoencoderTask, VAETask
 from cvjax.train import Task, TrainConfig, loop
 from cvjax.train import run as train_run
 
@@ -30,6 +33,10 @@ TASKS: dict[str, type[Task]] = {
     'features': FeatureTask,
     'localization': LocalizationTask,
     'superres': SuperResolutionTask,
+    'autoencoder': AutoencoderTask,
+    'vae': VAETask,
+    'gan': GANTask,
+    'diffusion': DiffusionTask,
 }
 
 
