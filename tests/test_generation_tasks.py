@@ -171,7 +171,9 @@ def _fit_small(config, real_mnist, workdir, steps_=4):
     GAN, DDPM, TrainConfig(task='vae', model='conv_vae', dataset='mnist', optimizer='adam',
                            learning_rate=1e-3, iw_samples=4),
     TrainConfig(task='autoencoder', model='denoising_autoencoder', dataset='mnist',
-                optimizer='adam', learning_rate=1e-3)], ids=['gan', 'diffusion', 'vae', 'dae'])
+                optimizer='adam', learning_rate=1e-3),
+    GAN.replace(half_precision='bf16'), DDPM.replace(half_precision='fp16')],
+    ids=['gan', 'diffusion', 'vae', 'dae', 'gan_bf16', 'diffusion_fp16'])
 def test_a_few_steps_train_restore_and_sample(config, real_mnist, tmp_path, capsys):
   workdir = str(tmp_path / config.task)
   results = _fit_small(config, real_mnist, workdir)
