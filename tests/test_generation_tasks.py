@@ -202,6 +202,34 @@ def test_a_few_steps_train_restore_and_sample(config, real_mnist, tmp_path, caps
     np.testing.assert_array_equal(restored.decode(codes), restored.reconstruct(test))
   with pytest.raises(UserError, match=f'a {config.task} run has no predict'):
     restored.predict(real_mnist['test_images'][:1])
+  if config.task in ('vae', 'autoencoder'):
+    out = str(tmp_path / 'interpolation.png')
+    assert sample_tool.main([f'--workdir={workdir}', '--interpolate', f'--out={out}']) == 0
+    rows, cols = sample_tool.INTERPOLATION
+    from PIL import Image
+    assert Image.open(out).size == (cols * 30 - 2, rows * 30 - 2)  # 28-pixel images, 2 apart
+
+
+@pytest.mark.slow
+def test_frechet_distance_and_kid_of_samples_and_of_real_images(real_mnist, tmp_path, capsys):
+  """--fd_classifier scores samples and the train split against the test split in the
+  features of a classification run; the real images score far closer than an untrained
+  VAE's samples."""
+  classifier, vae = str(tmp_path / 'classifier'), str(tmp_path / 'vae')
+  _fit_small(TrainConfig(model='lenet5', dataset='mnist', optimizer='adam', learning_rate=1e-3),
+             real_mnist, classifier, steps_=30)
+  _fit_small(TrainConfig(task='vae', model='mlp_vae', dataset='mnist'), real_mnist, vae,
+             steps_=1)
+  capsys.readouterr()
+  assert sample_tool.main([f'--workdir={vae}', f'--fd_classifier={classifier}', '--num=400',
+                           '--json']) == 0
+  report = json.loads(capsys.readouterr().out)
+  assert report['num'] == 400 and report['floor_split'] == 'train'
+  fake, real = report['samples'], report['real_floor']
+  assert 0 <= real['fd'] < fake['fd'] / 5 and real['kid'] < fake['kid']
+  assert sample_tool.main([f'--workdir={vae}', f'--fd_classifier={vae}']) == 2
+  assert capsys.readouterr().err == (f'error: --fd_classifier={vae} is a vae run, not a '
+                                     'classification run\n')
 
 
 def test_sample_tool_says_what_to_do_without_a_mode(tmp_path, capsys):
