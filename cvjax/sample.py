@@ -3,6 +3,7 @@
     python -m cvjax.sample --workdir=W --num=64 --out=grid.png [--seed=0] [--steps=50] [--eta=0]
     python -m cvjax.sample --workdir=W --interpolate --out=interp.png       (VAE, autoencoder)
     python -m cvjax.sample --workdir=W --fd_classifier=C [--num=10000] [--steps=50] [--json]
+        [--fd_split=validation]
 
 Restores the run's newest good checkpoint (`cvjax.restore`; --step picks another), from
 any of the generative tasks (vae, gan, diffusion; an autoencoder only interpolates).
@@ -13,7 +14,8 @@ any of the generative tasks (vae, gan, diffusion; an autoencoder only interpolat
 --interpolate: 8 rows of 10 images decoded along straight lines between two codes: for
   a VAE, two draws of the prior N(0, I); for an autoencoder, the codes of two test images.
 --fd_classifier=C: the Fréchet distance and KID (the unbiased MMD², not scaled) between
-  --num samples and --num images of the run's dataset's test split, both in the
+  --num samples and --num images of the run's dataset's test split (--fd_split=validation:
+  its validation split, to choose on), both in the
   features of the classification run C (the input of its last dense layer), and the same
   between --num images of the training split and the test split: the real-data floor.
   These are NOT Inception FID/KID (whose weights cannot be downloaded here): numbers are
@@ -58,6 +60,9 @@ flags.DEFINE_bool('interpolate', False, 'Write a latent interpolation (VAE, auto
                   flag_values=FLAGS)
 flags.DEFINE_string('fd_classifier', None, 'A classification run whose features score the '
                     'samples (Fréchet distance, KID) against the test split.', flag_values=FLAGS)
+flags.DEFINE_string('fd_split', 'test', 'The real images --fd_classifier scores against: '
+                    'test (the number to report, once) or validation (to choose a run, '
+                    'a checkpoint or a setting on).', flag_values=FLAGS)
 flags.DEFINE_integer('step', None, 'Checkpoint step (default: the newest good one).',
                      flag_values=FLAGS)
 flags.DEFINE_bool('json', False, 'Print one JSON object.', flag_values=FLAGS)
@@ -155,17 +160,18 @@ def classifier_features(classifier_dir: str):
   return features
 
 
-def fd_report(restored, workdir: str, classifier_dir: str, n: int, seed: int, steps, eta
-              ) -> dict:
+def fd_report(restored, workdir: str, classifier_dir: str, n: int, seed: int, steps, eta,
+              split: str = 'test') -> dict:
   """Fréchet distance and KID of n samples and of n training images (the floor), each
-  against n test images, in the classifier's features."""
+  against the first n images of `split` (test, or validation to choose on), in the
+  classifier's features."""
   from cvjax.generation import frechet  # pylint: disable=g-import-not-at-top
   features = classifier_features(classifier_dir)
   config = restored.config
   started = time.time()
   fake = draw(restored, n, seed, steps, eta)
   sampling_seconds = time.time() - started
-  test = features(split_images(config, 'test', n))
+  test = features(split_images(config, split, n))
   train = features(split_images(config, config.train_split, n))
   test_stats = frechet.statistics(test)
 
@@ -175,6 +181,7 @@ def fd_report(restored, workdir: str, classifier_dir: str, n: int, seed: int, st
             'kid': kid, 'kid_std': kid_std}
   return {'workdir': workdir, 'model': config.model, 'step': restored.step,
           'classifier': classifier_dir, 'num': n, 'seed': seed, 'steps': steps,
+          'against': split,
           'samples': scores(features(fake)), 'real_floor': scores(train),
           'floor_split': config.train_split, 'sampling_seconds': round(sampling_seconds, 1)}
 
@@ -182,6 +189,8 @@ def fd_report(restored, workdir: str, classifier_dir: str, n: int, seed: int, st
 def _check(f: flags.FlagValues) -> None:
   if f.num < 1:
     raise UserError(f'--num must be at least 1, got {f.num}')
+  if f.fd_split not in ('test', 'validation'):
+    raise UserError(f'--fd_split must be test or validation, got {f.fd_split!r}')
   if f.steps is not None and f.steps < 1:
     raise UserError(f'--steps must be at least 1, got {f.steps}')
   modes = [m for m in ('out', 'fd_classifier') if getattr(f, m)]
@@ -206,12 +215,13 @@ def run(f: flags.FlagValues) -> int:
   if f.steps is not None and restored.config.task != 'diffusion':
     raise UserError(f'--steps is for diffusion runs; {f.workdir} is a {restored.config.task} run')
   if f.fd_classifier:
-    report = fd_report(restored, f.workdir, f.fd_classifier, f.num, f.seed, f.steps, f.eta)
+    report = fd_report(restored, f.workdir, f.fd_classifier, f.num, f.seed, f.steps, f.eta,
+                       f.fd_split)
     if f.json:
       print(json.dumps(report))
       return 0
-    print(f'{report["model"]} at step {report["step"]}: {f.num} samples against {f.num} test '
-          f'images, in the features of {f.fd_classifier} (not Inception FID)')
+    print(f'{report["model"]} at step {report["step"]}: {f.num} samples against {f.num} '
+          f'{f.fd_split} images, in the features of {f.fd_classifier} (not Inception FID)')
     for name, key in (('samples', 'samples'), (f'{report["floor_split"]} images', 'real_floor')):
       s = report[key]
       print(f'{name:<28} Fréchet distance {s["fd"]:10.3f}   KID {s["kid"]:.5f} ± '

@@ -227,6 +227,13 @@ def test_frechet_distance_and_kid_of_samples_and_of_real_images(real_mnist, tmp_
   assert report['num'] == 400 and report['floor_split'] == 'train'
   fake, real = report['samples'], report['real_floor']
   assert 0 <= real['fd'] < fake['fd'] / 5 and real['kid'] < fake['kid']
+  assert report['against'] == 'test'
+  assert sample_tool.main([f'--workdir={vae}', f'--fd_classifier={classifier}', '--num=400',
+                           '--fd_split=validation', '--json']) == 0
+  chosen_on = json.loads(capsys.readouterr().out)
+  assert chosen_on['against'] == 'validation'
+  assert chosen_on['samples']['fd'] != fake['fd']  # other real images, the same samples
+  assert 0 <= chosen_on['real_floor']['fd'] < chosen_on['samples']['fd'] / 5
   assert sample_tool.main([f'--workdir={vae}', f'--fd_classifier={vae}']) == 2
   assert capsys.readouterr().err == (f'error: --fd_classifier={vae} is a vae run, not a '
                                      'classification run\n')
@@ -236,6 +243,10 @@ def test_sample_tool_says_what_to_do_without_a_mode(tmp_path, capsys):
   assert sample_tool.main([f'--workdir={tmp_path}']) == 2
   assert capsys.readouterr().err == ('error: say what to do: --out=grid.png (with --interpolate '
                                      'for an interpolation) or --fd_classifier=RUN\n')
+  assert sample_tool.main([f'--workdir={tmp_path}', f'--fd_classifier={tmp_path}',
+                           '--fd_split=train']) == 2
+  assert capsys.readouterr().err == ("error: --fd_split must be test or validation, got "
+                                     "'train'\n")
 
 
 def test_sample_grid_lays_images_out_row_by_row_with_white_gaps():

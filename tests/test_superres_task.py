@@ -43,8 +43,10 @@ def _photos(split):
           for ex in tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))]
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='module', autouse=True)
 def meta():
+  """The photographs' meta; autouse, since preparing the dataset is what every test here
+  that reads TFDS needs first, whichever of them a worker runs first."""
   return sr_data.dataset_meta(DATASET)
 
 

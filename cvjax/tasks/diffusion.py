@@ -21,7 +21,8 @@ import numpy as np
 
 from cvjax.errors import UserError
 from cvjax.generation import diffusion
-from cvjax.tasks.generation import EVAL_KEY, GenerativeTask, MeanEvaluator, masked_sums, to_uint8
+from cvjax.tasks.generation import EVAL_KEY, GenerativeTask, to_uint8
+from cvjax.tasks.means import MeanEvaluator, masked_sums
 from cvjax.train.task import per_example
 
 

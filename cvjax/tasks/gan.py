@@ -35,7 +35,8 @@ import optax
 from jax import lax
 
 from cvjax.errors import UserError
-from cvjax.tasks.generation import EVAL_KEY, GenerativeTask, MeanEvaluator, masked_sums, to_uint8
+from cvjax.tasks.generation import EVAL_KEY, GenerativeTask, to_uint8
+from cvjax.tasks.means import MeanEvaluator, masked_sums
 from cvjax.train import optim
 from cvjax.train.task import per_example
 

@@ -34,6 +34,7 @@ import numpy as np
 from cvjax import data, models
 from cvjax.errors import UserError
 from cvjax.generation import elbo
+from cvjax.tasks.means import MeanEvaluator, masked_sums
 from cvjax.train import factory
 from cvjax.train.task import Task, image_batches
 
@@ -59,34 +60,6 @@ def from_uint8(images: np.ndarray, pixel_range: str) -> np.ndarray:
   """uint8[B, H, W, C] → f32 in the task's range."""
   x = np.asarray(images, np.float32) / 255.0
   return x * 2.0 - 1.0 if pixel_range == 'symmetric' else x
-
-
-class MeanEvaluator:
-  """Sums of per-image scores and the count of real images; means at the end."""
-
-  def __init__(self, keys: tuple[str, ...]):
-    self.sums = dict.fromkeys(keys, 0.0)
-    self.count = 0.0
-
-  def update(self, sums: dict, per_example: dict) -> None:
-    del per_example
-    for k in self.sums:
-      self.sums[k] += float(sums[k])
-    self.count += float(sums['count'])
-
-  def result(self) -> dict[str, float]:
-    n = max(self.count, 1.0)
-    return {**{k: v / n for k, v in self.sums.items()}, 'count': int(self.count)}
-
-
-def masked_sums(per_image: dict, batch: dict) -> dict:
-  """{name: Σ over the real images} and 'count' (the padding of the last eval batch has
-  mask False)."""
-  weights = batch['mask'].astype(jnp.float32)
-  sums = {k: jnp.sum(jnp.where(weights > 0, v.astype(jnp.float32), 0.0))
-          for k, v in per_image.items()}
-  sums['count'] = jnp.sum(weights)
-  return sums
 
 
 class GenerativeTask(Task):
@@ -147,6 +120,20 @@ class GenerativeTask(Task):
                       f'got shape {list(x.shape)}')
     return jnp.asarray(from_uint8(x, self.pixel_range))
 
+  def codec(self, variables, encode_fn, decode_fn) -> dict:
+    """`restore`'s 'encode' (uint8 images → f32[B, latent] codes), 'decode' (codes → uint8
+    images in [0, 1]'s 256 levels) and 'reconstruct' (both), from jitted
+    encode_fn(variables, x) and decode_fn(variables, z) → pixels in [0, 1]."""
+    def encode(images):
+      return np.asarray(encode_fn(variables, self.images_in(images)))
+
+    def decode(codes):
+      return to_uint8(decode_fn(variables, jnp.asarray(codes, jnp.float32)), 'unit')
+
+    def reconstruct(images):
+      return decode(encode(images))
+    return {'encode': encode, 'decode': decode, 'reconstruct': reconstruct}
+
   def predictor(self, model, variables, probabilities=None):
     """A generative run has no class probabilities: `predict` says what to use instead."""
     del model, variables, probabilities
@@ -185,20 +172,11 @@ class AutoencoderTask(GenerativeTask):
     encode_fn = jax.jit(lambda v, x: model.apply(v, x, method='encode'))
     decode_fn = jax.jit(lambda v, z: jax.nn.sigmoid(model.apply(v, z, method='decode')))
 
-    def encode(images):
-      return np.asarray(encode_fn(variables, self.images_in(images)))
-
-    def decode(codes):
-      return to_uint8(decode_fn(variables, jnp.asarray(codes, jnp.float32)), 'unit')
-
-    def reconstruct(images):
-      return decode(encode(images))
-
     def sample(n, seed=0):
       del n, seed
       raise UserError('a plain autoencoder has no prior to sample codes from: train a VAE '
                       '(task vae) to sample, or use reconstruct')
-    return {'sample': sample, 'encode': encode, 'decode': decode, 'reconstruct': reconstruct}
+    return {'sample': sample, **self.codec(variables, encode_fn, decode_fn)}
 
 
 class VAETask(GenerativeTask):
@@ -273,19 +251,11 @@ class VAETask(GenerativeTask):
     encode_fn = jax.jit(lambda v, x: model.apply(v, x, method='encode')[0])
     decode_fn = jax.jit(lambda v, z: self.decoded_images(model.apply(v, z, method='decode')))
     latent = self.latent_dim
-
-    def encode(images):
-      return np.asarray(encode_fn(variables, self.images_in(images)))
-
-    def decode(codes):
-      return to_uint8(decode_fn(variables, jnp.asarray(codes, jnp.float32)), 'unit')
-
-    def reconstruct(images):
-      return decode(encode(images))
+    codec = self.codec(variables, encode_fn, decode_fn)
 
     def sample(n: int, seed: int = 0):
       """n images decoded from z ~ N(0, I) drawn with `seed` (the decoder's means)."""
       z = jax.random.normal(jax.random.PRNGKey(seed), (int(n), latent))
-      return decode(z)
-    return {'sample': sample, 'encode': encode, 'decode': decode, 'reconstruct': reconstruct}
+      return codec['decode'](z)
+    return {'sample': sample, **codec}
 

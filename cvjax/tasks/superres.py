@@ -27,6 +27,7 @@ from cvjax import data, models
 from cvjax.errors import UserError
 from cvjax.models.superres import bicubic_upscale
 from cvjax.superresolution import metrics
+from cvjax.tasks.means import MeanEvaluator, masked_sums
 from cvjax.train import factory
 from cvjax.train.task import Task, image_batches
 
@@ -62,25 +63,6 @@ def pixel_loss(sr: jax.Array, hr: jax.Array, kind: str) -> jax.Array:
 def quantize(x: jax.Array) -> jax.Array:
   """f32 images clipped to [0, 1] and rounded to the 8-bit levels, as saved or shown."""
   return jnp.round(jnp.clip(x, 0.0, 1.0) * 255.0) / 255.0
-
-
-class _MeanEvaluator:
-  """Sums per-image scores and counts; means at the end."""
-  keys = ('psnr_y', 'ssim_y', 'bicubic_psnr_y', 'loss')
-
-  def __init__(self):
-    self.sums = dict.fromkeys(self.keys, 0.0)
-    self.count = 0.0
-
-  def update(self, sums: dict, per_example: dict) -> None:
-    del per_example
-    for k in self.keys:
-      self.sums[k] += float(sums[k])
-    self.count += float(sums['count'])
-
-  def result(self) -> dict[str, float]:
-    n = max(self.count, 1.0)
-    return {**{k: v / n for k, v in self.sums.items()}, 'count': int(self.count)}
 
 
 class SuperResolutionTask(Task):
@@ -146,7 +128,7 @@ class SuperResolutionTask(Task):
     return loss, {'psnr': jnp.mean(jnp.minimum(psnr, 100.0))}
 
   def eval_outputs(self, outputs, batch):
-    hr, weights = batch['target'], batch['mask'].astype(jnp.float32)
+    hr = batch['target']
     sr = quantize(outputs)
     bicubic = quantize(bicubic_upscale(batch['image'], self.scale))
     per_image = {
@@ -155,13 +137,11 @@ class SuperResolutionTask(Task):
         'bicubic_psnr_y': metrics.psnr_y(bicubic, hr, self.scale),
         'loss': jax.vmap(functools.partial(pixel_loss, kind=self.pixel_loss))(outputs, hr),
     }
-    # padding examples are all zeros: their PSNR is +inf, weighted by 0 it must not be NaN
-    sums = {k: jnp.sum(jnp.where(weights > 0, v, 0.0)) for k, v in per_image.items()}
-    sums['count'] = jnp.sum(weights)
-    return sums, {}
+    # padding examples are all zeros: their PSNR is +inf, which masked_sums drops
+    return masked_sums(per_image, batch), {}
 
   def evaluator(self):
-    return _MeanEvaluator()
+    return MeanEvaluator(('psnr_y', 'ssim_y', 'bicubic_psnr_y', 'loss'))
 
   # ---------------------------------------------------------------- inference
 
