@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from benchmarks import weights_only
 from cvjax import restoring
 from cvjax.generation import frechet
 
@@ -34,3 +35,15 @@ def test_committed_classifier_restores_with_its_runs_test_accuracy_and_512_featu
   features = frechet.feature_extractor(run.model, run.variables)(
       np.asarray(images[:4], np.float32) / 255)
   assert features.shape == (4, 512)
+
+
+def test_weights_only_copy_predicts_exactly_as_the_run_and_refuses_an_existing_out(tmp_path,
+                                                                                    capsys):
+  out = str(tmp_path / 'copy')
+  assert weights_only.main([f'--workdir={CLASSIFIER}', f'--out={out}']) == 0
+  assert capsys.readouterr().out.strip() == out
+  images = np.random.RandomState(0).randint(0, 256, (8, 28, 28, 1)).astype(np.uint8)
+  np.testing.assert_array_equal(restoring.restore(out).predict(images),
+                                restoring.restore(CLASSIFIER).predict(images))
+  assert weights_only.main([f'--workdir={CLASSIFIER}', f'--out={out}']) == 2
+  assert capsys.readouterr().err == f'error: --out={out} already exists; choose a new directory\n'
