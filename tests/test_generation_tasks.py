@@ -26,8 +26,8 @@ from cvjax.train.state import create_train_state
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL_UNET = {'base': 8, 'channel_mults': (1, 2), 'num_res_blocks': 1,
               'attention_resolutions': (14,)}
-GAN = TrainConfig(task='gan', model='dcgan', dataset='mnist', optimizer='adam', momentum=0.5,
-                  learning_rate=2e-4, schedule='constant')
+GAN = TrainConfig(task='gan', model='dcgan', model_kwargs={'width': 8}, dataset='mnist',
+                  optimizer='adam', momentum=0.5, learning_rate=2e-4, schedule='constant')
 DDPM = TrainConfig(task='diffusion', model='ddpm_unet', model_kwargs=SMALL_UNET, dataset='mnist',
                    optimizer='adam', learning_rate=1e-3, schedule='constant', diffusion_steps=50)
 
@@ -268,7 +268,7 @@ def _generate_command(workdir, real_mnist, config_flags):
 
 @pytest.mark.slow
 @pytest.mark.parametrize('config_flags', [
-    ['--task=gan', '--model=dcgan', '--optimizer=adam', '--momentum=0.5',
+    ['--task=gan', '--model=dcgan', '--model_kwargs=width=8', '--optimizer=adam', '--momentum=0.5',
      '--learning_rate=0.0002', '--schedule=constant'],
     ['--task=diffusion', '--model=ddpm_unet',
      '--model_kwargs=base=8,channel_mults=(1,2),num_res_blocks=1,attention_resolutions=(14,)',
