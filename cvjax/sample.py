@@ -59,7 +59,7 @@ flags.DEFINE_float('eta', 0.0, 'Diffusion runs with --steps: DDIM\'s eta (0 dete
 flags.DEFINE_bool('interpolate', False, 'Write a latent interpolation (VAE, autoencoder).',
                   flag_values=FLAGS)
 flags.DEFINE_string('fd_classifier', None, 'A classification run whose features score the '
-                    'samples (Fréchet distance, KID) against the test split.', flag_values=FLAGS)
+                    'samples (Fréchet distance, KID) against --fd_split.', flag_values=FLAGS)
 flags.DEFINE_string('fd_split', 'test', 'The real images --fd_classifier scores against: '
                     'test (the number to report, once) or validation (to choose a run, '
                     'a checkpoint or a setting on).', flag_values=FLAGS)
@@ -171,13 +171,13 @@ def fd_report(restored, workdir: str, classifier_dir: str, n: int, seed: int, st
   started = time.time()
   fake = draw(restored, n, seed, steps, eta)
   sampling_seconds = time.time() - started
-  test = features(split_images(config, split, n))
+  real = features(split_images(config, split, n))
   train = features(split_images(config, config.train_split, n))
-  test_stats = frechet.statistics(test)
+  real_stats = frechet.statistics(real)
 
   def scores(f):
-    kid, kid_std = frechet.kernel_distance(f, test, seed=seed)
-    return {'fd': frechet.frechet_distance(*frechet.statistics(f), *test_stats),
+    kid, kid_std = frechet.kernel_distance(f, real, seed=seed)
+    return {'fd': frechet.frechet_distance(*frechet.statistics(f), *real_stats),
             'kid': kid, 'kid_std': kid_std}
   return {'workdir': workdir, 'model': config.model, 'step': restored.step,
           'classifier': classifier_dir, 'num': n, 'seed': seed, 'steps': steps,
